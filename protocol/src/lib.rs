@@ -1,0 +1,81 @@
+//! What crosses the VM boundary between the host shim and `bulwark-agent`.
+//!
+//! - The agent API (`agent.proto`, compiled at build time to protobuf messages and an async
+//!   ttrpc client/server): [`agent`] and [`agent_ttrpc`].
+//! - The vsock layout: which ports exist, who listens, and what the first bytes are.
+//!
+//! The boot handshake, in order (it avoids the vhost-device-vsock wedge described in
+//! shared/PLATFORM.md, where the host must not `CONNECT` before the guest's vsock is up):
+//! 1. The host listens on the hybrid-vsock socket `<uds>_<LOG_PORT>` before QEMU starts.
+//! 2. The agent, once its ttrpc server listens on `AGENT_PORT`, connects to CID 2
+//!    (the host) port `LOG_PORT` and writes one line: `READY <PROTOCOL_VERSION>\n`.
+//!    After that line the connection carries the agent's log lines (`\n` separated,
+//!    each at most `MAX_LOG_LINE` bytes; longer lines are cut by the host).
+//! 3. The host then connects to the agent: `CONNECT <AGENT_PORT>\n` on `<uds>`, reads
+//!    `OK <n>\n`, and speaks ttrpc. Its first call is `Check`.
+//!
+//! Everything the host reads from the guest is untrusted: the host bounds sizes and times.
+
+/// The agent API's messages (generated from `proto/agent.proto`).
+#[allow(clippy::all, unused_mut, unused_imports, unused_results, non_camel_case_types, non_snake_case, non_upper_case_globals, missing_docs, dead_code, unknown_lints)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// The async ttrpc client ([`agent_ttrpc::AgentClient`]) and server trait
+/// ([`agent_ttrpc::Agent`], registered with [`agent_ttrpc::create_agent`]).
+#[allow(clippy::all, unused_mut, unused_imports, unused_results, non_camel_case_types, non_snake_case, non_upper_case_globals, missing_docs, dead_code, unknown_lints)]
+pub mod agent_ttrpc {
+    use super::agent;
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+pub use protobuf;
+pub use ttrpc;
+
+/// Incompatible changes to `agent.proto` or to the handshake bump this.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// vsock port the agent's ttrpc server listens on, inside the guest.
+pub const AGENT_PORT: u32 = 1024;
+/// vsock port on the host (CID 2) the agent connects out to: readiness line, then logs.
+pub const LOG_PORT: u32 = 1025;
+/// The host's vsock CID.
+pub const HOST_CID: u32 = 2;
+/// The guest's vsock CID (one VM per vhost-device-vsock instance, so a constant works).
+pub const GUEST_CID: u32 = 3;
+
+/// virtio-fs tag of the sandbox share (container rootfs and, later, volumes).
+pub const SHARE_TAG: &str = "bulwark-share";
+
+/// Largest chunk ReadStdout/ReadStderr return.
+pub const MAX_READ_CHUNK: u32 = 64 * 1024;
+/// Longest log line the host accepts from the agent; longer lines are truncated.
+pub const MAX_LOG_LINE: usize = 8 * 1024;
+
+/// The first line the agent writes on the log connection.
+pub fn ready_line() -> String {
+    format!("READY {PROTOCOL_VERSION}\n")
+}
+
+/// Parses the readiness line from the guest (untrusted). Returns the agent's protocol version.
+pub fn parse_ready_line(line: &str) -> Option<u32> {
+    line.trim_end_matches('\n').strip_prefix("READY ")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_round_trips() {
+        assert_eq!(parse_ready_line(&ready_line()), Some(PROTOCOL_VERSION));
+    }
+
+    #[test]
+    fn garbage_ready_lines_are_rejected() {
+        for bad in ["", "READY", "READY x\n", "HELLO 1\n", "READY -1\n", "READY 99999999999\n"] {
+            assert_eq!(parse_ready_line(bad), None, "{bad:?}");
+        }
+    }
+}
