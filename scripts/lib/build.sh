@@ -1,0 +1,97 @@
+# shellcheck shell=bash
+# Builds everything the demo, the tests and the benchmarks need, quietly:
+#   - the host binaries (shim) in target/debug,
+#   - the static guest agent in target/x86_64-unknown-linux-gnu/release,
+#   - the guest image (build/guest: vmlinux, initramfs.cpio, kernel-release),
+#   - the busybox test image (build/images/busybox-oci.tar).
+# Source after scripts/lib/deps.sh; call bulwark_build.
+
+bulwark_build() {
+    local root
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    (
+        cd "$root"
+        cargo build --quiet --workspace --bins --tests
+        RUSTFLAGS="-C target-feature=+crt-static" \
+            LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+            cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent
+        images/build-guest-image target/x86_64-unknown-linux-gnu/release/bulwark-agent build/guest
+        images/build-test-image build/images
+    )
+}
+
+# Fails unless running as root: containerd, QEMU's helpers and mounts need it.
+bulwark_require_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "error: $0 must run as root (it starts containerd and mounts container filesystems)" >&2
+        exit 1
+    fi
+}
+
+# Writes a Bulwark shim config (/etc/bulwark/config.toml format) for this checkout's build
+# outputs to $1, with runtime_dir $2.
+bulwark_write_config() {
+    local out=$1 runtime_dir=$2 root
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    cat >"$out" <<TOML
+[paths]
+qemu = "$(command -v qemu-system-x86_64)"
+virtiofsd = "$BULWARK_TOOLS_BIN/virtiofsd"
+vhost_device_vsock = "$BULWARK_TOOLS_BIN/vhost-device-vsock"
+kernel = "$root/build/guest/vmlinux"
+initrd = "$root/build/guest/initramfs.cpio"
+runtime_dir = "$runtime_dir"
+
+[vm]
+vcpus = 1
+memory_mib = 256
+acceleration = "auto"
+boot_timeout_secs = 120
+TOML
+}
+
+# Starts a private containerd under directory $1 (config, root, state, socket $1/c.sock, log
+# $1/containerd.log) with the shim from this checkout on its PATH and BULWARK_CONFIG=$1/bulwark.toml.
+# Sets BULWARK_CONTAINERD_PID.
+bulwark_start_containerd() {
+    local dir=$1 root
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    mkdir -p "$dir"
+    bulwark_write_config "$dir/bulwark.toml" "$dir/r"
+    cat >"$dir/containerd.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/c.sock"
+[ttrpc]
+  address = "$dir/c.sock.ttrpc"
+TOML
+    PATH="$root/target/debug:$PATH" BULWARK_CONFIG="$dir/bulwark.toml" \
+        containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
+    BULWARK_CONTAINERD_PID=$!
+    local i
+    for i in $(seq 1 100); do
+        if [ -S "$dir/c.sock" ] && ctr -a "$dir/c.sock" version >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "error: containerd did not start; see $dir/containerd.log" >&2
+    return 1
+}
+
+# Stops the containerd started by bulwark_start_containerd (by its pid) and removes $1.
+bulwark_stop_containerd() {
+    local dir=$1
+    if [ -n "${BULWARK_CONTAINERD_PID:-}" ]; then
+        kill "$BULWARK_CONTAINERD_PID" 2>/dev/null || true
+        wait "$BULWARK_CONTAINERD_PID" 2>/dev/null || true
+        BULWARK_CONTAINERD_PID=
+    fi
+    # Detach whatever containerd left mounted under our own directory, deepest first.
+    awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+        while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$dir"
+}

@@ -1,0 +1,321 @@
+//! A private, real containerd (the Debian package) for one test: its own root, state, socket
+//! and Bulwark configuration, under a short directory in /tmp (unix socket paths are short).
+//! Dropping it removes every sandbox it still has, stops containerd and deletes the directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::leftovers;
+use crate::process::{self, Output};
+use crate::{Artifacts, RUNTIME, TEST_IMAGE};
+
+/// The containerd namespace the tests use.
+pub const NAMESPACE: &str = "bulwark-e2e";
+/// Upper bound for one `ctr` command (a VM boot under TCG on a busy 2-core machine included).
+pub const CTR_LIMIT: Duration = Duration::from_secs(240);
+
+/// The Bulwark shim configuration a test runs with (`/etc/bulwark/config.toml` format).
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vhost_device_vsock: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub acceleration: String,
+    pub boot_timeout_secs: u32,
+}
+
+impl ShimConfig {
+    fn render(&self) -> String {
+        format!(
+            "[paths]\nqemu = {:?}\nvirtiofsd = {:?}\nvhost_device_vsock = {:?}\nkernel = {:?}\n\
+             initrd = {:?}\nruntime_dir = {:?}\n\n[vm]\nvcpus = {}\nmemory_mib = {}\n\
+             acceleration = {:?}\nboot_timeout_secs = {}\n",
+            self.qemu,
+            self.virtiofsd,
+            self.vhost_device_vsock,
+            self.kernel,
+            self.initrd,
+            self.runtime_dir,
+            self.vcpus,
+            self.memory_mib,
+            self.acceleration,
+            self.boot_timeout_secs
+        )
+    }
+}
+
+/// A running containerd with Bulwark configured.
+pub struct Containerd {
+    /// Everything of this instance lives under here.
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub shim: ShimConfig,
+    pub artifacts: Artifacts,
+    child: Child,
+    events: Arc<Mutex<Vec<String>>>,
+    events_child: Option<Child>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Containerd {
+    /// Starts containerd with the default Bulwark configuration, altered by `adjust`, and
+    /// imports the busybox test image.
+    pub fn start(adjust: impl FnOnce(&mut ShimConfig)) -> Result<Containerd, String> {
+        let artifacts = Artifacts::locate()?;
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/bwk-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let mut shim = ShimConfig {
+            qemu: artifacts.qemu.clone(),
+            virtiofsd: artifacts.virtiofsd.clone(),
+            vhost_device_vsock: artifacts.vhost_device_vsock.clone(),
+            kernel: artifacts.kernel.clone(),
+            initrd: artifacts.initrd.clone(),
+            runtime_dir: dir.join("r"),
+            vcpus: 1,
+            memory_mib: 256,
+            acceleration: std::env::var("BULWARK_TEST_ACCEL").unwrap_or_else(|_| "auto".into()),
+            boot_timeout_secs: 120,
+        };
+        adjust(&mut shim);
+        let shim_config = dir.join("bulwark.toml");
+        write(&shim_config, &shim.render())?;
+        let socket = dir.join("c.sock");
+        let config = dir.join("containerd.toml");
+        write(
+            &config,
+            &format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
+                 [debug]\n  level = \"debug\"\n",
+                d = dir.display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("containerd.log"))
+            .map_err(|e| format!("creating containerd.log: {e}"))?;
+        let path = format!(
+            "{}:{}",
+            artifacts.shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("BULWARK_CONFIG", &shim_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting containerd: {e} (apt-get install containerd)"))?;
+        let mut c = Containerd {
+            dir,
+            socket,
+            shim,
+            artifacts,
+            child,
+            events: Arc::default(),
+            events_child: None,
+        };
+        let up = process::poll(Duration::from_secs(30), || {
+            c.socket.exists().then(|| c.ctr(&["version"]).ok().filter(|o| o.status.success()))?
+        });
+        if up.is_none() {
+            return Err(format!("containerd did not come up in 30 s\n{}", c.diagnostics()));
+        }
+        c.watch_events()?;
+        let import = c.ctr(&["images", "import", &c.artifacts.test_image.to_string_lossy()])?;
+        if !import.status.success() {
+            return Err(format!("importing the test image failed: {}", import.stderr));
+        }
+        Ok(c)
+    }
+
+    /// Runs `ctr` against this containerd, in the test namespace.
+    pub fn ctr(&self, args: &[&str]) -> Result<Output, String> {
+        process::run(
+            Command::new("ctr").arg("-a").arg(&self.socket).arg("-n").arg(NAMESPACE).args(args),
+            CTR_LIMIT,
+        )
+    }
+
+    /// `ctr run --rm --runtime io.containerd.bulwark.v2 <image> <id> <args...>`.
+    pub fn run_rm(&self, id: &str, args: &[&str]) -> Result<Output, String> {
+        let mut all = vec!["run", "--rm", "--runtime", RUNTIME, TEST_IMAGE, id];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+
+    /// Starts `ctr run` (not detached) in the background; the caller waits on the child.
+    pub fn spawn_run(&self, id: &str, args: &[&str]) -> Result<Child, String> {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(NAMESPACE)
+            .args(["run", "--rm", "--runtime", RUNTIME, TEST_IMAGE, id])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting ctr run: {e}"))
+    }
+
+    /// The task's status column in `ctr task ls` (e.g. RUNNING, STOPPED), if it is listed.
+    pub fn task_status(&self, id: &str) -> Option<(String, i32)> {
+        let out = self.ctr(&["task", "ls"]).ok()?;
+        out.stdout.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| {
+                (cols.get(2).unwrap_or(&"").to_string(), cols.get(1).and_then(|p| p.parse().ok()).unwrap_or(0))
+            })
+        })
+    }
+
+    /// Polls until the task is RUNNING (after a VM boot); returns its pid as containerd sees it.
+    pub fn wait_running(&self, id: &str) -> Result<i32, String> {
+        process::poll(CTR_LIMIT, || match self.task_status(id) {
+            Some((s, pid)) if s == "RUNNING" => Some(pid),
+            _ => None,
+        })
+        .ok_or_else(|| format!("task {id} never became RUNNING\n{}", self.diagnostics()))
+    }
+
+    fn watch_events(&mut self) -> Result<(), String> {
+        let mut child = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting ctr events: {e}"))?;
+        let out = child.stdout.take().ok_or("ctr events has no stdout")?;
+        let sink = self.events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(line);
+                }
+            }
+        });
+        self.events_child = Some(child);
+        Ok(())
+    }
+
+    /// The `/tasks/*` event topics containerd published for container `id`, in order.
+    pub fn task_events(&self, id: &str) -> Vec<String> {
+        let key = format!("\"container_id\":\"{id}\"");
+        let lines = self.events.lock().map(|v| v.clone()).unwrap_or_default();
+        lines
+            .iter()
+            .filter(|l| l.contains(&key))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")).map(str::to_string))
+            .collect()
+    }
+
+    /// Polls until the events for `id` include `topic`.
+    pub fn wait_event(&self, id: &str, topic: &str, limit: Duration) -> Result<Vec<String>, String> {
+        process::poll(limit, || {
+            let ev = self.task_events(id);
+            ev.iter().any(|t| t == topic).then_some(ev)
+        })
+        .ok_or_else(|| format!("no {topic} event for {id}; saw {:?}", self.task_events(id)))
+    }
+
+    /// Everything Bulwark may leave behind for this containerd: VM-side processes, mounts
+    /// under the runtime dir, and sandbox state directories. Empty when all is clean.
+    pub fn leftovers(&self) -> Vec<String> {
+        let needle = self.dir.to_string_lossy().to_string();
+        let mut found: Vec<String> = leftovers::vm_processes(&needle)
+            .into_iter()
+            .map(|p| format!("process {}: {}", p.pid, p.cmdline))
+            .collect();
+        found.extend(leftovers::mounts_under(&self.shim.runtime_dir).into_iter().map(|m| format!("mount {m}")));
+        found.extend(
+            leftovers::entries(&self.shim.runtime_dir)
+                .into_iter()
+                .filter(|e| e != "accel-probe")
+                .map(|e| format!("runtime dir entry {e}")),
+        );
+        found
+    }
+
+    /// Polls for up to 30 s until nothing is left behind; returns what is left otherwise.
+    pub fn assert_clean(&self) -> Result<(), String> {
+        match process::poll(Duration::from_secs(30), || self.leftovers().is_empty().then_some(())) {
+            Some(()) => Ok(()),
+            None => Err(format!("left behind: {:#?}\n{}", self.leftovers(), self.diagnostics())),
+        }
+    }
+
+    /// The end of containerd's log (it holds the shim's and the agent's logs) and of every
+    /// VM console log, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut s = format!("--- containerd.log (tail) ---\n{}", tail(&self.dir.join("containerd.log"), 60));
+        for entry in leftovers::entries(&self.shim.runtime_dir) {
+            let console = self.shim.runtime_dir.join(&entry).join("console.log");
+            if console.exists() {
+                s.push_str(&format!("\n--- {} (tail) ---\n{}", console.display(), tail(&console, 30)));
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Whatever a failed test left: end the sandboxes this instance started (by pid), stop
+        // containerd, detach mounts under our own directory, remove it.
+        let needle = self.dir.to_string_lossy().to_string();
+        for p in leftovers::vm_processes(&needle) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+        if let Some(mut e) = self.events_child.take() {
+            let _ = e.kill();
+            let _ = e.wait();
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if process::wait_bounded(&mut self.child, Duration::from_secs(10)).is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let mut mounts = leftovers::mounts_under(&self.dir);
+        mounts.reverse();
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        if std::env::var_os("BULWARK_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

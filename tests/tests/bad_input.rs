@@ -1,0 +1,75 @@
+//! Bad input makes `ctr run` fail with an error that names the problem, and leaves nothing
+//! behind: a missing kernel, initrd or QEMU binary, and a bundle whose config.json is broken.
+
+use std::path::PathBuf;
+
+use bulwark_e2e::containerd::{Containerd, ShimConfig};
+use bulwark_e2e::{RUNTIME, TEST_IMAGE};
+
+/// Runs `true` under a configuration altered by `adjust`; expects failure naming `needle`.
+fn expect_failure(adjust: impl FnOnce(&mut ShimConfig), needle: &str) -> Result<(), String> {
+    let c = Containerd::start(adjust)?;
+    let out = c.run_rm("bad", &["true"])?;
+    assert!(!out.status.success(), "ctr run should have failed: {out:?}");
+    assert!(
+        out.stderr.contains(needle),
+        "the error should name {needle:?}; ctr said: {}\n{}",
+        out.stderr,
+        c.diagnostics()
+    );
+    c.assert_clean()?;
+    let containers = c.ctr(&["containers", "ls", "-q"])?;
+    assert_eq!(containers.stdout.trim(), "", "container record left behind");
+    Ok(())
+}
+
+#[test]
+fn missing_kernel_is_named_and_leaves_nothing() -> Result<(), String> {
+    expect_failure(|c| c.kernel = PathBuf::from("/nonexistent/bulwark/vmlinux"), "/nonexistent/bulwark/vmlinux")
+}
+
+#[test]
+fn missing_initrd_is_named_and_leaves_nothing() -> Result<(), String> {
+    expect_failure(
+        |c| c.initrd = PathBuf::from("/nonexistent/bulwark/initramfs.cpio"),
+        "/nonexistent/bulwark/initramfs.cpio",
+    )
+}
+
+#[test]
+fn missing_qemu_is_named_and_leaves_nothing() -> Result<(), String> {
+    expect_failure(
+        |c| c.qemu = PathBuf::from("/nonexistent/bin/qemu-system-x86_64"),
+        "/nonexistent/bin/qemu-system-x86_64",
+    )
+}
+
+#[test]
+fn broken_config_json_is_named_and_leaves_nothing() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    // A spec containerd accepts as JSON but that is not a valid OCI runtime spec: an
+    // unknown namespace type. The shim must reject the bundle's config.json, not boot a VM.
+    let spec = c.ctr(&["oci", "spec"])?;
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&spec.stdout).map_err(|e| format!("ctr oci spec output: {e}"))?;
+    spec["linux"]["namespaces"] = serde_json::json!([{ "type": "bogus" }]);
+    spec["process"]["args"] = serde_json::json!(["true"]);
+    let file = c.dir.join("broken-spec.json");
+    std::fs::write(&file, spec.to_string()).map_err(|e| e.to_string())?;
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--config",
+        &file.to_string_lossy(),
+        TEST_IMAGE,
+        "broken",
+    ])?;
+    assert!(!out.status.success(), "ctr run should have failed: {out:?}");
+    assert!(out.stderr.contains("config.json"), "the error should name config.json: {}", out.stderr);
+    c.assert_clean()?;
+    let containers = c.ctr(&["containers", "ls", "-q"])?;
+    assert_eq!(containers.stdout.trim(), "", "container record left behind");
+    Ok(())
+}
