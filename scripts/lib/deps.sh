@@ -20,7 +20,7 @@ export BULWARK_REPO BULWARK_CACHE BULWARK_TOOLS_BIN BULWARK_BUILD
 BULWARK_DEB_PACKAGES=(
   qemu-system-x86 containerd runc busybox-static protobuf-compiler libseccomp-dev
   libcap-ng-dev cpio xz-utils zstd pkg-config clang erofs-utils
-  containernetworking-plugins iproute2
+  containernetworking-plugins iproute2 kmod lz4 binutils
 )
 
 # crate  version  binary
