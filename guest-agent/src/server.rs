@@ -1,0 +1,308 @@
+//! The `Agent` ttrpc service: maps each RPC onto container.rs / stdio.rs / reaper.rs.
+//! Blocking libcontainer calls run on the blocking pool, under the reaper lock.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use protocol::agent::*;
+use protocol::agent_ttrpc::Agent;
+use tokio::task::JoinHandle;
+use ttrpc::r#async::TtrpcContext;
+use ttrpc::Code;
+
+use crate::container::{self, ContainerError};
+use crate::reaper::{ExitReceiver, Reaper};
+use crate::share::Share;
+use crate::stdio::{self, OutputStream, Stdin, OUTPUT_BUFFER_CAP};
+
+/// How long RemoveContainer waits for a SIGKILLed container to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn container_err(e: ContainerError) -> ttrpc::Error {
+    let code = match &e {
+        ContainerError::InvalidId(_) | ContainerError::InvalidRootfsPath(_) | ContainerError::Spec(_) => Code::INVALID_ARGUMENT,
+        ContainerError::Rootfs { .. } => Code::FAILED_PRECONDITION,
+        _ => Code::INTERNAL,
+    };
+    tracing::error!("{e}");
+    status(code, e.to_string())
+}
+
+fn join_err(e: tokio::task::JoinError) -> ttrpc::Error {
+    tracing::error!("blocking task failed: {e}");
+    status(Code::INTERNAL, format!("internal task failed: {e}"))
+}
+
+struct Entry {
+    pid: i32,
+    exit: ExitReceiver,
+    stdout: Arc<OutputStream>,
+    stderr: Arc<OutputStream>,
+    stdin: Stdin,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+pub struct AgentService {
+    reaper: Arc<Reaper>,
+    share: Share,
+    no_pivot: bool,
+    containers: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+impl AgentService {
+    pub fn new(reaper: Arc<Reaper>, share: Share, no_pivot: bool) -> Self {
+        Self { reaper, share, no_pivot, containers: Default::default() }
+    }
+
+    async fn entry(&self, id: &str, exec_id: &str) -> ttrpc::Result<Arc<Entry>> {
+        if !exec_id.is_empty() {
+            return Err(status(Code::UNIMPLEMENTED, format!("exec processes are not supported yet (exec_id {exec_id:?})")));
+        }
+        self.containers
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id:?} not found")))
+    }
+
+    async fn read(&self, req: ReadStreamRequest, stderr: bool) -> ttrpc::Result<ReadStreamResponse> {
+        let e = self.entry(&req.container_id, &req.exec_id).await?;
+        let max = match req.max_len {
+            0 => protocol::MAX_READ_CHUNK,
+            n => n.min(protocol::MAX_READ_CHUNK),
+        } as usize;
+        let stream = if stderr { &e.stderr } else { &e.stdout };
+        let data = stream.read(max).await;
+        Ok(ReadStreamResponse { data, ..Default::default() })
+    }
+
+    async fn do_create(&self, req: &CreateContainerRequest) -> ttrpc::Result<u32> {
+        let id = req.container_id.clone();
+        container::validate_id(&id).map_err(container_err)?;
+        if req.terminal {
+            return Err(status(Code::UNIMPLEMENTED, "terminal=true is not supported yet"));
+        }
+        if self.containers.lock().await.contains_key(&id) {
+            return Err(status(Code::ALREADY_EXISTS, format!("container {id:?} already exists")));
+        }
+        let share = self.share.ensure_mounted().await.map_err(|e| {
+            tracing::error!("{e}");
+            status(Code::FAILED_PRECONDITION, e.to_string())
+        })?;
+        let rootfs = container::resolve_rootfs(share, &req.rootfs_path).map_err(container_err)?;
+        let (spec, notes) =
+            container::rewrite_spec(&id, &req.oci_spec_json, &rootfs, &|p: &Path| p.exists()).map_err(container_err)?;
+        for n in notes {
+            tracing::warn!(container = %id, "spec: {n}");
+        }
+        let bundle = container::write_bundle(&id, &spec).map_err(container_err)?;
+        let pipes = stdio::make_pipes(req.stdin).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+
+        let reaper = self.reaper.clone();
+        let no_pivot = self.no_pivot;
+        let (cid, cbundle) = (id.clone(), bundle.clone());
+        let (child_in, child_out, child_err) = (pipes.child_stdin, pipes.child_stdout, pipes.child_stderr);
+        let created = tokio::task::spawn_blocking(move || {
+            let guard = reaper.lock();
+            let pid = container::create(&cid, &cbundle, child_in, child_out, child_err, no_pivot)?;
+            let exit = reaper.watch(&guard, pid);
+            Ok::<_, ContainerError>((pid, exit))
+        })
+        .await
+        .map_err(join_err)?;
+        let (pid, exit) = match created {
+            Ok(v) => v,
+            Err(e) => {
+                let reaper = self.reaper.clone();
+                let cid = id.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _g = reaper.lock();
+                    if let Err(e) = container::delete(&cid) {
+                        tracing::warn!("cleaning up after the failed create: {e}");
+                    }
+                })
+                .await;
+                container::remove_bundle(&id);
+                return Err(container_err(e));
+            }
+        };
+
+        let stdout = OutputStream::new(OUTPUT_BUFFER_CAP);
+        let stderr = OutputStream::new(OUTPUT_BUFFER_CAP);
+        let mut pumps = Vec::new();
+        for (fd, stream, name) in [(pipes.stdout, &stdout, "stdout"), (pipes.stderr, &stderr, "stderr")] {
+            match stdio::receiver(fd) {
+                Ok(r) => pumps.push(tokio::spawn(stream.clone().pump(r, exit.clone(), format!("{id}/{name}")))),
+                Err(e) => {
+                    tracing::error!(container = %id, "{name}: {e}");
+                    stream.close();
+                }
+            }
+        }
+        let stdin = match pipes.stdin.map(stdio::sender).transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(container = %id, "stdin: {e}");
+                None
+            }
+        };
+        let entry = Arc::new(Entry { pid, exit, stdout, stderr, stdin: Stdin::new(stdin), pumps });
+        self.containers.lock().await.insert(id.clone(), entry);
+        tracing::info!(container = %id, pid, "container created");
+        Ok(pid as u32)
+    }
+}
+
+#[async_trait]
+impl Agent for AgentService {
+    async fn check(&self, _ctx: &TtrpcContext, req: CheckRequest) -> ttrpc::Result<CheckResponse> {
+        if req.shim_protocol_version != protocol::PROTOCOL_VERSION {
+            tracing::warn!("shim speaks protocol {}, agent {}", req.shim_protocol_version, protocol::PROTOCOL_VERSION);
+        }
+        let kernel_release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(CheckResponse {
+            agent_protocol_version: protocol::PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release,
+            ..Default::default()
+        })
+    }
+
+    async fn create_container(&self, _ctx: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<CreateContainerResponse> {
+        let pid = self.do_create(&req).await?;
+        Ok(CreateContainerResponse { pid, ..Default::default() })
+    }
+
+    async fn start_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        let id = req.container_id;
+        self.entry(&id, "").await?;
+        let reaper = self.reaper.clone();
+        let cid = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let _g = reaper.lock();
+            container::start(&cid)
+        })
+        .await
+        .map_err(join_err)?
+        .map_err(container_err)?;
+        tracing::info!(container = %id, "container started");
+        Ok(Empty::default())
+    }
+
+    async fn wait_process(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+        let e = self.entry(&req.container_id, &req.exec_id).await?;
+        let mut exit = e.exit.clone();
+        let code = exit
+            .wait_for(|s| s.is_some())
+            .await
+            .map(|s| s.unwrap_or(-1))
+            .map_err(|_| status(Code::INTERNAL, "exit status channel closed"))?;
+        Ok(WaitProcessResponse { exit_status: code, ..Default::default() })
+    }
+
+    async fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        let e = self.entry(&req.container_id, &req.exec_id).await?;
+        let signo = i32::try_from(req.signal).map_err(|_| status(Code::INVALID_ARGUMENT, "signal out of range"))?;
+        if signo != 0 {
+            Signal::try_from(signo).map_err(|_| status(Code::INVALID_ARGUMENT, format!("invalid signal {signo}")))?;
+        }
+        let reaper = self.reaper.clone();
+        let id = req.container_id.clone();
+        let all = req.all;
+        let res = tokio::task::spawn_blocking(move || -> ttrpc::Result<()> {
+            // Under the reaper lock the pid cannot be reaped (and reused) while we signal it.
+            let _g = reaper.lock();
+            if all {
+                return container::kill_all(&id, signo).map_err(container_err);
+            }
+            if e.exit.borrow().is_some() {
+                return Err(status(Code::NOT_FOUND, format!("process of container {id:?} has already exited")));
+            }
+            // SAFETY: plain kill(2) on a pid we own (our child, not yet reaped).
+            let r = unsafe { libc::kill(e.pid, signo) };
+            if r != 0 {
+                let err = std::io::Error::last_os_error();
+                return Err(status(Code::INTERNAL, format!("kill({}, {signo}): {err}", e.pid)));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(join_err)?;
+        if res.is_ok() {
+            tracing::info!(container = %req.container_id, signal = signo, all, "signalled");
+        }
+        res.map(|_| Empty::default())
+    }
+
+    async fn remove_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        let id = req.container_id;
+        let e = self.entry(&id, "").await?;
+        if e.exit.borrow().is_none() {
+            let reaper = self.reaper.clone();
+            let (cid, pid) = (id.clone(), e.pid);
+            let _ = tokio::task::spawn_blocking(move || {
+                let _g = reaper.lock();
+                if let Err(err) = container::kill_all(&cid, libc::SIGKILL) {
+                    tracing::warn!("{err}; killing the init process only");
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            })
+            .await;
+            let mut exit = e.exit.clone();
+            if tokio::time::timeout(KILL_WAIT, exit.wait_for(|s| s.is_some())).await.is_err() {
+                tracing::warn!(container = %id, "init process still not reaped {KILL_WAIT:?} after SIGKILL");
+            }
+        }
+        let reaper = self.reaper.clone();
+        let cid = id.clone();
+        let deleted = tokio::task::spawn_blocking(move || {
+            let _g = reaper.lock();
+            container::delete(&cid)
+        })
+        .await
+        .map_err(join_err)?;
+        // Forget the container even if libcontainer failed, so the id can be reused; report it.
+        e.stdout.close();
+        e.stderr.close();
+        e.stdin.close().await;
+        for p in &e.pumps {
+            p.abort();
+        }
+        self.containers.lock().await.remove(&id);
+        container::remove_bundle(&id);
+        deleted.map_err(container_err)?;
+        tracing::info!(container = %id, "container removed");
+        Ok(Empty::default())
+    }
+
+    async fn read_stdout(&self, _ctx: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        self.read(req, false).await
+    }
+
+    async fn read_stderr(&self, _ctx: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        self.read(req, true).await
+    }
+
+    async fn write_stdin(&self, _ctx: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+        let e = self.entry(&req.container_id, &req.exec_id).await?;
+        let len = e.stdin.write(&req.data).await.map_err(|err| status(Code::FAILED_PRECONDITION, err.to_string()))?;
+        Ok(WriteStreamResponse { len: len as u32, ..Default::default() })
+    }
+
+    async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        let e = self.entry(&req.container_id, &req.exec_id).await?;
+        e.stdin.close().await;
+        Ok(Empty::default())
+    }
+}
