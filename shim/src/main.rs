@@ -1,1 +1,40 @@
-fn main() {}
+//! containerd-shim-bulwark-v2: runs each pod in a QEMU microVM.
+//!
+//! Follow one container from containerd to the VM:
+//! `service.rs` (shim start/delete) → `task.rs` (Task API: Create/Start/...) →
+//! `container.rs` (config.json, rootfs mounts) → `sandbox.rs` (one VM per pod: state dir,
+//! helpers, boot) → `vsock.rs` + `virtiofsd.rs` (helpers) → `hypervisor/` (QEMU, accel) →
+//! `agent_client.rs` (ttrpc to bulwark-agent) → `io.rs` (stdio). `config.rs` is the node
+//! config, `error.rs` the error types, `child.rs` supervised processes, `process.rs` exit state.
+//!
+//! Logging: `tracing` macros become `log` records (workspace feature "log") that
+//! containerd-shim's logger writes to containerd's shim log. No tracing subscriber here.
+
+mod agent_client;
+mod child;
+mod config;
+mod container;
+mod error;
+mod hypervisor;
+mod io;
+mod process;
+mod sandbox;
+mod service;
+mod task;
+mod virtiofsd;
+mod vsock;
+
+/// The runtime type containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.bulwark.v2";
+
+#[tokio::main]
+async fn main() {
+    let config = containerd_shim::Config {
+        // We supervise our children (QEMU, virtiofsd, vhost-device-vsock) with tokio::process;
+        // the library must not waitpid(-1) them away.
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    };
+    containerd_shim::asynchronous::run::<service::BulwarkShim>(RUNTIME_ID, Some(config)).await;
+}

@@ -1,0 +1,264 @@
+//! The node configuration: `/etc/bulwark/config.toml` (override the path with `BULWARK_CONFIG`).
+//!
+//! Every key, its meaning and its default (the defaults work on a stock Debian node once
+//! the guest image is installed):
+//!
+//! ```toml
+//! [paths]
+//! qemu = "/usr/bin/qemu-system-x86_64"        # the hypervisor binary
+//! virtiofsd = "/usr/libexec/virtiofsd"        # serves the sandbox share (container rootfs)
+//! vhost_device_vsock = "/usr/bin/vhost-device-vsock"  # vsock backend (hybrid vsock)
+//! kernel = "/usr/share/bulwark/vmlinux"       # guest kernel (uncompressed ELF, PVH entry)
+//! initrd = "/usr/share/bulwark/initramfs.cpio" # guest initramfs with bulwark-agent as /init
+//! runtime_dir = "/run/bulwark"                # per-sandbox state: sockets, console log, pids
+//!
+//! [vm]
+//! vcpus = 1                 # vCPUs per sandbox VM (1..=64)
+//! memory_mib = 512          # guest RAM per sandbox VM in MiB (64..=262144)
+//! acceleration = "auto"     # auto | kvm | tcg (auto probes KVM once per host boot)
+//! boot_timeout_secs = 60    # how long to wait for the agent's READY line (1..=3600)
+//! kernel_params = ""        # extra guest kernel parameters, set by the operator only
+//! ```
+//!
+//! Unknown keys are errors naming the key: a typo must not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::hypervisor::accel::Acceleration;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulwark/config.toml";
+/// Environment variable that overrides [`DEFAULT_CONFIG_PATH`] (used by tests).
+pub const CONFIG_ENV: &str = "BULWARK_CONFIG";
+/// Longest runtime_dir accepted: sandbox sockets live below it and unix socket paths are
+/// limited to 107 bytes.
+pub const MAX_RUNTIME_DIR_LEN: usize = 60;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub paths: Paths,
+    pub vm: Vm,
+}
+
+/// `[paths]`: binaries, guest image and state directory.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vhost_device_vsock: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            qemu: "/usr/bin/qemu-system-x86_64".into(),
+            virtiofsd: "/usr/libexec/virtiofsd".into(),
+            vhost_device_vsock: "/usr/bin/vhost-device-vsock".into(),
+            kernel: "/usr/share/bulwark/vmlinux".into(),
+            initrd: "/usr/share/bulwark/initramfs.cpio".into(),
+            runtime_dir: "/run/bulwark".into(),
+        }
+    }
+}
+
+/// `[vm]`: shape of each sandbox VM.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Vm {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub acceleration: Acceleration,
+    pub boot_timeout_secs: u64,
+    pub kernel_params: String,
+}
+
+impl Default for Vm {
+    fn default() -> Self {
+        Vm {
+            vcpus: 1,
+            memory_mib: 512,
+            acceleration: Acceleration::Auto,
+            boot_timeout_secs: 60,
+            kernel_params: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The path the configuration is read from: `$BULWARK_CONFIG` or the default.
+    pub fn path() -> PathBuf {
+        match std::env::var_os(CONFIG_ENV) {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    /// Loads and validates the configuration. A missing file at the *default* path means
+    /// "all defaults"; a missing file named by `BULWARK_CONFIG` is an error.
+    pub fn load() -> Result<Config> {
+        let path = Self::path();
+        let explicit = std::env::var_os(CONFIG_ENV).is_some_and(|p| !p.is_empty());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                let cfg = Config::default();
+                cfg.validate(&path)?;
+                Ok(cfg)
+            }
+            Err(e) => Err(Error::Config {
+                path,
+                msg: format!("cannot read it: {e} (set {CONFIG_ENV} to another file or create it)"),
+            }),
+        }
+    }
+
+    /// Parses and validates configuration text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            msg: format!(
+                "{}{}",
+                e.message(),
+                e.span()
+                    .map(|s| format!(
+                        " (line {})",
+                        1 + text.as_bytes()[..s.start.min(text.len())]
+                            .iter()
+                            .filter(|&&b| b == b'\n')
+                            .count()
+                    ))
+                    .unwrap_or_default()
+            ),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks values that TOML types cannot express.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let err = |msg: String| Error::Config { path: path.to_path_buf(), msg };
+        let p = &self.paths;
+        for (key, value) in [
+            ("paths.qemu", &p.qemu),
+            ("paths.virtiofsd", &p.virtiofsd),
+            ("paths.vhost_device_vsock", &p.vhost_device_vsock),
+            ("paths.kernel", &p.kernel),
+            ("paths.initrd", &p.initrd),
+            ("paths.runtime_dir", &p.runtime_dir),
+        ] {
+            if !value.is_absolute() {
+                return Err(err(format!("{key} = {value:?} must be an absolute path")));
+            }
+        }
+        let rd = p.runtime_dir.as_os_str().len();
+        if rd > MAX_RUNTIME_DIR_LEN {
+            return Err(err(format!(
+                "paths.runtime_dir = {:?} is {rd} bytes long; at most {MAX_RUNTIME_DIR_LEN} \
+                 (unix socket paths below it are limited to 107 bytes)",
+                p.runtime_dir
+            )));
+        }
+        let vm = &self.vm;
+        if !(1..=64).contains(&vm.vcpus) {
+            return Err(err(format!("vm.vcpus = {} must be between 1 and 64", vm.vcpus)));
+        }
+        if !(64..=262_144).contains(&vm.memory_mib) {
+            return Err(err(format!(
+                "vm.memory_mib = {} must be between 64 and 262144",
+                vm.memory_mib
+            )));
+        }
+        if !(1..=3600).contains(&vm.boot_timeout_secs) {
+            return Err(err(format!(
+                "vm.boot_timeout_secs = {} must be between 1 and 3600",
+                vm.boot_timeout_secs
+            )));
+        }
+        if vm.kernel_params.len() > 1024
+            || vm.kernel_params.chars().any(|c| c.is_control() || c == '"')
+        {
+            return Err(err(
+                "vm.kernel_params must be at most 1024 bytes of printable characters without '\"'"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/test/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.vm.memory_mib, 512);
+        assert_eq!(cfg.paths.runtime_dir, PathBuf::from("/run/bulwark"));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let cfg = parse(
+            r#"
+            [paths]
+            qemu = "/opt/qemu"
+            virtiofsd = "/opt/virtiofsd"
+            vhost_device_vsock = "/opt/vdv"
+            kernel = "/opt/vmlinux"
+            initrd = "/opt/initrd"
+            runtime_dir = "/tmp/bw"
+            [vm]
+            vcpus = 2
+            memory_mib = 256
+            acceleration = "tcg"
+            boot_timeout_secs = 5
+            kernel_params = "loglevel=7"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.paths.qemu, PathBuf::from("/opt/qemu"));
+        assert_eq!(cfg.vm.vcpus, 2);
+        assert_eq!(cfg.vm.acceleration, Acceleration::Tcg);
+        assert_eq!(cfg.vm.kernel_params, "loglevel=7");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("[vm]\nmemroy_mib = 5\n").unwrap_err().to_string();
+        assert!(e.contains("memroy_mib"), "{e}");
+        let e = parse("[pathz]\n").unwrap_err().to_string();
+        assert!(e.contains("pathz"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (text, needle) in [
+            ("[vm]\nvcpus = 0\n", "vm.vcpus"),
+            ("[vm]\nmemory_mib = 1\n", "vm.memory_mib"),
+            ("[vm]\nboot_timeout_secs = 0\n", "boot_timeout_secs"),
+            ("[vm]\nacceleration = \"fast\"\n", "fast"),
+            ("[vm]\nkernel_params = \"a\\nb\"\n", "kernel_params"),
+            ("[paths]\nkernel = \"relative/vmlinux\"\n", "paths.kernel"),
+            ("[paths]\nruntime_dir = \"/a/very/long/runtime/directory/that/leaves/no/room/for/sockets\"\n", "runtime_dir"),
+            ("[vm]\nvcpus = \"two\"\n", "line 2"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?} -> {e}");
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! One container: validates its id and `<bundle>/config.json` (oci-spec), mounts its rootfs
+//! (the snapshotter's mounts onto `<bundle>/rootfs`, like runc's shim) and bind-mounts it to
+//! `<share>/<id>/rootfs` so virtiofsd serves it; holds its process state (process.rs).
+//! Nothing host-specific goes to the guest except the JSON spec and the relative rootfs path.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::protos::types::mount::Mount;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use oci_spec::runtime::Spec;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::process::{now, Exit, ProcState, Status};
+
+/// Largest config.json accepted.
+const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
+/// CRI annotation naming the pod sandbox a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// containerd's identifier rule: `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`, at most 76 bytes (pure).
+pub fn validate_id(id: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::InvalidArgument(format!(
+            "invalid id {:?}: {why} (ids are letters and digits, single '.', '_' or '-' between them, at most 76 bytes)",
+            id.chars().take(100).collect::<String>()
+        ))
+    };
+    if id.is_empty() {
+        return Err(bad("empty"));
+    }
+    if id.len() > 76 {
+        return Err(bad("too long"));
+    }
+    let mut prev_sep = true; // at start, a separator is not allowed
+    for c in id.bytes() {
+        if c.is_ascii_alphanumeric() {
+            prev_sep = false;
+        } else if matches!(c, b'.' | b'_' | b'-') {
+            if prev_sep {
+                return Err(bad("a separator must follow a letter or digit"));
+            }
+            prev_sep = true;
+        } else {
+            return Err(bad("forbidden character"));
+        }
+    }
+    if prev_sep {
+        return Err(bad("must end with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// Reads and validates `<bundle>/config.json`. Returns the parsed spec and the raw JSON
+/// (what the guest agent receives).
+pub fn load_spec(bundle: &Path) -> Result<(Spec, Vec<u8>)> {
+    let path = bundle.join("config.json");
+    let md = std::fs::metadata(&path).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+    if md.len() > MAX_SPEC_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{}: {} bytes, larger than the {MAX_SPEC_BYTES} bytes accepted",
+            path.display(),
+            md.len()
+        )));
+    }
+    let raw = std::fs::read(&path).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+    let spec: Spec = serde_json::from_slice(&raw).map_err(|e| {
+        Error::InvalidArgument(format!("{} is not a valid OCI runtime spec: {e}", path.display()))
+    })?;
+    if spec.process().is_none() {
+        return Err(Error::InvalidArgument(format!("{}: no \"process\": nothing to run", path.display())));
+    }
+    Ok((spec, raw))
+}
+
+/// The sandbox a container belongs to: the CRI sandbox annotation if present, else itself.
+pub fn sandbox_id_of(spec: &Spec, container_id: &str) -> Result<String> {
+    match spec.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID_ANNOTATION)) {
+        Some(sid) => {
+            validate_id(sid)?;
+            Ok(sid.clone())
+        }
+        None => Ok(container_id.to_string()),
+    }
+}
+
+/// Reads the sandbox id from a bundle, without failing: used by `start`/`delete`.
+pub fn sandbox_id_from_bundle(bundle: &Path, container_id: &str) -> String {
+    load_spec(bundle)
+        .ok()
+        .and_then(|(s, _)| sandbox_id_of(&s, container_id).ok())
+        .unwrap_or_else(|| container_id.to_string())
+}
+
+/// The host mounts of one container's rootfs.
+#[derive(Debug, Clone)]
+pub struct RootfsMounts {
+    /// `<bundle>/rootfs` when the shim mounted it from the snapshotter's mounts.
+    pub bundle_rootfs: Option<PathBuf>,
+    /// `<share>/<id>` (the rootfs is bind-mounted at `<share>/<id>/rootfs`).
+    pub share_dir: PathBuf,
+}
+
+/// The guest-side rootfs path, relative to the share.
+pub fn guest_rootfs_path(id: &str) -> String {
+    format!("{id}/rootfs")
+}
+
+/// Mounts the rootfs and binds it into the share. Undoes what it did on failure.
+pub fn mount_rootfs(id: &str, bundle: &Path, spec: &Spec, mounts: &[Mount], share: &Path) -> Result<RootfsMounts> {
+    let (source, ours) = if !mounts.is_empty() {
+        let target = bundle.join("rootfs");
+        std::fs::create_dir_all(&target).map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+        for m in mounts {
+            let fs_type = (!m.type_.is_empty()).then_some(m.type_.as_str());
+            let src = (!m.source.is_empty()).then_some(m.source.as_str());
+            if let Err(e) = containerd_shim::mount::mount_rootfs(fs_type, src, &m.options, &target) {
+                unmount_all(&target);
+                return Err(Error::Mount(format!(
+                    "mounting the rootfs ({} {}) on {}: {e}",
+                    m.type_,
+                    m.source,
+                    target.display()
+                )));
+            }
+        }
+        (target.clone(), Some(target))
+    } else {
+        // No mounts: the bundle's rootfs is ready (e.g. prepared by hand); use root.path.
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .ok_or_else(|| Error::InvalidArgument("no rootfs mounts and no root.path in config.json".into()))?;
+        let root = if root.is_absolute() { root } else { bundle.join(root) };
+        if !root.is_dir() {
+            return Err(Error::InvalidArgument(format!("rootfs {} is not a directory", root.display())));
+        }
+        (root, None)
+    };
+    let share_dir = share.join(id);
+    let target = share_dir.join("rootfs");
+    let res = std::fs::create_dir_all(&target)
+        .map_err(|e| Error::io(format!("creating {}", target.display()), e))
+        .and_then(|_| {
+            mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| Error::Mount(format!("binding {} to {}: {e}", source.display(), target.display())))
+        });
+    let rm = RootfsMounts { bundle_rootfs: ours, share_dir };
+    if let Err(e) = res {
+        unmount_rootfs(&rm);
+        return Err(e);
+    }
+    Ok(rm)
+}
+
+fn unmount_all(target: &Path) {
+    for _ in 0..16 {
+        if umount2(target, MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
+}
+
+/// Undoes [`mount_rootfs`]; logs what it cannot undo.
+pub fn unmount_rootfs(m: &RootfsMounts) {
+    if m.share_dir.exists() {
+        if let Err(e) = crate::sandbox::cleanup_mounts_and_dir(&m.share_dir) {
+            tracing::error!("{e}");
+        }
+    }
+    if let Some(b) = &m.bundle_rootfs {
+        unmount_all(b);
+    }
+}
+
+/// The stdio paths containerd gave for a container.
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// One container of the sandbox, as the task service tracks it.
+pub struct Container {
+    pub id: String,
+    pub bundle: String,
+    pub sandbox_id: String,
+    pub stdio: Stdio,
+    pub mounts: RootfsMounts,
+    state: Mutex<ProcState>,
+    exit_tx: watch::Sender<Option<Exit>>,
+    /// Tasks working for this container (exit watcher, stdio copiers), aborted on Delete.
+    pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Tells the stdin copier to finish (CloseIO).
+    pub stdin_close: Arc<tokio::sync::Notify>,
+    /// Held by Start across StartContainer + TaskStart, and by the exit watcher before it
+    /// records the exit, so TaskExit never precedes TaskStart.
+    pub start_gate: tokio::sync::Mutex<()>,
+}
+
+impl Container {
+    pub fn new(id: String, bundle: String, sandbox_id: String, stdio: Stdio, mounts: RootfsMounts, guest_pid: u32) -> Self {
+        Container {
+            id,
+            bundle,
+            sandbox_id,
+            stdio,
+            mounts,
+            state: Mutex::new(ProcState { status: Status::Created, guest_pid, exit: None }),
+            exit_tx: watch::channel(None).0,
+            tasks: Mutex::new(Vec::new()),
+            stdin_close: Arc::new(tokio::sync::Notify::new()),
+            start_gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn state(&self) -> ProcState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Created → Running (no-op otherwise).
+    pub fn set_running(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.status == Status::Created {
+            s.status = Status::Running;
+        }
+    }
+
+    /// Records the exit. Returns it if this call made the transition (so only one caller
+    /// publishes TaskExit).
+    pub fn mark_exited(&self, status: u32) -> Option<Exit> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.status == Status::Stopped {
+            return None;
+        }
+        let exit = Exit { status, at: now() };
+        s.status = Status::Stopped;
+        s.exit = Some(exit.clone());
+        drop(s);
+        self.exit_tx.send_replace(Some(exit.clone()));
+        Some(exit)
+    }
+
+    /// Waits for the exit.
+    pub async fn wait(&self) -> Exit {
+        let mut rx = self.exit_tx.subscribe();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                // Sender lives in self: cannot happen while we hold &self.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub fn abort_tasks(&self) {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "t1", "abc-def.g_h", &"a".repeat(76), "0123456789abcdef"] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a--b", "../x", "a/b", "a b", ".", "..", &"a".repeat(77), "é", "a\0b", "a\nb"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spec_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("bulwark-spec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = load_spec(&dir).unwrap_err().to_string();
+        assert!(e.contains("config.json"), "{e}");
+        std::fs::write(dir.join("config.json"), b"{not json").unwrap();
+        let e = load_spec(&dir).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("not a valid OCI runtime spec"), "{e}");
+        std::fs::write(dir.join("config.json"), br#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},"root":{"path":"rootfs"},"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#).unwrap();
+        let (spec, raw) = load_spec(&dir).unwrap();
+        assert!(!raw.is_empty());
+        assert_eq!(sandbox_id_of(&spec, "c1").unwrap(), "pod1");
+        assert_eq!(sandbox_id_from_bundle(&dir, "c1"), "pod1");
+        std::fs::write(dir.join("config.json"), br#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},"annotations":{"io.kubernetes.cri.sandbox-id":"../etc"}}"#).unwrap();
+        let (spec, _) = load_spec(&dir).unwrap();
+        assert!(sandbox_id_of(&spec, "c1").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn exit_is_recorded_once() {
+        let c = Container::new(
+            "c".into(),
+            "/b".into(),
+            "c".into(),
+            Stdio::default(),
+            RootfsMounts { bundle_rootfs: None, share_dir: "/nonexistent".into() },
+            1,
+        );
+        c.set_running();
+        assert_eq!(c.state().status, Status::Running);
+        assert_eq!(c.mark_exited(3).map(|e| e.status), Some(3));
+        assert!(c.mark_exited(137).is_none());
+        assert_eq!(c.wait().await.status, 3);
+        assert_eq!(c.state().exit.unwrap().status, 3);
+    }
+}

@@ -1,0 +1,193 @@
+//! Acceleration choice: `auto | kvm | tcg`.
+//!
+//! `auto` never trusts the mere existence of /dev/kvm: on nested hosts KVM_CREATE_VM succeeds
+//! but a real kernel under KVM spins forever. So `auto` = KVM_CREATE_VM works *and* a short
+//! real boot of the configured kernel+initrd under KVM reaches the agent's READY line; else
+//! TCG. The result is cached in `<runtime_dir>/accel-probe`, keyed by the host boot id and
+//! the kernel's path and mtime, so the probe runs once per host boot (and kernel).
+//! The probe itself is [`probe_kvm_boot`], one function, so a cheaper one can replace it.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::Config;
+
+/// The configured setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Acceleration {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for Acceleration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Acceleration::Auto),
+            "kvm" => Ok(Acceleration::Kvm),
+            "tcg" => Ok(Acceleration::Tcg),
+            other => Err(format!("unknown acceleration {other:?}: use auto, kvm or tcg")),
+        }
+    }
+}
+
+/// What a VM actually runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// How long the KVM boot probe waits for READY. A working KVM boots in well under a second.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+const CACHE_FILE: &str = "accel-probe";
+const CACHE_VERSION: &str = "bulwark-accel-probe-v1";
+
+/// Chooses the acceleration for a new VM, logging (info) what and why.
+pub async fn resolve(cfg: &Config) -> Accel {
+    match cfg.vm.acceleration {
+        Acceleration::Kvm => {
+            tracing::info!("acceleration: kvm (vm.acceleration = \"kvm\" in the config)");
+            Accel::Kvm
+        }
+        Acceleration::Tcg => {
+            tracing::info!("acceleration: tcg (vm.acceleration = \"tcg\" in the config)");
+            Accel::Tcg
+        }
+        Acceleration::Auto => {
+            let (accel, why) = auto(cfg).await;
+            tracing::info!("acceleration: {} (auto: {why})", accel.as_str());
+            accel
+        }
+    }
+}
+
+async fn auto(cfg: &Config) -> (Accel, String) {
+    if let Err(e) = kvm_create_vm() {
+        return (Accel::Tcg, format!("KVM unusable: {e}"));
+    }
+    let key = match cache_key(&cfg.paths.kernel) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!("accel probe cache disabled: {e}");
+            None
+        }
+    };
+    let cache = cfg.paths.runtime_dir.join(CACHE_FILE);
+    if let Some(key) = &key {
+        if let Some((accel, why)) = std::fs::read_to_string(&cache).ok().and_then(|t| parse_cache(&t, key)) {
+            return (accel, format!("cached probe result from {}: {why}", cache.display()));
+        }
+    }
+    let (accel, why) = match probe_kvm_boot(cfg).await {
+        Ok(()) => (Accel::Kvm, "KVM_CREATE_VM works and the guest booted under KVM".to_string()),
+        Err(e) => (Accel::Tcg, format!("KVM_CREATE_VM works but the guest did not boot under KVM: {e}")),
+    };
+    if let Some(key) = &key {
+        let _ = std::fs::create_dir_all(&cfg.paths.runtime_dir);
+        let tmp = cache.with_extension("tmp");
+        let text = format_cache(key, accel, &why);
+        if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &cache)).is_err() {
+            tracing::warn!("could not write the accel probe cache {}", cache.display());
+        }
+    }
+    (accel, why)
+}
+
+/// Opens /dev/kvm and creates (then drops) a VM.
+pub fn kvm_create_vm() -> Result<(), String> {
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("opening /dev/kvm: {e}"))?;
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01; // _IO(KVMIO = 0xAE, 0x01)
+    // SAFETY: KVM_CREATE_VM takes an integer argument (machine type 0) and returns a new fd
+    // or -1; no memory is passed to the kernel. The fd is owned and closed right here.
+    let fd = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0 as libc::c_ulong) };
+    if fd < 0 {
+        return Err(format!("KVM_CREATE_VM: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by the kernel and is not used anywhere else.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// The probe: a real boot of the configured kernel+initrd under KVM, up to the agent's
+/// READY line, within [`PROBE_TIMEOUT`]. Swap this function for a cheaper probe.
+pub async fn probe_kvm_boot(cfg: &Config) -> Result<(), String> {
+    crate::sandbox::probe_boot(cfg, Accel::Kvm, PROBE_TIMEOUT).await.map_err(|e| e.to_string())
+}
+
+/// "<boot id> <kernel path> <kernel mtime ns>".
+fn cache_key(kernel: &Path) -> Result<String, String> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map_err(|e| format!("reading /proc/sys/kernel/random/boot_id: {e}"))?;
+    let md = std::fs::metadata(kernel).map_err(|e| format!("{}: {e}", kernel.display()))?;
+    Ok(format!(
+        "{} {} {}",
+        boot_id.trim(),
+        kernel.display(),
+        md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128
+    ))
+}
+
+fn format_cache(key: &str, accel: Accel, why: &str) -> String {
+    let why: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    format!("{CACHE_VERSION}\n{key}\n{}\n{why}\n", accel.as_str())
+}
+
+/// Reads a cache file; `None` unless it is well-formed and for `key`.
+fn parse_cache(text: &str, key: &str) -> Option<(Accel, String)> {
+    let mut lines = text.lines();
+    if lines.next()? != CACHE_VERSION || lines.next()? != key {
+        return None;
+    }
+    let accel = match lines.next()? {
+        "kvm" => Accel::Kvm,
+        "tcg" => Accel::Tcg,
+        _ => return None,
+    };
+    Some((accel, lines.next().unwrap_or("").to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_setting() {
+        assert_eq!("auto".parse::<Acceleration>(), Ok(Acceleration::Auto));
+        assert_eq!("kvm".parse::<Acceleration>(), Ok(Acceleration::Kvm));
+        assert_eq!("tcg".parse::<Acceleration>(), Ok(Acceleration::Tcg));
+        assert!("KVM".parse::<Acceleration>().is_err());
+        assert!("".parse::<Acceleration>().is_err());
+    }
+
+    #[test]
+    fn cache_round_trip_and_key_mismatch() {
+        let t = format_cache("boot1 /k 5", Accel::Tcg, "no\nboot");
+        assert_eq!(parse_cache(&t, "boot1 /k 5"), Some((Accel::Tcg, "no boot".into())));
+        assert_eq!(parse_cache(&t, "boot2 /k 5"), None);
+        assert_eq!(parse_cache("garbage", "boot1 /k 5"), None);
+        assert_eq!(parse_cache(&format!("{CACHE_VERSION}\nk\nfast\n"), "k"), None);
+        let t = format_cache("k", Accel::Kvm, "ok");
+        assert_eq!(parse_cache(&t, "k").map(|x| x.0), Some(Accel::Kvm));
+    }
+}

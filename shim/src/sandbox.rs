@@ -1,0 +1,497 @@
+//! One microVM per sandbox: its state directory `<runtime_dir>/<id>/` (sockets, logs, pid
+//! file, the virtio-fs share), its helper processes (vhost-device-vsock, virtiofsd), the
+//! hypervisor, the agent connection, and teardown of all of it — on Delete and on any
+//! failure part-way through boot. Nothing is left behind.
+//!
+//! Boot order (shared/PLATFORM.md): vsock backend → log listener → virtiofsd → QEMU →
+//! READY from the agent → CONNECT to the agent → Check.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Mutex};
+
+use crate::agent_client::Agent;
+use crate::child::Child;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::hypervisor::{self, Accel, Hypervisor, VmSpec};
+use crate::{virtiofsd, vsock};
+
+/// Unix socket paths are limited to 107 bytes (sun_path minus NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// Longest file name we create in the state dir for a socket ("vhost-vsock.sock").
+const LONGEST_SOCKET_NAME: usize = 16;
+/// Name of the pid file `delete` reads after a crashed shim.
+pub const PID_FILE: &str = "pids";
+
+/// The state directory of sandbox `id`: `<runtime_dir>/<id>`, or `<runtime_dir>/h-<hash>`
+/// when socket paths below it would be too long (pure). `id` must be validated already.
+pub fn sandbox_dir(runtime_dir: &Path, id: &str) -> PathBuf {
+    let plain = runtime_dir.join(id);
+    if plain.as_os_str().len() + 1 + LONGEST_SOCKET_NAME <= MAX_SOCKET_PATH {
+        return plain;
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    runtime_dir.join(format!("h-{hex}"))
+}
+
+struct Procs {
+    vsock: Option<Child>,
+    virtiofsd: Option<Child>,
+    hv: Box<dyn Hypervisor>,
+}
+
+/// A sandbox VM and everything that belongs to it.
+pub struct Sandbox {
+    pub id: String,
+    pub dir: PathBuf,
+    /// Host directory served to the guest (container rootfs go to `<share>/<cid>/rootfs`).
+    pub share: PathBuf,
+    cfg: Config,
+    procs: Mutex<Procs>,
+    agent: OnceLock<Arc<Agent>>,
+    vm_exit: OnceLock<watch::Receiver<Option<ExitStatus>>>,
+    pid: AtomicU32,
+    stopping: AtomicBool,
+    torn_down: AtomicBool,
+    log_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Sandbox {
+    /// Creates the state directory and the share (a private→shared bind mount onto itself, so
+    /// container mounts made later propagate into virtiofsd's mount namespace). Cleans up a
+    /// leftover directory of the same sandbox first. No processes yet.
+    pub fn prepare(cfg: &Config, id: &str) -> Result<Sandbox> {
+        let dir = sandbox_dir(&cfg.paths.runtime_dir, id);
+        if dir.exists() {
+            tracing::warn!("sandbox dir {} exists (leftover of a crashed shim?): cleaning it", dir.display());
+            cleanup_dir(&dir)?;
+        }
+        std::fs::create_dir_all(&cfg.paths.runtime_dir)
+            .map_err(|e| Error::io(format!("creating runtime dir {}", cfg.paths.runtime_dir.display()), e))?;
+        std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating sandbox dir {}", dir.display()), e))?;
+        let share = dir.join("share");
+        let sb = Sandbox {
+            id: id.to_string(),
+            dir: dir.clone(),
+            share: share.clone(),
+            cfg: cfg.clone(),
+            procs: Mutex::new(Procs {
+                vsock: None,
+                virtiofsd: None,
+                hv: hypervisor::new_backend(cfg.paths.qemu.clone()),
+            }),
+            agent: OnceLock::new(),
+            vm_exit: OnceLock::new(),
+            pid: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
+            torn_down: AtomicBool::new(false),
+            log_task: std::sync::Mutex::new(None),
+        };
+        if let Err(e) = make_share(&share) {
+            let _ = cleanup_dir(&dir);
+            return Err(e);
+        }
+        Ok(sb)
+    }
+
+    /// Host pid of the hypervisor (0 before boot).
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::SeqCst)
+    }
+
+    /// The agent, once booted.
+    pub fn agent(&self) -> Option<Arc<Agent>> {
+        self.agent.get().cloned()
+    }
+
+    /// The VM's exit status channel, once booted.
+    pub fn vm_exit(&self) -> Option<watch::Receiver<Option<ExitStatus>>> {
+        self.vm_exit.get().cloned()
+    }
+
+    /// Whether teardown has begun (VM exits after that are expected).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Starts the helpers and the VM and waits for the agent. On error the caller tears down.
+    /// `accel` comes from [`crate::hypervisor::accel::resolve`] (or is forced, for the KVM probe).
+    pub async fn boot(self: &Arc<Self>, accel: Accel, timeout: Duration) -> Result<()> {
+        let cfg = &self.cfg;
+        for (what, path) in [("guest kernel", &cfg.paths.kernel), ("guest initramfs", &cfg.paths.initrd)] {
+            if !path.exists() {
+                return Err(Error::Missing {
+                    what,
+                    path: path.clone(),
+                    hint: format!(
+                        "set paths.{} in {} or build it with images/build-guest-image",
+                        if what == "guest kernel" { "kernel" } else { "initrd" },
+                        Config::path().display()
+                    ),
+                });
+            }
+        }
+        let started = Instant::now();
+        let mut procs = self.procs.lock().await;
+
+        let vs = vsock::spawn_backend(cfg, &self.dir)?;
+        let vs_exit = vs.exit_watch();
+        procs.vsock = Some(vs);
+        self.write_pid_file(&procs);
+        wait_for_socket(&vsock::backend_socket(&self.dir), &vs_exit, "vhost-device-vsock", &self.dir.join("vsock.log")).await?;
+
+        let listener = vsock::bind_log_listener(&self.dir)?;
+
+        let fs = virtiofsd::spawn(cfg, &self.dir, &self.share)?;
+        let fs_exit = fs.exit_watch();
+        procs.virtiofsd = Some(fs);
+        self.write_pid_file(&procs);
+        wait_for_socket(&virtiofsd::socket(&self.dir), &fs_exit, "virtiofsd", &self.dir.join("virtiofsd.log")).await?;
+
+        let spec = VmSpec {
+            vcpus: cfg.vm.vcpus,
+            memory_mib: cfg.vm.memory_mib,
+            accel,
+            kernel: cfg.paths.kernel.clone(),
+            initrd: cfg.paths.initrd.clone(),
+            extra_kernel_params: cfg.vm.kernel_params.clone(),
+            vsock_socket: vsock::backend_socket(&self.dir),
+            fs_socket: Some(virtiofsd::socket(&self.dir)),
+            console_log: self.dir.join("console.log"),
+            log: self.dir.join("qemu.log"),
+        };
+        procs.hv.start(&spec).await?;
+        let (pid, vm_exit) = match procs.hv.process() {
+            Some(c) => (c.pid, c.exit_watch()),
+            None => return Err(Error::Boot("the hypervisor did not start".into())),
+        };
+        self.pid.store(pid, Ordering::SeqCst);
+        let _ = self.vm_exit.set(vm_exit.clone());
+        self.write_pid_file(&procs);
+        drop(procs);
+
+        let ready = tokio::select! {
+            r = vsock::accept_ready(&listener, timeout) => r,
+            st = crate::child::wait_exit(vm_exit.clone()) => Err(Error::Boot(format!(
+                "QEMU exited ({st}) before the agent was ready. QEMU log {}: {}",
+                self.dir.join("qemu.log").display(), tail(&self.dir.join("qemu.log"))))),
+        };
+        let (version, log_stream) = match ready {
+            Ok(x) => x,
+            Err(e) => {
+                return Err(Error::Boot(format!(
+                    "{e} (accel {}, boot_timeout_secs {}). Guest console {}: {}",
+                    accel.as_str(),
+                    timeout.as_secs(),
+                    self.dir.join("console.log").display(),
+                    tail(&self.dir.join("console.log"))
+                )))
+            }
+        };
+        drop(listener);
+        crate::agent_client::check_version(version)?;
+        *self.log_task.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(vsock::spawn_log_forwarder(log_stream, self.id.clone()));
+
+        let mut last = None;
+        let mut stream = None;
+        for _ in 0..3 {
+            match vsock::connect(&self.dir, bulwark_protocol::AGENT_PORT, Duration::from_secs(10)).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+        let stream = stream.ok_or_else(|| last.unwrap_or_else(|| Error::Agent("connect failed".into())))?;
+        let agent = Arc::new(Agent::new(stream, vm_exit.clone()));
+        let info = agent.check().await?;
+        tracing::info!(
+            "sandbox {} booted in {:?} ({} {}, pid {pid}): agent {} protocol {}, guest kernel {}",
+            self.id,
+            started.elapsed(),
+            self.procs.lock().await.hv.name(),
+            accel.as_str(),
+            info.agent_version.chars().take(64).collect::<String>(),
+            info.agent_protocol_version,
+            info.kernel_release.chars().take(64).collect::<String>()
+        );
+        let _ = self.agent.set(agent);
+
+        // Supervise: an unexpected VM exit stops the helpers (vhost-device-vsock never exits
+        // by itself). Containers learn about it through their own watchers.
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let st = crate::child::wait_exit(vm_exit).await;
+            if me.is_stopping() {
+                return;
+            }
+            tracing::error!(
+                "QEMU of sandbox {} exited unexpectedly ({st}); stopping its helpers. Console: {}",
+                me.id,
+                tail(&me.dir.join("console.log"))
+            );
+            let procs = me.procs.lock().await;
+            for c in [&procs.virtiofsd, &procs.vsock].into_iter().flatten() {
+                c.stop(Duration::from_secs(1)).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Records the helpers' pids for `delete` after a crashed shim: "<name> <pid> <exe>".
+    fn write_pid_file(&self, procs: &Procs) {
+        let mut text = String::new();
+        for c in [procs.vsock.as_ref(), procs.virtiofsd.as_ref(), procs.hv.process()].into_iter().flatten() {
+            text.push_str(&format!("{} {} {}\n", c.name, c.pid, c.exe.display()));
+        }
+        let path = self.dir.join(PID_FILE);
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
+    }
+
+    /// Stops the VM and helpers, unmounts the share and removes the state directory.
+    /// Idempotent; logs what it could not do.
+    pub async fn teardown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut procs = self.procs.lock().await;
+            procs.hv.stop().await;
+            for c in [&procs.virtiofsd, &procs.vsock].into_iter().flatten() {
+                c.stop(Duration::from_secs(1)).await;
+            }
+        }
+        if let Some(h) = self.log_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            h.abort();
+        }
+        let dir = self.dir.clone();
+        let res = tokio::task::spawn_blocking(move || cleanup_mounts_and_dir(&dir)).await;
+        match res {
+            Ok(Ok(())) => tracing::info!("sandbox {} torn down", self.id),
+            Ok(Err(e)) => tracing::error!("tearing down sandbox {}: {e}", self.id),
+            Err(e) => tracing::error!("tearing down sandbox {}: {e}", self.id),
+        }
+    }
+}
+
+/// Boots a throwaway VM with `accel` up to the agent's Check, then tears it down.
+pub async fn probe_boot(cfg: &Config, accel: Accel, timeout: Duration) -> Result<()> {
+    let id = format!("probe-{}", std::process::id());
+    let sb = Arc::new(Sandbox::prepare(cfg, &id)?);
+    let r = sb.boot(accel, timeout).await;
+    sb.teardown().await;
+    r
+}
+
+fn make_share(share: &Path) -> Result<()> {
+    std::fs::create_dir(share).map_err(|e| Error::io(format!("creating {}", share.display()), e))?;
+    let m = |flags: MsFlags, src: Option<&Path>| {
+        mount(src, share, None::<&str>, flags, None::<&str>)
+            .map_err(|e| Error::Mount(format!("{} ({flags:?}): {e}", share.display())))
+    };
+    m(MsFlags::MS_BIND, Some(share))?;
+    m(MsFlags::MS_PRIVATE, None)?;
+    m(MsFlags::MS_SHARED, None)?;
+    Ok(())
+}
+
+async fn wait_for_socket(
+    path: &Path,
+    exit: &watch::Receiver<Option<ExitStatus>>,
+    what: &str,
+    log: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(st) = *exit.borrow() {
+            return Err(Error::Boot(format!("{what} exited ({st}) at start. Its log {}: {}", log.display(), tail(log))));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(format!("{what} did not create {} within 10s", path.display())));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The last ~1.5 KiB of a log file, one line, control characters replaced.
+pub fn tail(path: &Path) -> String {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) => return format!("(unreadable: {e})"),
+    };
+    let start = data.len().saturating_sub(1536);
+    let s: String = String::from_utf8_lossy(&data[start..])
+        .chars()
+        .map(|c| if c == '\n' { '|' } else if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.trim().is_empty() {
+        "(empty)".into()
+    } else {
+        s
+    }
+}
+
+/// Decodes a mountinfo path field (`\040` style octal escapes) (pure).
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    v.dedup();
+    v
+}
+
+/// Unmounts everything under `dir` (lazily), then removes it — but never removes through
+/// a mount that is still there (that would delete a container's files).
+pub fn cleanup_mounts_and_dir(dir: &Path) -> Result<()> {
+    for m in mounts_under(dir) {
+        // Repeated: stacked mounts on one point need one unmount each.
+        for _ in 0..8 {
+            if umount2(&m, MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+    }
+    let left = mounts_under(dir);
+    if !left.is_empty() {
+        return Err(Error::Mount(format!(
+            "still mounted under {}: {left:?}; not removing the directory (unmount them by hand)",
+            dir.display()
+        )));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// Parses the pid file: (name, pid, exe) per well-formed line (pure; the file is ours but
+/// may be truncated by a crash).
+pub fn parse_pid_file(text: &str) -> Vec<(String, i32, PathBuf)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ' ');
+            let name = it.next()?.to_string();
+            let pid: i32 = it.next()?.parse().ok()?;
+            let exe = PathBuf::from(it.next()?);
+            (pid > 1 && exe.is_absolute()).then_some((name, pid, exe))
+        })
+        .collect()
+}
+
+/// Whether /proc/<pid>/exe is `exe` (a deleted binary shows as "<path> (deleted)").
+fn pid_runs(pid: i32, exe: &Path) -> bool {
+    match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(p) => {
+            let want = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+            p == want || p == exe || p.to_string_lossy() == format!("{} (deleted)", want.display())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Cleanup after a crashed shim: SIGKILL the recorded helpers that are still those
+/// programs, unmount, remove the directory.
+pub fn cleanup_dir(dir: &Path) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) {
+        for (name, pid, exe) in parse_pid_file(&text) {
+            if pid_runs(pid, &exe) {
+                tracing::warn!("killing leftover {name} (pid {pid}, {})", exe.display());
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        // Give the kernel a moment to release their mounts and sockets.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cleanup_mounts_and_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_names_fit_sockets() {
+        let rd = Path::new("/run/bulwark");
+        assert_eq!(sandbox_dir(rd, "abc"), PathBuf::from("/run/bulwark/abc"));
+        let id64 = "a".repeat(64);
+        assert_eq!(sandbox_dir(rd, &id64), rd.join(&id64));
+        let long_rd = Path::new("/tmp/a-rather-long-runtime-directory-name-xx");
+        let d = sandbox_dir(long_rd, &id64);
+        assert!(d.file_name().unwrap().to_string_lossy().starts_with("h-"));
+        assert!(d.join("vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH);
+        // stable and distinct
+        assert_eq!(d, sandbox_dir(long_rd, &id64));
+        assert_ne!(d, sandbox_dir(long_rd, &"b".repeat(64)));
+    }
+
+    #[test]
+    fn pid_file_parsing() {
+        let v = parse_pid_file("qemu 123 /usr/bin/qemu-system-x86_64\nvirtiofsd 1 /x\ngarbage\nvsock x /y\nv 7 rel\nv 9 /a b/c\n");
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0], ("qemu".into(), 123, PathBuf::from("/usr/bin/qemu-system-x86_64")));
+        assert_eq!(v[1].2, PathBuf::from("/a b/c"));
+    }
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/bad\\09"), "/bad\\09");
+        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
+    }
+
+    #[test]
+    fn own_exe_is_recognised() {
+        let me = std::env::current_exe().unwrap();
+        assert!(pid_runs(std::process::id() as i32, &me));
+        assert!(!pid_runs(std::process::id() as i32, Path::new("/usr/bin/qemu-system-x86_64")));
+    }
+}
