@@ -27,7 +27,7 @@ pub enum ContainerError {
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: String, source: std::io::Error },
     #[error("libcontainer {op} of {id} failed: {source}")]
-    Libcontainer { op: &'static str, id: String, source: libcontainer::error::LibcontainerError },
+    Libcontainer { op: &'static str, id: String, source: Box<libcontainer::error::LibcontainerError> },
 }
 
 /// Container ids become directory names: keep them boring.
@@ -185,7 +185,7 @@ pub fn remove_bundle(id: &str) {
 
 fn lc(op: &'static str, id: &str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> ContainerError {
     let id = id.to_string();
-    move |source| ContainerError::Libcontainer { op, id, source }
+    move |source| ContainerError::Libcontainer { op, id, source: Box::new(source) }
 }
 
 /// Creates (does not start) the container. Blocking; hold the reaper lock around it.

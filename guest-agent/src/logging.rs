@@ -2,10 +2,15 @@
 //! into a bounded queue that `vsock.rs` forwards to the host after the READY line.
 //! Lines are cut to fit protocol::MAX_LOG_LINE; when the queue is full, lines are dropped
 //! (the console still has them) rather than growing memory.
-use std::fs::File;
+//!
+//! Fork safety: libcontainer logs from processes it forks off this multi-threaded agent. In
+//! such a child a mutex or the runtime's queues may be held by a thread that no longer exists,
+//! so the writer takes no lock: the console is a raw fd written with one write(2) per line,
+//! and only the agent process itself (checked by pid) queues lines for the host.
 use std::io::Write;
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 use tracing::Level;
@@ -20,7 +25,10 @@ const QUEUE_LINES: usize = 2048;
 pub type LogReceiver = mpsc::Receiver<String>;
 
 struct Sink {
-    console: Mutex<Option<File>>,
+    /// Raw fd of /dev/console (-1: none). Never closed.
+    console: i32,
+    /// The agent's pid: other pids are libcontainer's forked children.
+    pid: u32,
     queue: mpsc::Sender<String>,
     forwarding: AtomicBool,
     dropped: AtomicU64,
@@ -79,10 +87,12 @@ impl Drop for EventWriter {
             return;
         }
         let line = cap_line(text, protocol::MAX_LOG_LINE);
-        if let Ok(mut c) = sink.console.lock() {
-            if let Some(f) = c.as_mut() {
-                let _ = f.write_all(line.as_bytes());
-            }
+        if sink.console >= 0 {
+            // SAFETY: write(2) of a valid buffer to an fd we opened and never close.
+            unsafe { libc::write(sink.console, line.as_ptr().cast(), line.len()) };
+        }
+        if std::process::id() != sink.pid {
+            return; // a forked child: console only
         }
         if sink.forwarding.load(Ordering::Relaxed) && sink.queue.try_send(line).is_err() {
             sink.dropped.fetch_add(1, Ordering::Relaxed);
@@ -110,16 +120,22 @@ pub fn level_from_cmdline(cmdline: &str) -> Level {
 /// Installs the global subscriber. Returns the queue the vsock forwarder drains.
 pub fn init() -> LogReceiver {
     let (tx, rx) = mpsc::channel(QUEUE_LINES);
-    let console = std::fs::OpenOptions::new().write(true).open("/dev/console").ok();
+    let console = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/console")
+        .map(|f| f.into_raw_fd())
+        .unwrap_or(-1);
     let sink = Arc::new(Sink {
-        console: Mutex::new(console),
+        console,
+        pid: std::process::id(),
         queue: tx,
         forwarding: AtomicBool::new(true),
         dropped: AtomicU64::new(0),
     });
     let _ = SINK.set(sink);
     let level = level_from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
-    let filter = Targets::new().with_default(level);
+    // libcgroups warns about every controller it does not implement (rdma, misc) on each create.
+    let filter = Targets::new().with_default(level).with_target("libcgroups::v2::util", if level >= Level::DEBUG { level } else { Level::ERROR });
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())

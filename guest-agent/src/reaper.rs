@@ -131,6 +131,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::zombie_processes)] // the reaper under test reaps it
     fn registered_child_gets_its_status() {
         let reaper = Reaper::new();
         let guard = reaper.lock();
