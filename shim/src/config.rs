@@ -127,7 +127,7 @@ impl Config {
             path: path.to_path_buf(),
             msg: format!(
                 "{}{}",
-                e.message(),
+                e.message().trim().replace('\n', "; "),
                 e.span()
                     .map(|s| format!(
                         " (line {})",
