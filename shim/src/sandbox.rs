@@ -187,8 +187,12 @@ impl Sandbox {
         let (version, log_stream) = match ready {
             Ok(x) => x,
             Err(e) => {
+                let e = match e {
+                    Error::Boot(m) => m,
+                    other => other.to_string(),
+                };
                 return Err(Error::Boot(format!(
-                    "{e} (accel {}, boot_timeout_secs {}). Guest console {}: {}",
+                    "{e} (accel {}, timeout {}s). Guest console {}: {}",
                     accel.as_str(),
                     timeout.as_secs(),
                     self.dir.join("console.log").display(),

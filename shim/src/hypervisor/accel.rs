@@ -90,6 +90,8 @@ async fn auto(cfg: &Config) -> (Accel, String) {
         }
     };
     let cache = cfg.paths.runtime_dir.join(CACHE_FILE);
+    // One probe at a time per host: shims starting together wait for the first one's result.
+    let _lock = lock_probe(&cfg.paths.runtime_dir).await;
     if let Some(key) = &key {
         if let Some((accel, why)) = std::fs::read_to_string(&cache).ok().and_then(|t| parse_cache(&t, key)) {
             return (accel, format!("cached probe result from {}: {why}", cache.display()));
@@ -108,6 +110,24 @@ async fn auto(cfg: &Config) -> (Accel, String) {
         }
     }
     (accel, why)
+}
+
+/// Takes `<runtime_dir>/accel-probe.lock` (flock, exclusive), waiting up to a minute.
+/// `None` (no lock, probe anyway) if that fails.
+async fn lock_probe(runtime_dir: &Path) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let _ = std::fs::create_dir_all(runtime_dir);
+    let path = runtime_dir.join("accel-probe.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok()?;
+    let job = tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
+    });
+    match tokio::time::timeout(Duration::from_secs(60), job).await {
+        Ok(Ok(lock)) => lock,
+        _ => {
+            tracing::warn!("could not lock {} within 60s; probing without it", path.display());
+            None
+        }
+    }
 }
 
 /// Opens /dev/kvm and creates (then drops) a VM.
