@@ -246,12 +246,21 @@ impl Containerd {
             .map(|p| format!("process {}: {}", p.pid, p.cmdline))
             .collect();
         found.extend(leftovers::mounts_under(&self.shim.runtime_dir).into_iter().map(|m| format!("mount {m}")));
-        found.extend(
-            leftovers::entries(&self.shim.runtime_dir)
-                .into_iter()
-                .filter(|e| e != "accel-probe")
-                .map(|e| format!("runtime dir entry {e}")),
-        );
+        // The shim keeps sandbox state in <runtime_dir>/<namespace>/<sandbox>; only the
+        // per-host acceleration probe cache (accel-probe*) may stay at the top.
+        for entry in leftovers::entries(&self.shim.runtime_dir) {
+            let path = self.shim.runtime_dir.join(&entry);
+            if entry.starts_with("accel-probe") {
+                continue;
+            }
+            if path.is_dir() && !entry.starts_with("h-") {
+                found.extend(
+                    leftovers::entries(&path).into_iter().map(|s| format!("sandbox state dir {entry}/{s}")),
+                );
+            } else {
+                found.push(format!("runtime dir entry {entry}"));
+            }
+        }
         found
     }
 
@@ -267,10 +276,12 @@ impl Containerd {
     /// VM console log, for failure messages.
     pub fn diagnostics(&self) -> String {
         let mut s = format!("--- containerd.log (tail) ---\n{}", tail(&self.dir.join("containerd.log"), 60));
-        for entry in leftovers::entries(&self.shim.runtime_dir) {
-            let console = self.shim.runtime_dir.join(&entry).join("console.log");
-            if console.exists() {
-                s.push_str(&format!("\n--- {} (tail) ---\n{}", console.display(), tail(&console, 30)));
+        for ns in leftovers::entries(&self.shim.runtime_dir) {
+            for sandbox in leftovers::entries(&self.shim.runtime_dir.join(&ns)) {
+                let console = self.shim.runtime_dir.join(&ns).join(sandbox).join("console.log");
+                if console.exists() {
+                    s.push_str(&format!("\n--- {} (tail) ---\n{}", console.display(), tail(&console, 30)));
+                }
             }
         }
         s

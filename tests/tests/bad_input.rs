@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use bulwark_e2e::containerd::{Containerd, ShimConfig};
-use bulwark_e2e::{RUNTIME, TEST_IMAGE};
+use bulwark_e2e::RUNTIME;
 
 /// Runs `true` under a configuration altered by `adjust`; expects failure naming `needle`.
 fn expect_failure(adjust: impl FnOnce(&mut ShimConfig), needle: &str) -> Result<(), String> {
@@ -54,6 +54,10 @@ fn broken_config_json_is_named_and_leaves_nothing() -> Result<(), String> {
         serde_json::from_str(&spec.stdout).map_err(|e| format!("ctr oci spec output: {e}"))?;
     spec["linux"]["namespaces"] = serde_json::json!([{ "type": "bogus" }]);
     spec["process"]["args"] = serde_json::json!(["true"]);
+    // With a spec file ctr takes no image: the rootfs is the spec's root.path on the host.
+    let rootfs = c.dir.join("broken-rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
+    spec["root"] = serde_json::json!({ "path": rootfs.to_string_lossy() });
     let file = c.dir.join("broken-spec.json");
     std::fs::write(&file, spec.to_string()).map_err(|e| e.to_string())?;
     let out = c.ctr(&[
@@ -63,7 +67,6 @@ fn broken_config_json_is_named_and_leaves_nothing() -> Result<(), String> {
         RUNTIME,
         "--config",
         &file.to_string_lossy(),
-        TEST_IMAGE,
         "broken",
     ])?;
     assert!(!out.status.success(), "ctr run should have failed: {out:?}");
