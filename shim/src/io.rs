@@ -59,15 +59,30 @@ pub fn spawn_output(agent: Arc<Agent>, id: String, stream: Stream, mut sink: Opt
     })
 }
 
-/// Copies containerd's stdin FIFO into the container until `close` is notified (CloseIO),
-/// then drains what is left in the FIFO and closes the container's stdin. The FIFO is
-/// opened read-write, so "no writer yet" does not read as EOF.
+/// Copies containerd's stdin FIFO into the container until EOF (containerd closed its write
+/// end) or `close` is notified (CloseIO; what is left in the FIFO is still drained), then
+/// closes the container's stdin. The FIFO is opened blocking (read-only, so the writer's
+/// close reads as EOF) on a blocking thread; [`unblock_fifo`] frees that thread if the
+/// writer never comes.
 pub fn spawn_stdin(agent: Arc<Agent>, id: String, path: &str, close: Arc<Notify>) -> Result<tokio::task::JoinHandle<()>> {
-    let mut rx = pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(Path::new(path))
-        .map_err(|e| Error::io(format!("opening stdin FIFO {path}"), e))?;
+    let path = path.to_string();
     Ok(tokio::spawn(async move {
+        let p = path.clone();
+        let file = match tokio::task::spawn_blocking(move || std::fs::File::open(&p)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::warn!("stdin of {id}: opening FIFO {path}: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut rx = match pipe::Receiver::from_file(file) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("stdin of {id}: {path} is not a FIFO: {e}");
+                return;
+            }
+        };
         let mut buf = vec![0u8; 32 * 1024];
         let mut closing = false;
         loop {
@@ -104,4 +119,14 @@ pub fn spawn_stdin(agent: Arc<Agent>, id: String, path: &str, close: Arc<Notify>
             tracing::debug!("closing stdin of {id}: {e}");
         }
     }))
+}
+
+/// Frees a reader blocked in open(2) on the FIFO at `path` by opening (and closing) its
+/// write side without blocking. Harmless when nobody waits.
+pub fn unblock_fifo(path: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.is_empty() {
+        return;
+    }
+    let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path);
 }

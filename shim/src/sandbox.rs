@@ -30,15 +30,22 @@ const LONGEST_SOCKET_NAME: usize = 16;
 /// Name of the pid file `delete` reads after a crashed shim.
 pub const PID_FILE: &str = "pids";
 
-/// The state directory of sandbox `id`: `<runtime_dir>/<id>`, or `<runtime_dir>/h-<hash>`
-/// when socket paths below it would be too long (pure). `id` must be validated already.
-pub fn sandbox_dir(runtime_dir: &Path, id: &str) -> PathBuf {
-    let plain = runtime_dir.join(id);
-    if plain.as_os_str().len() + 1 + LONGEST_SOCKET_NAME <= MAX_SOCKET_PATH {
+/// The state directory of sandbox `id` in containerd namespace `ns`:
+/// `<runtime_dir>/<ns>/<id>`, or `<runtime_dir>/<ns>/h-<hash>` when socket paths below it
+/// would be too long, or `<runtime_dir>/h-<hash>` if even that is (pure). `ns` and `id`
+/// must be validated already (containerd identifiers: no '/', no "..").
+pub fn sandbox_dir(runtime_dir: &Path, ns: &str, id: &str) -> PathBuf {
+    let fits = |p: &Path| p.as_os_str().len() + 1 + LONGEST_SOCKET_NAME <= MAX_SOCKET_PATH;
+    let plain = runtime_dir.join(ns).join(id);
+    if fits(&plain) {
         return plain;
     }
-    let digest = Sha256::digest(id.as_bytes());
+    let digest = Sha256::digest(format!("{ns}/{id}").as_bytes());
     let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let hashed = runtime_dir.join(ns).join(format!("h-{hex}"));
+    if fits(&hashed) {
+        return hashed;
+    }
     runtime_dir.join(format!("h-{hex}"))
 }
 
@@ -68,14 +75,16 @@ impl Sandbox {
     /// Creates the state directory and the share (a private→shared bind mount onto itself, so
     /// container mounts made later propagate into virtiofsd's mount namespace). Cleans up a
     /// leftover directory of the same sandbox first. No processes yet.
-    pub fn prepare(cfg: &Config, id: &str) -> Result<Sandbox> {
-        let dir = sandbox_dir(&cfg.paths.runtime_dir, id);
+    pub fn prepare(cfg: &Config, ns: &str, id: &str) -> Result<Sandbox> {
+        let dir = sandbox_dir(&cfg.paths.runtime_dir, ns, id);
         if dir.exists() {
             tracing::warn!("sandbox dir {} exists (leftover of a crashed shim?): cleaning it", dir.display());
             cleanup_dir(&dir)?;
         }
-        std::fs::create_dir_all(&cfg.paths.runtime_dir)
-            .map_err(|e| Error::io(format!("creating runtime dir {}", cfg.paths.runtime_dir.display()), e))?;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating runtime dir {}", parent.display()), e))?;
+        }
         std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating sandbox dir {}", dir.display()), e))?;
         let share = dir.join("share");
         let sb = Sandbox {
@@ -296,8 +305,9 @@ impl Sandbox {
 
 /// Boots a throwaway VM with `accel` up to the agent's Check, then tears it down.
 pub async fn probe_boot(cfg: &Config, accel: Accel, timeout: Duration) -> Result<()> {
-    let id = format!("probe-{}", std::process::id());
-    let sb = Arc::new(Sandbox::prepare(cfg, &id)?);
+    // ".probe" cannot clash with a containerd namespace (identifiers start alphanumeric).
+    let id = std::process::id().to_string();
+    let sb = Arc::new(Sandbox::prepare(cfg, ".probe", &id)?);
     let r = sb.boot(accel, timeout).await;
     sb.teardown().await;
     r
@@ -464,16 +474,21 @@ mod tests {
     #[test]
     fn dir_names_fit_sockets() {
         let rd = Path::new("/run/bulwark");
-        assert_eq!(sandbox_dir(rd, "abc"), PathBuf::from("/run/bulwark/abc"));
+        assert_eq!(sandbox_dir(rd, "default", "abc"), PathBuf::from("/run/bulwark/default/abc"));
         let id64 = "a".repeat(64);
-        assert_eq!(sandbox_dir(rd, &id64), rd.join(&id64));
+        assert_eq!(sandbox_dir(rd, "k8s.io", &id64), rd.join("k8s.io").join(&id64));
+        // namespaces do not share directories
+        assert_ne!(sandbox_dir(rd, "a", "x"), sandbox_dir(rd, "b", "x"));
         let long_rd = Path::new("/tmp/a-rather-long-runtime-directory-name-xx");
-        let d = sandbox_dir(long_rd, &id64);
+        let d = sandbox_dir(long_rd, "k8s.io", &id64);
         assert!(d.file_name().unwrap().to_string_lossy().starts_with("h-"));
+        assert!(d.starts_with(long_rd.join("k8s.io")));
         assert!(d.join("vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH);
         // stable and distinct
-        assert_eq!(d, sandbox_dir(long_rd, &id64));
-        assert_ne!(d, sandbox_dir(long_rd, &"b".repeat(64)));
+        assert_eq!(d, sandbox_dir(long_rd, "k8s.io", &id64));
+        assert_ne!(d, sandbox_dir(long_rd, "k8s.io", &"b".repeat(64)));
+        let d = sandbox_dir(long_rd, &"n".repeat(76), &id64);
+        assert!(d.join("vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH, "{d:?}");
     }
 
     #[test]

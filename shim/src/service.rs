@@ -46,13 +46,14 @@ impl Shim for BulwarkShim {
     /// (verified by /proc/<pid>/exe), unmount, remove the state dir. Reports 137 (SIGKILL).
     async fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         container::validate_id(&self.id)?;
+        container::validate_id(&self.namespace)?;
         let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(format!("cwd: {e}")))?;
         let cfg = Config::load().unwrap_or_else(|e| {
             tracing::warn!("{e}; cleaning up with the default paths");
             Config::default()
         });
         let sid = container::sandbox_id_from_bundle(&bundle, &self.id);
-        let dir = sandbox::sandbox_dir(&cfg.paths.runtime_dir, &sid);
+        let dir = sandbox::sandbox_dir(&cfg.paths.runtime_dir, &self.namespace, &sid);
         let id = self.id.clone();
         let ns = self.namespace.clone();
         let res = tokio::task::spawn_blocking(move || {

@@ -92,6 +92,7 @@ impl Inner {
 
     async fn create(self: &Arc<Self>, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
         container::validate_id(&req.id)?;
+        container::validate_id(&self.namespace)?;
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(Error::InvalidArgument("checkpoint/restore is not supported by the bulwark runtime".into()));
         }
@@ -109,7 +110,7 @@ impl Inner {
 
         let (sandbox, new_sandbox) = match self.sandbox(&sid) {
             Some(s) => (s, false),
-            None => (Arc::new(Sandbox::prepare(&cfg, &sid)?), true),
+            None => (Arc::new(Sandbox::prepare(&cfg, &self.namespace, &sid)?), true),
         };
         let undo_sandbox = |sb: Arc<Sandbox>| async move {
             if new_sandbox {
@@ -267,6 +268,7 @@ impl Inner {
         // A container deleted before it ran counts as killed.
         c.mark_exited(137);
         c.abort_tasks();
+        crate::io::unblock_fifo(&c.stdio.stdin);
         lock(&self.containers).remove(&req.id);
         let last = !lock(&self.containers).values().any(|o| o.sandbox_id == c.sandbox_id);
         if last {
@@ -423,6 +425,7 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        tracing::info!("CloseIO {} stdin {}", req.id, req.stdin);
         let c = self.inner.container(&req.id)?;
         if req.stdin {
             if c.stdio.stdin.is_empty() {
