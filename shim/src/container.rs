@@ -197,6 +197,8 @@ pub struct Container {
     pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Tells the stdin copier to finish (CloseIO).
     pub stdin_close: Arc<tokio::sync::Notify>,
+    /// containerd's stdin FIFO, if any (kept to free a blocked open on Delete).
+    pub stdin_fifo: Mutex<Option<Arc<crate::io::StdinFifo>>>,
     /// Held by Start across StartContainer + TaskStart, and by the exit watcher before it
     /// records the exit, so TaskExit never precedes TaskStart.
     pub start_gate: tokio::sync::Mutex<()>,
@@ -214,6 +216,7 @@ impl Container {
             exit_tx: watch::channel(None).0,
             tasks: Mutex::new(Vec::new()),
             stdin_close: Arc::new(tokio::sync::Notify::new()),
+            stdin_fifo: Mutex::new(None),
             start_gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -262,6 +265,9 @@ impl Container {
     pub fn abort_tasks(&self) {
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             t.abort();
+        }
+        if let Some(f) = self.stdin_fifo.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            f.unblock();
         }
     }
 }

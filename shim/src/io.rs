@@ -59,19 +59,50 @@ pub fn spawn_output(agent: Arc<Agent>, id: String, stream: Stream, mut sink: Opt
     })
 }
 
+/// containerd's stdin FIFO, held by an `O_PATH` descriptor taken while the path exists:
+/// containerd's client unlinks its FIFOs before it calls Delete, and a reader still blocked
+/// in open(2) can only be freed through the inode (`/proc/self/fd/<n>`).
+pub struct StdinFifo {
+    path: String,
+    handle: std::fs::File,
+}
+
+impl StdinFifo {
+    pub fn open(path: &str) -> Result<StdinFifo> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let handle = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening stdin FIFO {path}"), e))?;
+        Ok(StdinFifo { path: path.to_string(), handle })
+    }
+
+    fn proc_path(&self) -> String {
+        use std::os::unix::io::AsRawFd;
+        format!("/proc/self/fd/{}", self.handle.as_raw_fd())
+    }
+
+    /// Frees a reader blocked in open(2) on this FIFO by opening (and closing) its write
+    /// side without blocking. Harmless when nobody waits.
+    pub fn unblock(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(self.proc_path());
+    }
+}
+
 /// Copies containerd's stdin FIFO into the container until EOF (containerd closed its write
 /// end) or `close` is notified (CloseIO; what is left in the FIFO is still drained), then
 /// closes the container's stdin. The FIFO is opened blocking (read-only, so the writer's
-/// close reads as EOF) on a blocking thread; [`unblock_fifo`] frees that thread if the
+/// close reads as EOF) on a blocking thread; [`StdinFifo::unblock`] frees that thread if the
 /// writer never comes.
-pub fn spawn_stdin(agent: Arc<Agent>, id: String, path: &str, close: Arc<Notify>) -> Result<tokio::task::JoinHandle<()>> {
-    let path = path.to_string();
-    Ok(tokio::spawn(async move {
-        let p = path.clone();
-        let file = match tokio::task::spawn_blocking(move || std::fs::File::open(&p)).await {
+pub fn spawn_stdin(agent: Arc<Agent>, id: String, fifo: Arc<StdinFifo>, close: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let f = fifo.clone();
+        let file = match tokio::task::spawn_blocking(move || std::fs::File::open(f.proc_path())).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
-                tracing::warn!("stdin of {id}: opening FIFO {path}: {e}");
+                tracing::warn!("stdin of {id}: opening FIFO {}: {e}", fifo.path);
                 return;
             }
             Err(_) => return,
@@ -79,7 +110,7 @@ pub fn spawn_stdin(agent: Arc<Agent>, id: String, path: &str, close: Arc<Notify>
         let mut rx = match pipe::Receiver::from_file(file) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!("stdin of {id}: {path} is not a FIFO: {e}");
+                tracing::warn!("stdin of {id}: {} is not a FIFO: {e}", fifo.path);
                 return;
             }
         };
@@ -118,15 +149,5 @@ pub fn spawn_stdin(agent: Arc<Agent>, id: String, path: &str, close: Arc<Notify>
         if let Err(e) = agent.close_stdin(&id).await {
             tracing::debug!("closing stdin of {id}: {e}");
         }
-    }))
-}
-
-/// Frees a reader blocked in open(2) on the FIFO at `path` by opening (and closing) its
-/// write side without blocking. Harmless when nobody waits.
-pub fn unblock_fifo(path: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.is_empty() {
-        return;
-    }
-    let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path);
+    })
 }

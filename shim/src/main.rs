@@ -27,8 +27,7 @@ mod vsock;
 /// The runtime type containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.bulwark.v2";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let config = containerd_shim::Config {
         // We supervise our children (QEMU, virtiofsd, vhost-device-vsock) with tokio::process;
         // the library must not waitpid(-1) them away.
@@ -36,5 +35,15 @@ async fn main() {
         no_sub_reaper: true,
         ..Default::default()
     };
-    containerd_shim::asynchronous::run::<service::BulwarkShim>(RUNTIME_ID, Some(config)).await;
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(containerd_shim::asynchronous::run::<service::BulwarkShim>(RUNTIME_ID, Some(config)));
+    // Let in-flight blocking work finish (e.g. the `delete` reply on stdout), but never hang
+    // on a thread stuck in a blocking syscall once everything is torn down.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
 }

@@ -162,8 +162,13 @@ impl Inner {
         ];
         let mut handles: Vec<tokio::task::AbortHandle> = outputs.iter().map(|h| h.abort_handle()).collect();
         if !req.stdin.is_empty() {
-            match crate::io::spawn_stdin(agent.clone(), req.id.clone(), &req.stdin, c.stdin_close.clone()) {
-                Ok(h) => handles.push(h.abort_handle()),
+            match crate::io::StdinFifo::open(&req.stdin) {
+                Ok(fifo) => {
+                    let fifo = Arc::new(fifo);
+                    *lock(&c.stdin_fifo) = Some(fifo.clone());
+                    let h = crate::io::spawn_stdin(agent.clone(), req.id.clone(), fifo, c.stdin_close.clone());
+                    handles.push(h.abort_handle());
+                }
                 Err(e) => tracing::warn!("container {}: {e}; stdin not connected", req.id),
             }
         }
@@ -268,7 +273,6 @@ impl Inner {
         // A container deleted before it ran counts as killed.
         c.mark_exited(137);
         c.abort_tasks();
-        crate::io::unblock_fifo(&c.stdio.stdin);
         lock(&self.containers).remove(&req.id);
         let last = !lock(&self.containers).values().any(|o| o.sandbox_id == c.sandbox_id);
         if last {
