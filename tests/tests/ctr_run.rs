@@ -40,11 +40,37 @@ fn stdout_stderr_and_exit_status_come_back_separately() -> Result<(), String> {
     c.assert_clean()
 }
 
-/// Starts `args` with `ctr run --rm`, waits until it runs, sends `signal` with `ctr task
-/// kill`, and returns the exit status `ctr run` reports.
-fn run_and_kill(c: &Containerd, id: &str, signal: &str, args: &[&str]) -> Result<i32, String> {
+/// Starts `args` with `ctr run --rm`, waits until it runs (and, with `ready`, until it has
+/// printed that line), sends `signal` with `ctr task kill`, and returns the exit status
+/// `ctr run` reports.
+fn run_and_kill(
+    c: &Containerd,
+    id: &str,
+    signal: &str,
+    ready: Option<&str>,
+    args: &[&str],
+) -> Result<i32, String> {
     let mut run = c.spawn_run(id, args)?;
     c.wait_running(id)?;
+    if let Some(marker) = ready {
+        let stdout = run.stdout.take().ok_or("ctr run has no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match rx.recv_timeout(CTR_LIMIT) {
+                Ok(line) if line.trim() == marker => break,
+                Ok(_) => continue,
+                Err(_) => return Err(format!("{id} never printed {marker:?}\n{}", c.diagnostics())),
+            }
+        }
+    }
     let kill = c.ctr(&["task", "kill", "--signal", signal, id])?;
     assert!(kill.status.success(), "ctr task kill failed: {kill:?}");
     let status = wait_bounded(&mut run, CTR_LIMIT)?;
@@ -56,12 +82,14 @@ fn run_and_kill(c: &Containerd, id: &str, signal: &str, args: &[&str]) -> Result
 fn sigterm_from_ctr_task_kill_ends_a_long_sleep() -> Result<(), String> {
     let c = Containerd::start(|_| {})?;
     // The container's init is PID 1 of its PID namespace: like with runc, the kernel only
-    // delivers SIGTERM to it when it handles the signal, so the shell traps it.
+    // delivers SIGTERM to it once it handles the signal, so the shell traps it and says so
+    // before the test sends the signal.
     let code = run_and_kill(
         &c,
         "term",
         "SIGTERM",
-        &["sh", "-c", "trap 'exit 143' TERM; sleep 600 & wait"],
+        Some("ready"),
+        &["sh", "-c", "trap 'exit 143' TERM; echo ready; sleep 600 & wait"],
     )?;
     assert_eq!(code, 143, "exit status after SIGTERM\n{}", c.diagnostics());
     c.assert_clean()
@@ -70,7 +98,7 @@ fn sigterm_from_ctr_task_kill_ends_a_long_sleep() -> Result<(), String> {
 #[test]
 fn sigkill_from_ctr_task_kill_ends_a_long_sleep() -> Result<(), String> {
     let c = Containerd::start(|_| {})?;
-    let code = run_and_kill(&c, "kill9", "SIGKILL", &["sleep", "600"])?;
+    let code = run_and_kill(&c, "kill9", "SIGKILL", None, &["sleep", "600"])?;
     assert_eq!(code, 137, "exit status after SIGKILL\n{}", c.diagnostics());
     c.assert_clean()
 }
