@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn main() {
+    reset_sigpipe();
     std::panic::set_hook(Box::new(|info| {
         boot::early_log(&format!("panic: {info}"));
         tracing::error!("panic: {info}");
@@ -133,5 +134,19 @@ async fn serve(log_lines: logging::LogReceiver, no_pivot: bool) {
         if dropped > 0 {
             tracing::debug!(dropped, "log lines not forwarded (queue full)");
         }
+    }
+}
+
+/// Rust's runtime starts every program with SIGPIPE ignored, and an ignored disposition is
+/// inherited across exec: without this, container processes would start with SIGPIPE ignored
+/// (`yes | head` would never end). Runc gives them the default, so does Bulwark. The agent
+/// itself is unaffected: the kernel does not deliver default-action signals to PID 1, so its
+/// writes to closed pipes and sockets still fail with EPIPE.
+fn reset_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: installs the default disposition, no handler code runs; called first thing in
+    // main, before any other thread exists.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        boot::early_log(&format!("could not reset SIGPIPE to its default: {e}"));
     }
 }

@@ -102,3 +102,22 @@ fn sigkill_from_ctr_task_kill_ends_a_long_sleep() -> Result<(), String> {
     assert_eq!(code, 137, "exit status after SIGKILL\n{}", c.diagnostics());
     c.assert_clean()
 }
+
+#[test]
+fn container_processes_start_with_default_signal_dispositions() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    // With SIGPIPE ignored, `yes` would never die once `head` exits and this would hang.
+    // SigIgn in /proc/self/status lists the ignored signals: none, like under runc.
+    let out = c.run_rm(
+        "sigpipe",
+        &["sh", "-c", "yes | head -n 2 >/dev/null; grep SigIgn /proc/self/status; echo END"],
+    )?;
+    assert!(out.status.success(), "ctr run failed: {out:?}\n{}", c.diagnostics());
+    assert!(out.stdout.contains("END"), "the pipeline did not finish: {out:?}");
+    assert!(
+        out.stdout.contains("SigIgn:\t0000000000000000"),
+        "container processes must not inherit ignored signals: {}",
+        out.stdout
+    );
+    c.assert_clean()
+}
