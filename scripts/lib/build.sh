@@ -2,21 +2,20 @@
 # Builds everything the demo, the tests and the benchmarks need, quietly:
 #   - the host binaries (shim) in target/debug,
 #   - the static guest agent in target/x86_64-unknown-linux-gnu/release,
-#   - the guest image (build/guest: vmlinux, initramfs.cpio, kernel-release),
-#   - the busybox test image (build/images/busybox-oci.tar).
-# Source after scripts/lib/deps.sh; call bulwark_build.
+#   - the guest image ($BULWARK_BUILD/guest: vmlinux, initramfs.cpio, kernel-release),
+#   - the busybox test image ($BULWARK_BUILD/images/busybox-oci.tar).
+# Source after scripts/lib/deps.sh (it sets BULWARK_REPO, BULWARK_BUILD, BULWARK_TOOLS_BIN);
+# call bulwark_build.
 
 bulwark_build() {
-    local root
-    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
     (
-        cd "$root"
+        cd "$BULWARK_REPO"
         cargo build --quiet --workspace --bins --tests
         RUSTFLAGS="-C target-feature=+crt-static" \
             LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
             cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent
-        images/build-guest-image target/x86_64-unknown-linux-gnu/release/bulwark-agent build/guest
-        images/build-test-image build/images
+        images/build-guest-image target/x86_64-unknown-linux-gnu/release/bulwark-agent "$BULWARK_BUILD/guest"
+        images/build-test-image "$BULWARK_BUILD/images"
     )
 }
 
@@ -31,15 +30,14 @@ bulwark_require_root() {
 # Writes a Bulwark shim config (/etc/bulwark/config.toml format) for this checkout's build
 # outputs to $1, with runtime_dir $2.
 bulwark_write_config() {
-    local out=$1 runtime_dir=$2 root
-    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    local out=$1 runtime_dir=$2
     cat >"$out" <<TOML
 [paths]
 qemu = "$(command -v qemu-system-x86_64)"
 virtiofsd = "$BULWARK_TOOLS_BIN/virtiofsd"
 vhost_device_vsock = "$BULWARK_TOOLS_BIN/vhost-device-vsock"
-kernel = "$root/build/guest/vmlinux"
-initrd = "$root/build/guest/initramfs.cpio"
+kernel = "$BULWARK_BUILD/guest/vmlinux"
+initrd = "$BULWARK_BUILD/guest/initramfs.cpio"
 runtime_dir = "$runtime_dir"
 
 [vm]
@@ -54,8 +52,7 @@ TOML
 # $1/containerd.log) with the shim from this checkout on its PATH and BULWARK_CONFIG=$1/bulwark.toml.
 # Sets BULWARK_CONTAINERD_PID.
 bulwark_start_containerd() {
-    local dir=$1 root
-    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    local dir=$1
     mkdir -p "$dir"
     bulwark_write_config "$dir/bulwark.toml" "$dir/r"
     cat >"$dir/containerd.toml" <<TOML
@@ -68,7 +65,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$dir/c.sock.ttrpc"
 TOML
-    PATH="$root/target/debug:$PATH" BULWARK_CONFIG="$dir/bulwark.toml" \
+    PATH="$BULWARK_REPO/target/debug:$PATH" BULWARK_CONFIG="$dir/bulwark.toml" \
         containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
     BULWARK_CONTAINERD_PID=$!
     local i
