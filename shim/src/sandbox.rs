@@ -55,6 +55,15 @@ struct Procs {
     hv: Box<dyn Hypervisor>,
 }
 
+impl Procs {
+    /// Stops virtiofsd and vhost-device-vsock (the latter never exits by itself).
+    async fn stop_helpers(&self) {
+        for c in [&self.virtiofsd, &self.vsock].into_iter().flatten() {
+            c.stop(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 /// A sandbox VM and everything that belongs to it.
 pub struct Sandbox {
     pub id: String,
@@ -135,14 +144,15 @@ impl Sandbox {
     /// `accel` comes from [`crate::hypervisor::accel::resolve`] (or is forced, for the KVM probe).
     pub async fn boot(self: &Arc<Self>, accel: Accel, timeout: Duration) -> Result<()> {
         let cfg = &self.cfg;
-        for (what, path) in [("guest kernel", &cfg.paths.kernel), ("guest initramfs", &cfg.paths.initrd)] {
+        for (what, key, path) in
+            [("guest kernel", "kernel", &cfg.paths.kernel), ("guest initramfs", "initrd", &cfg.paths.initrd)]
+        {
             if !path.exists() {
                 return Err(Error::Missing {
                     what,
                     path: path.clone(),
                     hint: format!(
-                        "set paths.{} in {} or build it with images/build-guest-image",
-                        if what == "guest kernel" { "kernel" } else { "initrd" },
+                        "set paths.{key} in {} or build it with images/build-guest-image",
                         Config::path().display()
                     ),
                 });
@@ -256,10 +266,7 @@ impl Sandbox {
                 me.id,
                 tail(&me.dir.join("console.log"))
             );
-            let procs = me.procs.lock().await;
-            for c in [&procs.virtiofsd, &procs.vsock].into_iter().flatten() {
-                c.stop(Duration::from_secs(1)).await;
-            }
+            me.procs.lock().await.stop_helpers().await;
         });
         Ok(())
     }
@@ -286,9 +293,7 @@ impl Sandbox {
         {
             let mut procs = self.procs.lock().await;
             procs.hv.stop().await;
-            for c in [&procs.virtiofsd, &procs.vsock].into_iter().flatten() {
-                c.stop(Duration::from_secs(1)).await;
-            }
+            procs.stop_helpers().await;
         }
         if let Some(h) = self.log_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             h.abort();

@@ -47,6 +47,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Exec processes are not supported yet: any request naming one finds nothing.
+fn no_exec(exec_id: &str) -> Result<()> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::NotFound(format!("exec {exec_id} not found (exec is not supported yet)")))
+    }
+}
+
 impl TaskService {
     pub fn new(namespace: String, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
         TaskService {
@@ -225,9 +234,7 @@ impl Inner {
     }
 
     async fn start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {} not found (exec is not supported yet)", req.exec_id)));
-        }
+        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
         let _gate = c.start_gate.lock().await;
         if c.state().status != Status::Created {
@@ -243,9 +250,7 @@ impl Inner {
     }
 
     async fn kill(&self, req: api::KillRequest) -> Result<()> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {} not found", req.exec_id)));
-        }
+        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
         if c.state().status == Status::Stopped {
             return Err(Error::NotFound(format!("process of container {} already finished", req.id)));
@@ -256,9 +261,7 @@ impl Inner {
     }
 
     async fn delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {} not found", req.exec_id)));
-        }
+        no_exec(&req.exec_id)?;
         let _g = self.lifecycle.lock().await;
         let c = self.container(&req.id)?;
         if c.state().status == Status::Running {
@@ -306,9 +309,7 @@ impl Inner {
     }
 
     fn state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {} not found", req.exec_id)));
-        }
+        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
         let st = c.state();
         let status = match st.status {
@@ -400,9 +401,7 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(Error::NotFound(format!("exec {} not found", req.exec_id)).into());
-        }
+        no_exec(&req.exec_id)?;
         let c = self.inner.container(&req.id)?;
         let exit = c.wait().await;
         Ok(api::WaitResponse { exit_status: exit.status, exited_at: MessageField::some(exit.at), ..Default::default() })
