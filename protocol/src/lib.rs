@@ -34,7 +34,7 @@ pub use protobuf;
 pub use ttrpc;
 
 /// Incompatible changes to `agent.proto` or to the handshake bump this.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// vsock port the agent's ttrpc server listens on, inside the guest.
 pub const AGENT_PORT: u32 = 1024;
@@ -50,6 +50,10 @@ pub const SHARE_TAG: &str = "bulwark-share";
 
 /// Largest chunk ReadStdout/ReadStderr return.
 pub const MAX_READ_CHUNK: u32 = 64 * 1024;
+/// Largest cgroup file StatsContainer returns (per file).
+pub const MAX_CGROUP_FILE: usize = 64 * 1024;
+/// Largest OCI JSON document (spec, process, resources) either side accepts.
+pub const MAX_SPEC_JSON: usize = 1024 * 1024;
 /// Longest log line the host accepts from the agent; longer lines are truncated.
 pub const MAX_LOG_LINE: usize = 8 * 1024;
 
