@@ -80,17 +80,31 @@ pub fn resolve_rootfs(share: &Path, rootfs_path: &str) -> Result<PathBuf, Contai
     Ok(canon)
 }
 
-/// Rewrites the host's OCI spec for the guest. Returns the new spec and notes on what was
-/// changed (to log). `exists` tells whether a path exists in the guest (for bind sources).
+/// A spec rewritten for the guest.
+pub struct GuestSpec {
+    pub spec: Value,
+    /// Network sysctls to apply to the VM (the pod's network namespace).
+    pub vm_sysctls: Vec<(String, String)>,
+    /// What was changed, to log.
+    pub notes: Vec<String>,
+}
+
+/// Rewrites the host's OCI spec for the guest and the pod (pod.rs). `exists` tells whether a
+/// path exists in the guest (for bind sources the shim did not share).
 pub fn rewrite_spec(
     id: &str,
     spec_json: &[u8],
     rootfs: &Path,
+    pod: &crate::pod::PodView,
     exists: &dyn Fn(&Path) -> bool,
-) -> Result<(Value, Vec<String>), ContainerError> {
+) -> Result<GuestSpec, ContainerError> {
+    if spec_json.len() > protocol::MAX_SPEC_JSON {
+        return Err(ContainerError::Spec(format!("spec is {} bytes, over {}", spec_json.len(), protocol::MAX_SPEC_JSON)));
+    }
     let mut spec: Value = serde_json::from_slice(spec_json).map_err(|e| ContainerError::Spec(e.to_string()))?;
     let mut notes = Vec::new();
     let obj = spec.as_object_mut().ok_or_else(|| ContainerError::Spec("not a JSON object".into()))?;
+    let vm_sysctls = crate::pod::rewrite(obj, pod, &mut notes)?;
 
     let readonly = obj.get("root").and_then(|r| r.get("readonly")).and_then(Value::as_bool).unwrap_or(false);
     obj.insert(
@@ -116,18 +130,6 @@ pub fn rewrite_spec(
     if let Some(linux) = obj.get_mut("linux").and_then(Value::as_object_mut) {
         if linux.remove("mountLabel").is_some() {
             notes.push("dropped linux.mountLabel".into());
-        }
-        if let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-            for ns in nss.iter_mut() {
-                if let Some(o) = ns.as_object_mut() {
-                    if let Some(p) = o.remove("path") {
-                        notes.push(format!(
-                            "namespace {} path {p} is a host path: using a new namespace instead",
-                            o.get("type").and_then(Value::as_str).unwrap_or("?")
-                        ));
-                    }
-                }
-            }
         }
         let cg = linux.get("cgroupsPath").and_then(Value::as_str).unwrap_or("");
         let valid = !cg.is_empty()
@@ -162,7 +164,7 @@ pub fn rewrite_spec(
 
     // Fail here, with a clear message, on what libcontainer could not parse.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| ContainerError::Spec(e.to_string()))?;
-    Ok((spec, notes))
+    Ok(GuestSpec { spec, vm_sysctls, notes })
 }
 
 /// Writes `<BUNDLE_DIR>/<id>/config.json`; returns the bundle directory.
@@ -282,17 +284,33 @@ mod tests {
         })
     }
 
+    fn lone_pod() -> crate::pod::PodView<'static> {
+        crate::pod::PodView {
+            container_id: "c1",
+            sandbox_id: "c1",
+            sandbox_pid: None,
+            share: Path::new("/nonexistent"),
+            shared_mounts: &[],
+            shm_dir: Path::new("/run/bulwark/pods/c1/shm"),
+        }
+    }
+
+    fn rewrite(input: &[u8], rootfs: &str, exists: &dyn Fn(&Path) -> bool) -> Result<(Value, Vec<String>), ContainerError> {
+        rewrite_spec("c1", input, Path::new(rootfs), &lone_pod(), exists).map(|g| (g.spec, g.notes))
+    }
+
     #[test]
     fn spec_rewrite() {
         let input = serde_json::to_vec(&ctr_like_spec()).expect("json");
         let exists = |p: &Path| p == Path::new("/exists");
-        let (out, notes) = rewrite_spec("c1", &input, Path::new("/run/bulwark/share/c1/rootfs"), &exists).expect("rewrite");
+        let (out, notes) = rewrite(&input, "/run/bulwark/share/c1/rootfs", &exists).expect("rewrite");
         assert_eq!(out["root"]["path"], "/run/bulwark/share/c1/rootfs");
         assert_eq!(out["root"]["readonly"], true);
         assert!(out.get("hooks").is_none());
         assert!(out["process"].get("apparmorProfile").is_none());
         assert_eq!(out["linux"]["cgroupsPath"], "/bulwark/c1");
-        assert!(out["linux"]["namespaces"][1].get("path").is_none());
+        let types: Vec<&str> = out["linux"]["namespaces"].as_array().expect("nss").iter().filter_map(|n| n["type"].as_str()).collect();
+        assert_eq!(types, ["pid"], "the network namespace is the VM's");
         let dests: Vec<&str> = out["mounts"].as_array().expect("mounts").iter().filter_map(|m| m["destination"].as_str()).collect();
         assert_eq!(dests, ["/proc", "/data"]);
         assert!(notes.len() >= 5, "{notes:?}");
@@ -302,7 +320,7 @@ mod tests {
     fn plain_cgroups_path_is_kept() {
         let mut s = ctr_like_spec();
         s["linux"]["cgroupsPath"] = "/default/c1".into();
-        let (out, _) = rewrite_spec("c1", &serde_json::to_vec(&s).expect("json"), Path::new("/r"), &|_| true).expect("rewrite");
+        let (out, _) = rewrite(&serde_json::to_vec(&s).expect("json"), "/r", &|_| true).expect("rewrite");
         assert_eq!(out["linux"]["cgroupsPath"], "/default/c1");
     }
 
@@ -310,8 +328,8 @@ mod tests {
     fn terminal_and_garbage_are_rejected() {
         let mut s = ctr_like_spec();
         s["process"]["terminal"] = true.into();
-        assert!(rewrite_spec("c1", &serde_json::to_vec(&s).expect("json"), Path::new("/r"), &|_| true).is_err());
-        assert!(rewrite_spec("c1", b"not json", Path::new("/r"), &|_| true).is_err());
-        assert!(rewrite_spec("c1", b"[1]", Path::new("/r"), &|_| true).is_err());
+        assert!(rewrite(&serde_json::to_vec(&s).expect("json"), "/r", &|_| true).is_err());
+        assert!(rewrite(b"not json", "/r", &|_| true).is_err());
+        assert!(rewrite(b"[1]", "/r", &|_| true).is_err());
     }
 }

@@ -14,6 +14,7 @@ mod boot;
 mod container;
 mod logging;
 mod modules;
+mod pod;
 mod reaper;
 mod server;
 mod share;

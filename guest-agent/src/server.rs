@@ -15,6 +15,7 @@ use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
 use crate::container::{self, ContainerError};
+use crate::pod;
 use crate::reaper::{ExitReceiver, Reaper};
 use crate::share::Share;
 use crate::stdio::{self, OutputStream, Stdin, OUTPUT_BUFFER_CAP};
@@ -85,6 +86,28 @@ impl AgentService {
         Ok(ReadStreamResponse { data, ..Default::default() })
     }
 
+    /// Rewrites the spec for the guest and the pod (pod.rs) and sets up what the pod shares.
+    async fn pod_spec(&self, req: &CreateContainerRequest, share: &Path, rootfs: &Path) -> ttrpc::Result<serde_json::Value> {
+        let id = &req.container_id;
+        let sandbox_id = if req.sandbox_id.is_empty() { id.as_str() } else { req.sandbox_id.as_str() };
+        container::validate_id(sandbox_id).map_err(container_err)?;
+        let sandbox_pid = if sandbox_id == id {
+            None
+        } else {
+            self.containers.lock().await.get(sandbox_id).filter(|e| e.exit.borrow().is_none()).map(|e| e.pid)
+        };
+        let shm_dir = pod::ensure_shm(sandbox_id).map_err(container_err)?;
+        let shared: Vec<(u32, String)> = req.shared_mounts.iter().map(|m| (m.mount_index, m.share_path.clone())).collect();
+        let view = pod::PodView { container_id: id, sandbox_id, sandbox_pid, share, shared_mounts: &shared, shm_dir: &shm_dir };
+        let guest = container::rewrite_spec(id, &req.oci_spec_json, rootfs, &view, &|p: &Path| p.exists())
+            .map_err(container_err)?;
+        for n in guest.notes {
+            tracing::info!(container = %id, "spec: {n}");
+        }
+        pod::apply_sysctls(&guest.vm_sysctls).map_err(container_err)?;
+        Ok(guest.spec)
+    }
+
     async fn do_create(&self, req: &CreateContainerRequest) -> ttrpc::Result<u32> {
         let id = req.container_id.clone();
         container::validate_id(&id).map_err(container_err)?;
@@ -99,11 +122,7 @@ impl AgentService {
             status(Code::FAILED_PRECONDITION, e.to_string())
         })?;
         let rootfs = container::resolve_rootfs(share, &req.rootfs_path).map_err(container_err)?;
-        let (spec, notes) =
-            container::rewrite_spec(&id, &req.oci_spec_json, &rootfs, &|p: &Path| p.exists()).map_err(container_err)?;
-        for n in notes {
-            tracing::warn!(container = %id, "spec: {n}");
-        }
+        let spec = self.pod_spec(req, share, &rootfs).await?;
         let bundle = container::write_bundle(&id, &spec).map_err(container_err)?;
         let pipes = stdio::make_pipes(req.stdin).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
 
@@ -281,6 +300,8 @@ impl Agent for AgentService {
         }
         self.containers.lock().await.remove(&id);
         container::remove_bundle(&id);
+        // The pod's guest state goes with its sandbox container (the last one CRI removes).
+        pod::release(&id);
         deleted.map_err(container_err)?;
         tracing::info!(container = %id, "container removed");
         Ok(Empty::default())
