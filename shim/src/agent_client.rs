@@ -18,6 +18,17 @@ use crate::error::{Error, Result};
 /// Upper bound for calls that should answer promptly.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What CreateContainer sends.
+pub struct NewContainer<'a> {
+    pub id: &'a str,
+    pub sandbox_id: &'a str,
+    pub spec_json: Vec<u8>,
+    pub rootfs_path: &'a str,
+    pub stdin: bool,
+    pub terminal: bool,
+    pub shared_mounts: &'a [crate::volumes::SharedMount],
+}
+
 /// The guest agent of one sandbox.
 pub struct Agent {
     client: AgentClient,
@@ -104,20 +115,19 @@ impl Agent {
         Ok(r)
     }
 
-    pub async fn create_container(
-        &self,
-        id: &str,
-        spec_json: Vec<u8>,
-        rootfs_path: &str,
-        stdin: bool,
-        terminal: bool,
-    ) -> Result<u32> {
+    pub async fn create_container(&self, c: NewContainer<'_>) -> Result<u32> {
         let req = CreateContainerRequest {
-            container_id: id.to_string(),
-            oci_spec_json: spec_json,
-            rootfs_path: rootfs_path.to_string(),
-            stdin,
-            terminal,
+            container_id: c.id.to_string(),
+            oci_spec_json: c.spec_json,
+            rootfs_path: c.rootfs_path.to_string(),
+            stdin: c.stdin,
+            terminal: c.terminal,
+            sandbox_id: c.sandbox_id.to_string(),
+            shared_mounts: c
+                .shared_mounts
+                .iter()
+                .map(|m| SharedMount { mount_index: m.index, share_path: m.share_path.clone(), ..Default::default() })
+                .collect(),
             ..Default::default()
         };
         let r = self

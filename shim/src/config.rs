@@ -13,8 +13,12 @@
 //! runtime_dir = "/run/bulwark"                # per-sandbox state: sockets, console log, pids
 //!
 //! [vm]
-//! vcpus = 1                 # vCPUs per sandbox VM (1..=64)
-//! memory_mib = 512          # guest RAM per sandbox VM in MiB (64..=262144)
+//! vcpus = 1                 # vCPUs of a VM whose pod sets no CPU limit (1..=64)
+//! memory_mib = 512          # guest RAM in MiB of a VM whose pod sets no memory limit (64..=262144)
+//! min_vcpus = 1             # bounds for VMs sized from the pod's limits (sizing.rs)
+//! max_vcpus = 8
+//! min_memory_mib = 128
+//! max_memory_mib = 16384
 //! acceleration = "auto"     # auto | kvm | tcg (auto probes KVM once per host boot)
 //! boot_timeout_secs = 60    # how long to wait for the agent's READY line (1..=3600)
 //! kernel_params = ""        # extra guest kernel parameters, set by the operator only
@@ -76,6 +80,10 @@ impl Default for Paths {
 pub struct Vm {
     pub vcpus: u32,
     pub memory_mib: u32,
+    pub min_vcpus: u32,
+    pub max_vcpus: u32,
+    pub min_memory_mib: u32,
+    pub max_memory_mib: u32,
     pub acceleration: Acceleration,
     pub boot_timeout_secs: u64,
     pub kernel_params: String,
@@ -86,6 +94,10 @@ impl Default for Vm {
         Vm {
             vcpus: 1,
             memory_mib: 512,
+            min_vcpus: 1,
+            max_vcpus: 8,
+            min_memory_mib: 128,
+            max_memory_mib: 16384,
             acceleration: Acceleration::Auto,
             boot_timeout_secs: 60,
             kernel_params: String::new(),
@@ -177,6 +189,19 @@ impl Config {
                 vm.memory_mib
             )));
         }
+        for (key, v) in [("vm.min_vcpus", vm.min_vcpus), ("vm.max_vcpus", vm.max_vcpus)] {
+            if !(1..=64).contains(&v) {
+                return Err(err(format!("{key} = {v} must be between 1 and 64")));
+            }
+        }
+        for (key, v) in [("vm.min_memory_mib", vm.min_memory_mib), ("vm.max_memory_mib", vm.max_memory_mib)] {
+            if !(64..=262_144).contains(&v) {
+                return Err(err(format!("{key} = {v} must be between 64 and 262144")));
+            }
+        }
+        if vm.min_vcpus > vm.max_vcpus || vm.min_memory_mib > vm.max_memory_mib {
+            return Err(err("vm.min_vcpus/min_memory_mib must not exceed vm.max_vcpus/max_memory_mib".to_string()));
+        }
         if !(1..=3600).contains(&vm.boot_timeout_secs) {
             return Err(err(format!(
                 "vm.boot_timeout_secs = {} must be between 1 and 3600",
@@ -251,6 +276,8 @@ mod tests {
             ("[vm]\nvcpus = 0\n", "vm.vcpus"),
             ("[vm]\nmemory_mib = 1\n", "vm.memory_mib"),
             ("[vm]\nboot_timeout_secs = 0\n", "boot_timeout_secs"),
+            ("[vm]\nmin_vcpus = 4\nmax_vcpus = 2\n", "must not exceed"),
+            ("[vm]\nmax_memory_mib = 10\n", "vm.max_memory_mib"),
             ("[vm]\nacceleration = \"fast\"\n", "fast"),
             ("[vm]\nkernel_params = \"a\\nb\"\n", "kernel_params"),
             ("[paths]\nkernel = \"relative/vmlinux\"\n", "paths.kernel"),

@@ -1,6 +1,7 @@
 //! One container: validates its id and `<bundle>/config.json` (oci-spec), mounts its rootfs
 //! (the snapshotter's mounts onto `<bundle>/rootfs`, like runc's shim) and bind-mounts it to
-//! `<share>/<id>/rootfs` so virtiofsd serves it; holds its process state (process.rs).
+//! `<share>/<id>/rootfs` so virtiofsd serves it, then shares its host bind mounts
+//! (volumes.rs); holds its process state (process.rs).
 //! Nothing host-specific goes to the guest except the JSON spec and the relative rootfs path.
 
 use std::path::{Path, PathBuf};
@@ -98,8 +99,11 @@ pub fn sandbox_id_from_bundle(bundle: &Path, container_id: &str) -> String {
 pub struct RootfsMounts {
     /// `<bundle>/rootfs` when the shim mounted it from the snapshotter's mounts.
     pub bundle_rootfs: Option<PathBuf>,
-    /// `<share>/<id>` (the rootfs is bind-mounted at `<share>/<id>/rootfs`).
+    /// `<share>/<id>` (the rootfs is bind-mounted at `<share>/<id>/rootfs`, host bind mounts
+    /// below `<share>/<id>/mounts`).
     pub share_dir: PathBuf,
+    /// The host bind mounts shared into the VM (volumes.rs).
+    pub shared: Vec<crate::volumes::SharedMount>,
 }
 
 /// The guest-side rootfs path, relative to the share.
@@ -147,12 +151,17 @@ pub fn mount_rootfs(id: &str, bundle: &Path, spec: &Spec, mounts: &[Mount], shar
             mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
                 .map_err(|e| Error::Mount(format!("binding {} to {}: {e}", source.display(), target.display())))
         });
-    let rm = RootfsMounts { bundle_rootfs: ours, share_dir };
-    if let Err(e) = res {
-        unmount_rootfs(&rm);
-        return Err(e);
+    let mut rm = RootfsMounts { bundle_rootfs: ours, share_dir, shared: Vec::new() };
+    match res.and_then(|_| crate::volumes::share(id, spec, &rm.share_dir)) {
+        Ok(shared) => {
+            rm.shared = shared;
+            Ok(rm)
+        }
+        Err(e) => {
+            unmount_rootfs(&rm);
+            Err(e)
+        }
     }
-    Ok(rm)
 }
 
 fn unmount_all(target: &Path) {
@@ -313,7 +322,7 @@ mod tests {
             "/b".into(),
             "c".into(),
             Stdio::default(),
-            RootfsMounts { bundle_rootfs: None, share_dir: "/nonexistent".into() },
+            RootfsMounts { bundle_rootfs: None, share_dir: "/nonexistent".into(), shared: Vec::new() },
             1,
         );
         c.set_running();

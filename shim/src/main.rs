@@ -2,8 +2,8 @@
 //!
 //! Follow one container from containerd to the VM:
 //! `service.rs` (shim start/delete) → `task.rs` (Task API: Create/Start/...) →
-//! `container.rs` (config.json, rootfs mounts) → `sandbox.rs` (one VM per pod: state dir,
-//! helpers, boot) → `vsock.rs` + `virtiofsd.rs` (helpers) → `hypervisor/` (QEMU, accel) →
+//! `container.rs` (config.json, rootfs mounts) → `volumes.rs` (host bind mounts into the
+//! share) → `sandbox.rs` (one VM per pod: state dir, helpers, boot; `sizing.rs` its size) → `vsock.rs` + `virtiofsd.rs` (helpers) → `hypervisor/` (QEMU, accel) →
 //! `agent_client.rs` (ttrpc to bulwark-agent) → `io.rs` (stdio). `config.rs` is the node
 //! config, `error.rs` the error types, `child.rs` supervised processes, `process.rs` exit state.
 //!
@@ -20,8 +20,10 @@ mod io;
 mod process;
 mod sandbox;
 mod service;
+mod sizing;
 mod task;
 mod virtiofsd;
+mod volumes;
 mod vsock;
 
 /// The runtime type containerd knows this shim by.

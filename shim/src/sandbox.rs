@@ -19,6 +19,7 @@ use tokio::sync::{watch, Mutex};
 use crate::agent_client::Agent;
 use crate::child::Child;
 use crate::config::Config;
+use crate::sizing::VmSize;
 use crate::error::{Error, Result};
 use crate::hypervisor::{self, Accel, Hypervisor, VmSpec};
 use crate::{virtiofsd, vsock};
@@ -142,7 +143,7 @@ impl Sandbox {
 
     /// Starts the helpers and the VM and waits for the agent. On error the caller tears down.
     /// `accel` comes from [`crate::hypervisor::accel::resolve`] (or is forced, for the KVM probe).
-    pub async fn boot(self: &Arc<Self>, accel: Accel, timeout: Duration) -> Result<()> {
+    pub async fn boot(self: &Arc<Self>, accel: Accel, size: VmSize, timeout: Duration) -> Result<()> {
         let cfg = &self.cfg;
         for (what, key, path) in
             [("guest kernel", "kernel", &cfg.paths.kernel), ("guest initramfs", "initrd", &cfg.paths.initrd)]
@@ -176,8 +177,8 @@ impl Sandbox {
         wait_for_socket(&virtiofsd::socket(&self.dir), &fs_exit, "virtiofsd", &self.dir.join("virtiofsd.log")).await?;
 
         let spec = VmSpec {
-            vcpus: cfg.vm.vcpus,
-            memory_mib: cfg.vm.memory_mib,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
             accel,
             kernel: cfg.paths.kernel.clone(),
             initrd: cfg.paths.initrd.clone(),
@@ -313,7 +314,8 @@ pub async fn probe_boot(cfg: &Config, accel: Accel, timeout: Duration) -> Result
     // ".probe" cannot clash with a containerd namespace (identifiers start alphanumeric).
     let id = std::process::id().to_string();
     let sb = Arc::new(Sandbox::prepare(cfg, ".probe", &id)?);
-    let r = sb.boot(accel, timeout).await;
+    let size = VmSize { vcpus: cfg.vm.vcpus, memory_mib: cfg.vm.memory_mib };
+    let r = sb.boot(accel, size, timeout).await;
     sb.teardown().await;
     r
 }

@@ -17,12 +17,13 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
 
-use crate::agent_client::{Agent, Stream};
+use crate::agent_client::{Agent, NewContainer, Stream};
 use crate::config::Config;
 use crate::container::{self, Container, Stdio};
 use crate::error::{unimplemented, Error, Result};
 use crate::process::{guest_status, vm_death_status, Status};
 use crate::sandbox::Sandbox;
+use crate::sizing::{self, VmSize};
 
 /// How long TaskExit waits for the container's output to reach containerd's FIFOs.
 const IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,6 +128,7 @@ impl Inner {
             }
         };
 
+        let size = sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default()));
         let mounts = {
             let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.share.clone(), req.rootfs.clone());
             match tokio::task::spawn_blocking(move || container::mount_rootfs(&id, &b, &spec, &rootfs, &share)).await {
@@ -142,7 +144,7 @@ impl Inner {
             }
         };
 
-        let res = self.create_in_vm(&cfg, &req, raw_spec, &sandbox, new_sandbox).await;
+        let res = self.create_in_vm(&cfg, &req, raw_spec, &sandbox, new_sandbox.then_some(size), &sid, &mounts.shared).await;
         let (agent, guest_pid, stdout, stderr) = match res {
             Ok(x) => x,
             Err(e) => {
@@ -216,11 +218,14 @@ impl Inner {
         req: &api::CreateTaskRequest,
         raw_spec: Vec<u8>,
         sandbox: &Arc<Sandbox>,
-        new_sandbox: bool,
+        boot: Option<(VmSize, String)>,
+        sandbox_id: &str,
+        shared_mounts: &[crate::volumes::SharedMount],
     ) -> Result<(Arc<Agent>, u32, Option<tokio::net::unix::pipe::Sender>, Option<tokio::net::unix::pipe::Sender>)> {
-        if new_sandbox {
+        if let Some((size, why)) = boot {
+            tracing::info!("sandbox {sandbox_id}: {why}");
             let accel = crate::hypervisor::accel::resolve(cfg).await;
-            sandbox.boot(accel, Duration::from_secs(cfg.vm.boot_timeout_secs)).await?;
+            sandbox.boot(accel, size, Duration::from_secs(cfg.vm.boot_timeout_secs)).await?;
         }
         let agent = sandbox
             .agent()
@@ -228,7 +233,15 @@ impl Inner {
         let stdout = crate::io::open_output(&req.stdout).await?;
         let stderr = crate::io::open_output(&req.stderr).await?;
         let guest_pid = agent
-            .create_container(&req.id, raw_spec, &container::guest_rootfs_path(&req.id), !req.stdin.is_empty(), req.terminal)
+            .create_container(NewContainer {
+                id: &req.id,
+                sandbox_id,
+                spec_json: raw_spec,
+                rootfs_path: &container::guest_rootfs_path(&req.id),
+                stdin: !req.stdin.is_empty(),
+                terminal: req.terminal,
+                shared_mounts,
+            })
             .await?;
         Ok((agent, guest_pid, stdout, stderr))
     }

@@ -160,12 +160,19 @@ impl Containerd {
 
     /// Starts `ctr run` (not detached) in the background; the caller waits on the child.
     pub fn spawn_run(&self, id: &str, args: &[&str]) -> Result<Child, String> {
+        self.spawn_run_with(id, &[], args)
+    }
+
+    /// [`Self::spawn_run`] with extra `ctr run` flags (e.g. `--mount ...`) before the image.
+    pub fn spawn_run_with(&self, id: &str, flags: &[&str], args: &[&str]) -> Result<Child, String> {
         Command::new("ctr")
             .arg("-a")
             .arg(&self.socket)
             .arg("-n")
             .arg(NAMESPACE)
-            .args(["run", "--rm", "--runtime", RUNTIME, TEST_IMAGE, id])
+            .args(["run", "--rm", "--runtime", RUNTIME])
+            .args(flags)
+            .args([TEST_IMAGE, id])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

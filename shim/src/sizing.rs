@@ -1,0 +1,114 @@
+//! VM sizing: how many vCPUs and how much memory a pod's VM gets.
+//!
+//! The rule (documented in shim/README.md):
+//! - CRI passes the pod's resources (the sum of its containers' limits plus the
+//!   RuntimeClass overhead, as kubelet computes them for `LinuxPodSandboxConfig.resources`)
+//!   to the sandbox container as annotations: `io.kubernetes.cri.sandbox-cpu-quota` /
+//!   `-cpu-period` and `io.kubernetes.cri.sandbox-memory` (bytes).
+//! - vCPUs = ceil(quota / period), memory = ceil(bytes / MiB), each clamped to
+//!   `[vm.min_*, vm.max_*]` from the node config.
+//! - Without a value (no limits set, or containerd 1.6, which does not pass these
+//!   annotations), `vm.vcpus` / `vm.memory_mib` apply.
+//! The VM is sized once, at boot: containers added later are limited by their own cgroups
+//! inside the VM.
+//!
+//! Annotations come from the tenant's pod spec: they are parsed strictly, and only these
+//! keys are read.
+
+use std::collections::HashMap;
+
+use crate::config::Vm;
+
+pub const CPU_QUOTA_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const CPU_PERIOD_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-period";
+pub const MEMORY_ANNOTATION: &str = "io.kubernetes.cri.sandbox-memory";
+
+const MIB: u64 = 1024 * 1024;
+
+/// The VM's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSize {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+/// A positive integer annotation; anything else (absent, 0, negative, garbage) is `None`.
+fn positive(annotations: &HashMap<String, String>, key: &str) -> Option<u64> {
+    let v = annotations.get(key)?;
+    if v.len() > 20 {
+        return None;
+    }
+    match v.trim().parse::<i64>() {
+        Ok(n) if n > 0 => Some(n as u64),
+        _ => None,
+    }
+}
+
+/// Sizes the VM of a pod from its sandbox annotations and the node config (pure). Returns
+/// the size and a line saying how it was chosen, for the log.
+pub fn size_vm(vm: &Vm, annotations: &HashMap<String, String>) -> (VmSize, String) {
+    let vcpus = match (positive(annotations, CPU_QUOTA_ANNOTATION), positive(annotations, CPU_PERIOD_ANNOTATION)) {
+        (Some(q), Some(p)) => {
+            let want = q.div_ceil(p).min(u32::MAX as u64) as u32;
+            (want.clamp(vm.min_vcpus, vm.max_vcpus), format!("{want} from the pod's CPU limit"))
+        }
+        _ => (vm.vcpus, "default".to_string()),
+    };
+    let memory = match positive(annotations, MEMORY_ANNOTATION) {
+        Some(bytes) => {
+            let want = bytes.div_ceil(MIB).min(u32::MAX as u64) as u32;
+            (want.clamp(vm.min_memory_mib, vm.max_memory_mib), format!("{want} MiB from the pod's memory limit"))
+        }
+        None => (vm.memory_mib, "default".to_string()),
+    };
+    let size = VmSize { vcpus: vcpus.0, memory_mib: memory.0 };
+    let why = format!(
+        "VM size: {} vCPU ({}; bounds {}..={}), {} MiB ({}; bounds {}..={})",
+        size.vcpus, vcpus.1, vm.min_vcpus, vm.max_vcpus, size.memory_mib, memory.1, vm.min_memory_mib, vm.max_memory_mib
+    );
+    (size, why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn vm() -> Vm {
+        Vm { vcpus: 1, memory_mib: 512, min_vcpus: 1, max_vcpus: 4, min_memory_mib: 128, max_memory_mib: 4096, ..Vm::default() }
+    }
+
+    #[test]
+    fn defaults_without_annotations() {
+        let (s, why) = size_vm(&vm(), &HashMap::new());
+        assert_eq!(s, VmSize { vcpus: 1, memory_mib: 512 });
+        assert!(why.contains("default"), "{why}");
+    }
+
+    #[test]
+    fn pod_limits_round_up_and_clamp() {
+        let a = ann(&[(CPU_QUOTA_ANNOTATION, "150000"), (CPU_PERIOD_ANNOTATION, "100000"), (MEMORY_ANNOTATION, "314572801")]);
+        assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 2, memory_mib: 301 });
+        let a = ann(&[(CPU_QUOTA_ANNOTATION, "9000000"), (CPU_PERIOD_ANNOTATION, "100000"), (MEMORY_ANNOTATION, "1048576")]);
+        assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 4, memory_mib: 128 });
+    }
+
+    #[test]
+    fn hostile_annotations_fall_back_to_defaults() {
+        for (q, p, m) in [
+            ("-1", "100000", "-5"),
+            ("0", "0", "0"),
+            ("1e9", "x", "12GiB"),
+            ("99999999999999999999999", "1", "99999999999999999999999"),
+            ("", "", ""),
+        ] {
+            let a = ann(&[(CPU_QUOTA_ANNOTATION, q), (CPU_PERIOD_ANNOTATION, p), (MEMORY_ANNOTATION, m)]);
+            assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 1, memory_mib: 512 }, "{q} {p} {m}");
+        }
+        let a = ann(&[(CPU_QUOTA_ANNOTATION, "9223372036854775807"), (CPU_PERIOD_ANNOTATION, "1"), (MEMORY_ANNOTATION, "9223372036854775807")]);
+        assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 4, memory_mib: 4096 });
+    }
+}

@@ -1,0 +1,110 @@
+//! Host bind mounts reach a container in the VM the way the kubelet uses them: a
+//! configMap-style directory (read-only, updated on the host by kubelet's atomic `..data`
+//! symlink swap) shows the update inside within 10 s; a read-only file (like /etc/hosts)
+//! is readable and not writable; a read-write file takes the container's writes; nothing
+//! stays mounted afterwards.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bulwark_e2e::containerd::Containerd;
+use bulwark_e2e::process::wait_bounded;
+
+/// kubelet's AtomicWriter layout: `<dir>/..<ts>/key`, `..data -> ..<ts>`, `key -> ..data/key`.
+fn write_configmap(dir: &Path, version: &str, value: &str) -> Result<(), String> {
+    let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
+    let ts = format!("..{version}");
+    std::fs::create_dir_all(dir.join(&ts)).map_err(|e| io("mkdir", e))?;
+    std::fs::write(dir.join(&ts).join("key"), value).map_err(|e| io("write", e))?;
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&ts, &tmp).map_err(|e| io("symlink", e))?;
+    std::fs::rename(&tmp, dir.join("..data")).map_err(|e| io("rename", e))?;
+    if !dir.join("key").exists() {
+        std::os::unix::fs::symlink("..data/key", dir.join("key")).map_err(|e| io("symlink key", e))?;
+    }
+    Ok(())
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, want: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    if seen.iter().any(|l| l == want) {
+        return true;
+    }
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line == want;
+                seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+#[test]
+fn configmap_updates_and_file_binds_reach_the_vm() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let cm = c.dir.join("vol-configmap");
+    write_configmap(&cm, "2026_11_25_v1", "one")?;
+    let hosts = c.dir.join("hosts");
+    std::fs::write(&hosts, "10.9.8.7 bulwark-hosts-entry\n").map_err(|e| e.to_string())?;
+    let rw = c.dir.join("rw-file");
+    std::fs::write(&rw, "").map_err(|e| e.to_string())?;
+
+    let mounts = [
+        format!("type=bind,src={},dst=/cfg,options=rbind:ro", cm.display()),
+        format!("type=bind,src={},dst=/etc/hosts,options=rbind:ro", hosts.display()),
+        format!("type=bind,src={},dst=/rw-file,options=rbind:rw", rw.display()),
+    ];
+    let mut flags = Vec::new();
+    for m in &mounts {
+        flags.extend(["--mount", m.as_str()]);
+    }
+    let script = "grep bulwark-hosts-entry /etc/hosts; \
+                  if echo x > /etc/hosts 2>/dev/null; then echo HOSTS-WRITABLE; fi; \
+                  if touch /cfg/new 2>/dev/null; then echo CFG-WRITABLE; fi; \
+                  echo written-in-vm > /rw-file; \
+                  i=0; while [ $i -lt 600 ]; do echo \"cfg=$(cat /cfg/key)\"; sleep 0.2; i=$((i+1)); done";
+    let mut run = c.spawn_run_with("volumes", &flags, &["sh", "-c", script])?;
+    let stdout = run.stdout.take().ok_or("ctr run has no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let result = (|| {
+        if !wait_line(&rx, &mut seen, "cfg=one", Duration::from_secs(180)) {
+            return Err(format!("the configMap value never showed: {seen:?}\n{}", c.diagnostics()));
+        }
+        if !seen.iter().any(|l| l.contains("10.9.8.7 bulwark-hosts-entry")) {
+            return Err(format!("/etc/hosts from the host not seen: {seen:?}"));
+        }
+        if seen.iter().any(|l| l.contains("WRITABLE")) {
+            return Err(format!("a read-only bind mount was writable: {seen:?}"));
+        }
+        let host_view = std::fs::read_to_string(&rw).map_err(|e| e.to_string())?;
+        if host_view.trim() != "written-in-vm" {
+            return Err(format!("the container's write to the rw file did not reach the host: {host_view:?}"));
+        }
+        write_configmap(&cm, "2026_11_25_v2", "two")?;
+        if !wait_line(&rx, &mut seen, "cfg=two", Duration::from_secs(10)) {
+            return Err(format!("the configMap update was not seen within 10 s: {:?}", &seen[seen.len().saturating_sub(5)..]));
+        }
+        Ok(())
+    })();
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", "volumes"]);
+    let _ = wait_bounded(&mut run, Duration::from_secs(60));
+    result?;
+    c.assert_clean()
+}
