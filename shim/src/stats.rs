@@ -188,21 +188,22 @@ mod tests {
     use super::*;
     use containerd_shim::protos::protobuf::Message;
 
-    // Real files from a cgroup v2 container (Linux 6.1, busybox running a loop).
-    const CPU_STAT: &str = "usage_usec 1520344\nuser_usec 1003214\nsystem_usec 517130\n\
-        core_sched.force_idle_usec 0\nnr_periods 120\nnr_throttled 7\nthrottled_usec 45012\n\
-        nr_bursts 0\nburst_usec 0\n";
-    const MEMORY_STAT: &str = "anon 1236992\nfile 8192\nkernel 446464\nkernel_stack 32768\n\
-        pagetables 61440\nsec_pagetables 0\npercpu 504\nsock 0\nvmalloc 0\nshmem 0\n\
-        zswap 0\nzswapped 0\nfile_mapped 0\nfile_dirty 0\nfile_writeback 0\nswapcached 0\n\
-        anon_thp 0\nfile_thp 0\nshmem_thp 0\ninactive_anon 1228800\nactive_anon 8192\n\
-        inactive_file 4096\nactive_file 4096\nunevictable 0\nslab_reclaimable 163096\n\
-        slab_unreclaimable 181408\nslab 344504\nworkingset_refault_anon 3\n\
+    // Real files of a container's cgroup in the guest (Linux 6.1, busybox sh under ctr run;
+    // only the workingset_{refault,activate}_* values were made non-zero, to check their sums).
+    // memory.events and io.stat follow the kernel format with made-up counts (the sample
+    // container had no OOM and no block I/O).
+    const CPU_STAT: &str = "usage_usec 749027\nuser_usec 115235\nsystem_usec 633792\nnr_periods 0\n\
+        nr_throttled 0\nthrottled_usec 0\nnr_bursts 0\nburst_usec 0\n";
+    const MEMORY_STAT: &str = "anon 114688\nfile 1548288\nkernel 348160\nkernel_stack 32768\n\
+        pagetables 40960\nsec_pagetables 0\npercpu 888\nsock 0\nvmalloc 0\nshmem 0\nfile_mapped 1294336\n\
+        file_dirty 0\nfile_writeback 0\nswapcached 0\nanon_thp 0\nfile_thp 0\nshmem_thp 0\n\
+        inactive_anon 106496\nactive_anon 8192\ninactive_file 1507328\nactive_file 0\nunevictable 0\n\
+        slab_reclaimable 79592\nslab_unreclaimable 148080\nslab 227672\nworkingset_refault_anon 3\n\
         workingset_refault_file 4\nworkingset_activate_anon 0\nworkingset_activate_file 1\n\
-        workingset_restore_anon 0\nworkingset_restore_file 0\nworkingset_nodereclaim 0\n\
-        pgscan 10\npgsteal 9\npgscan_kswapd 0\npgscan_direct 10\npgsteal_kswapd 0\n\
-        pgsteal_direct 9\npgfault 2710\npgmajfault 1\npgrefill 0\npgactivate 2\n\
-        pgdeactivate 0\npglazyfree 0\npglazyfreed 0\nthp_fault_alloc 0\nthp_collapse_alloc 0\n";
+        workingset_restore_anon 0\nworkingset_restore_file 0\nworkingset_nodereclaim 0\npgscan 0\n\
+        pgsteal 0\npgscan_kswapd 0\npgscan_direct 0\npgsteal_kswapd 0\npgsteal_direct 0\npgfault 910\n\
+        pgmajfault 107\npgrefill 0\npgactivate 1354\npgdeactivate 0\npglazyfree 0\npglazyfreed 0\n\
+        thp_fault_alloc 0\nthp_collapse_alloc 0\n";
     const MEMORY_EVENTS: &str = "low 0\nhigh 0\nmax 31\noom 1\noom_kill 1\noom_group_kill 0\n";
     const IO_STAT: &str = "254:0 rbytes=1458176 wbytes=0 rios=61 wios=0 dbytes=0 dios=0\n\
         8:16 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n";
@@ -214,14 +215,14 @@ mod tests {
     fn sample() -> HashMap<String, Vec<u8>> {
         files(&[
             ("cpu.stat", CPU_STAT),
-            ("memory.current", "1757184\n"),
+            ("memory.current", "2011136\n"),
             ("memory.max", "16777216\n"),
-            ("memory.peak", "2023424\n"),
+            ("memory.peak", "2490368\n"),
             ("memory.stat", MEMORY_STAT),
             ("memory.events", MEMORY_EVENTS),
             ("memory.swap.current", "0\n"),
             ("memory.swap.max", "max\n"),
-            ("pids.current", "3\n"),
+            ("pids.current", "2\n"),
             ("pids.max", "max\n"),
             ("io.stat", IO_STAT),
         ])
@@ -230,23 +231,24 @@ mod tests {
     #[test]
     fn real_files_parse() {
         let m = parse_metrics(&sample());
-        assert_eq!(m.cpu.usage_usec, 1520344);
-        assert_eq!(m.cpu.user_usec, 1003214);
-        assert_eq!(m.cpu.system_usec, 517130);
-        assert_eq!((m.cpu.nr_periods, m.cpu.nr_throttled, m.cpu.throttled_usec), (120, 7, 45012));
-        assert_eq!(m.memory.usage, 1757184);
+        assert_eq!(m.cpu.usage_usec, 749027);
+        assert_eq!(m.cpu.user_usec, 115235);
+        assert_eq!(m.cpu.system_usec, 633792);
+        assert_eq!((m.cpu.nr_periods, m.cpu.nr_throttled, m.cpu.throttled_usec), (0, 0, 0));
+        assert_eq!(m.memory.usage, 2011136);
         assert_eq!(m.memory.usage_limit, 16777216);
-        assert_eq!(m.memory.max_usage, 2023424);
+        assert_eq!(m.memory.max_usage, 2490368);
         assert_eq!(m.memory.swap_limit, u64::MAX);
-        assert_eq!(m.memory.anon, 1236992);
-        assert_eq!(m.memory.slab, 344504);
-        assert_eq!(m.memory.inactive_file, 4096);
-        assert_eq!(m.memory.pgfault, 2710);
+        assert_eq!(m.memory.anon, 114688);
+        assert_eq!(m.memory.file_mapped, 1294336);
+        assert_eq!(m.memory.slab, 227672);
+        assert_eq!(m.memory.inactive_file, 1507328);
+        assert_eq!((m.memory.pgfault, m.memory.pgmajfault, m.memory.pgactivate), (910, 107, 1354));
         assert_eq!(m.memory.workingset_refault, 7);
         assert_eq!(m.memory.workingset_activate, 1);
         assert_eq!(m.memory_events.oom_kill, 1);
         assert_eq!(m.memory_events.max, 31);
-        assert_eq!(m.pids.current, 3);
+        assert_eq!(m.pids.current, 2);
         assert_eq!(m.pids.limit, u64::MAX);
         assert_eq!(m.io.usage.len(), 2);
         assert_eq!((m.io.usage[1].major, m.io.usage[1].minor, m.io.usage[1].wbytes, m.io.usage[1].wios), (8, 16, 8192, 2));
@@ -257,8 +259,8 @@ mod tests {
         let any = metrics_any(&sample()).unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
         let back = Metrics::parse_from_bytes(&any.value).unwrap();
-        assert_eq!(back.memory.usage, 1757184);
-        assert_eq!(back.cpu.usage_usec, 1520344);
+        assert_eq!(back.memory.usage, 2011136);
+        assert_eq!(back.cpu.usage_usec, 749027);
     }
 
     #[test]
