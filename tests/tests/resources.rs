@@ -185,7 +185,11 @@ fn pause_stops_output_and_resume_continues_it() -> Result<(), String> {
     let events = c.task_events(id);
     assert!(events.iter().any(|e| e == "/tasks/paused"), "no /tasks/paused event: {events:?}");
 
+    // A paused container can still be killed (SIGKILL reaches frozen tasks) and removed.
+    let p = c.ctr(&["task", "pause", id])?;
+    assert!(p.status.success(), "second ctr task pause: {p:?}");
     kill_and_wait(&c, id, &mut run)?;
+    c.wait_event(id, "/tasks/delete", Duration::from_secs(20))?;
     c.assert_clean()
 }
 
