@@ -11,6 +11,7 @@
 extern crate bulwark_protocol as protocol;
 
 mod boot;
+mod cgroups;
 mod container;
 mod logging;
 mod modules;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
+use crate::cgroups::{CgroupError, Cgroups};
 use crate::container::{self, ContainerError};
 use crate::pod;
 use crate::reaper::{ExitReceiver, Reaper};
@@ -31,6 +32,17 @@ fn container_err(e: ContainerError) -> ttrpc::Error {
     let code = match &e {
         ContainerError::InvalidId(_) | ContainerError::InvalidRootfsPath(_) | ContainerError::Spec(_) => Code::INVALID_ARGUMENT,
         ContainerError::Rootfs { .. } => Code::FAILED_PRECONDITION,
+        _ => Code::INTERNAL,
+    };
+    tracing::error!("{e}");
+    status(code, e.to_string())
+}
+
+fn cgroup_err(e: CgroupError) -> ttrpc::Error {
+    let code = match &e {
+        CgroupError::NotFound(_) => Code::NOT_FOUND,
+        CgroupError::InvalidResources(_) => Code::INVALID_ARGUMENT,
+        CgroupError::Libcontainer { .. } => Code::FAILED_PRECONDITION,
         _ => Code::INTERNAL,
     };
     tracing::error!("{e}");
@@ -56,11 +68,12 @@ pub struct AgentService {
     share: Share,
     no_pivot: bool,
     containers: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
+    cgroups: Arc<Cgroups>,
 }
 
 impl AgentService {
     pub fn new(reaper: Arc<Reaper>, share: Share, no_pivot: bool) -> Self {
-        Self { reaper, share, no_pivot, containers: Default::default() }
+        Self { reaper, share, no_pivot, containers: Default::default(), cgroups: Cgroups::new() }
     }
 
     async fn entry(&self, id: &str, exec_id: &str) -> ttrpc::Result<Arc<Entry>> {
@@ -176,6 +189,7 @@ impl AgentService {
         };
         let entry = Arc::new(Entry { pid, exit, stdout, stderr, stdin: Stdin::new(stdin), pumps });
         self.containers.lock().await.insert(id.clone(), entry);
+        self.cgroups.track(&id);
         tracing::info!(container = %id, pid, "container created");
         Ok(pid as u32)
     }
@@ -227,6 +241,7 @@ impl Agent for AgentService {
             .await
             .map(|s| s.unwrap_or(-1))
             .map_err(|_| status(Code::INTERNAL, "exit status channel closed"))?;
+        self.cgroups.check_oom(&req.container_id);
         Ok(WaitProcessResponse { exit_status: code, ..Default::default() })
     }
 
@@ -283,6 +298,7 @@ impl Agent for AgentService {
                 tracing::warn!(container = %id, "init process still not reaped {KILL_WAIT:?} after SIGKILL");
             }
         }
+        self.cgroups.untrack(&id);
         let reaper = self.reaper.clone();
         let cid = id.clone();
         let deleted = tokio::task::spawn_blocking(move || {
@@ -325,5 +341,31 @@ impl Agent for AgentService {
         let e = self.entry(&req.container_id, &req.exec_id).await?;
         e.stdin.close().await;
         Ok(Empty::default())
+    }
+
+    async fn stats_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<StatsResponse> {
+        let cgroup_files = self.cgroups.stats(&req.container_id).map_err(cgroup_err)?;
+        Ok(StatsResponse { cgroup_files, ..Default::default() })
+    }
+
+    async fn update_container(&self, _ctx: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+        self.cgroups.update(&req.container_id, &req.resources_json).await.map_err(cgroup_err).map(|_| Empty::default())
+    }
+
+    async fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        self.cgroups.freeze(&self.reaper, &req.container_id, true).await.map_err(cgroup_err).map(|_| Empty::default())
+    }
+
+    async fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        self.cgroups.freeze(&self.reaper, &req.container_id, false).await.map_err(cgroup_err).map(|_| Empty::default())
+    }
+
+    async fn list_processes(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<ListProcessesResponse> {
+        let pids = self.cgroups.processes(&req.container_id).map_err(cgroup_err)?;
+        Ok(ListProcessesResponse { pids, ..Default::default() })
+    }
+
+    async fn wait_oom_event(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<OomEvent> {
+        Ok(OomEvent { container_id: self.cgroups.next_oom().await, ..Default::default() })
     }
 }

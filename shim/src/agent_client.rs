@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use crate::child::wait_exit;
 use crate::error::{Error, Result};
 
+mod resources;
+
 /// Upper bound for calls that should answer promptly.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -242,6 +242,17 @@ impl Container {
         }
     }
 
+    /// Running → Paused (`paused`) or Paused → Running; returns whether it changed.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (from, to) = if paused { (Status::Running, Status::Paused) } else { (Status::Paused, Status::Running) };
+        if s.status != from {
+            return false;
+        }
+        s.status = to;
+        true
+    }
+
     /// Records the exit. Returns it if this call made the transition (so only one caller
     /// publishes TaskExit).
     pub fn mark_exited(&self, status: u32) -> Option<Exit> {
@@ -326,6 +337,10 @@ mod tests {
             1,
         );
         c.set_running();
+        assert_eq!(c.state().status, Status::Running);
+        assert!(c.set_paused(true) && !c.set_paused(true));
+        assert_eq!(c.state().status, Status::Paused);
+        assert!(c.set_paused(false) && !c.set_paused(false));
         assert_eq!(c.state().status, Status::Running);
         assert_eq!(c.mark_exited(3).map(|e| e.status), Some(3));
         assert!(c.mark_exited(137).is_none());

@@ -11,6 +11,8 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 pub enum Status {
     Created,
     Running,
+    /// Frozen in the guest (Pause); Resume makes it Running again.
+    Paused,
     Stopped,
 }
 

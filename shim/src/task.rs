@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
-use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
 
@@ -24,6 +23,8 @@ use crate::error::{unimplemented, Error, Result};
 use crate::process::{guest_status, vm_death_status, Status};
 use crate::sandbox::Sandbox;
 use crate::sizing::{self, VmSize};
+
+mod resources;
 
 /// How long TaskExit waits for the container's output to reach containerd's FIFOs.
 const IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -158,6 +159,7 @@ impl Inner {
         };
         if new_sandbox {
             lock(&self.sandboxes).insert(sid.clone(), sandbox.clone());
+            self.watch_oom(&sandbox, agent.clone());
         }
 
         let stdio = Stdio {
@@ -277,7 +279,7 @@ impl Inner {
         no_exec(&req.exec_id)?;
         let _g = self.lifecycle.lock().await;
         let c = self.container(&req.id)?;
-        if c.state().status == Status::Running {
+        if matches!(c.state().status, Status::Running | Status::Paused) {
             return Err(Error::FailedPrecondition(format!("container {} is still running: kill it first", req.id)));
         }
         let pid = self.pid_of(&c);
@@ -328,6 +330,7 @@ impl Inner {
         let status = match st.status {
             Status::Created => api::Status::CREATED,
             Status::Running => api::Status::RUNNING,
+            Status::Paused => api::Status::PAUSED,
             Status::Stopped => api::Status::STOPPED,
         };
         let mut r = api::StateResponse {
@@ -432,12 +435,7 @@ impl Task for TaskService {
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let c = self.inner.container(&req.id)?;
-        let pid = self.inner.pid_of(&c);
-        Ok(api::PidsResponse {
-            processes: vec![ProcessInfo { pid, ..Default::default() }],
-            ..Default::default()
-        })
+        Ok(self.inner.pids(req).await?)
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
@@ -480,12 +478,16 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(unimplemented("Pause"))
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        tracing::info!("Pause {}", req.id);
+        self.inner.pause_resume(&req.id, true).await?;
+        Ok(api::Empty::default())
     }
 
-    async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        Err(unimplemented("Resume"))
+    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        tracing::info!("Resume {}", req.id);
+        self.inner.pause_resume(&req.id, false).await?;
+        Ok(api::Empty::default())
     }
 
     async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
@@ -500,12 +502,14 @@ impl Task for TaskService {
         Err(unimplemented("ResizePty"))
     }
 
-    async fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        Err(unimplemented("Update"))
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        tracing::info!("Update {}", req.id);
+        self.inner.update(req).await?;
+        Ok(api::Empty::default())
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, _req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
-        Err(unimplemented("Stats"))
+    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        Ok(self.inner.stats(req).await?)
     }
 }
 
