@@ -126,6 +126,12 @@ impl Inner {
                 sb.teardown().await;
             }
         };
+        if new_sandbox {
+            if let Err(e) = sandbox.set_pod_config(&spec) {
+                undo_sandbox(sandbox).await;
+                return Err(e);
+            }
+        }
 
         let mounts = {
             let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.share.clone(), req.rootfs.clone());
