@@ -14,6 +14,8 @@ mod boot;
 mod container;
 mod logging;
 mod modules;
+mod netlink;
+mod network;
 mod reaper;
 mod server;
 mod share;
