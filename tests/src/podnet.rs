@@ -136,6 +136,7 @@ impl PodNet {
         iproute("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
         iproute("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         iproute("ip", &["-n", &ns, "route", "add", "default", "via", &p.gateway.to_string()])?;
+        iproute("ip", &["-n", &ns, "-6", "route", "add", "default", "via", &p.gateway6])?;
         let link = iproute("ip", &["-n", &ns, "-o", "link", "show", "eth0"])?.stdout;
         p.mac = link
             .split_whitespace()

@@ -109,6 +109,7 @@ fn pod_gets_the_cni_interface_and_traffic_flows_both_ways() -> Result<(), String
     let served = server.join().map_err(|_| "gateway server panicked".to_string())?;
     let ctx = format!("ctr run: {status}\nstdout:\n{out}\nstderr:\n{err}\n{}", c.diagnostics());
 
+    eprintln!("guest output:\n{out}");
     assert!(status.success(), "{ctx}");
     assert_eq!(from_pod?.trim(), "hello-from-pod", "host -> pod by the pod IP\n{ctx}");
     let served = served.map_err(|e| format!("pod -> gateway: {e}\n{ctx}"))?;
@@ -120,6 +121,7 @@ fn pod_gets_the_cni_interface_and_traffic_flows_both_ways() -> Result<(), String
     assert!(out.contains(&format!("inet {}/24", net.pod_ip)), "IPv4 address missing\n{ctx}");
     assert!(out.contains(&format!("inet6 {}/64", net.pod_ip6)), "IPv6 address missing\n{ctx}");
     assert!(out.contains(&format!("default via {} dev eth0", net.gateway)), "default route missing\n{ctx}");
+    assert!(out.contains(&format!("default via {} dev eth0", net.gateway6)), "IPv6 default route missing\n{ctx}");
     assert!(out.contains("DONE"), "{ctx}");
 
     c.assert_clean()?;
