@@ -14,7 +14,11 @@ use bulwark_e2e::podnet::{iproute, PodNet};
 use bulwark_e2e::process::wait_bounded;
 use bulwark_e2e::{RUNTIME, TEST_IMAGE};
 
-/// A one-shot TCP server on the bridge gateway: reads a line, answers "pong-from-host".
+/// Bulk payload sent each way (exercises segmentation/checksum offloads through the taps).
+const BULK: usize = 1 << 20;
+
+/// A one-shot TCP server on the bridge gateway: reads a line, answers "pong-from-host" and
+/// BULK bytes.
 fn gateway_server(net: &PodNet) -> Result<(u16, std::thread::JoinHandle<Result<String, String>>), String> {
     let listener = TcpListener::bind((net.gateway, 0)).map_err(|e| format!("binding {}: {e}", net.gateway))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
@@ -29,6 +33,7 @@ fn gateway_server(net: &PodNet) -> Result<(u16, std::thread::JoinHandle<Result<S
                     let mut line = String::new();
                     BufReader::new(&s).take(256).read_line(&mut line).map_err(|e| e.to_string())?;
                     s.write_all(b"pong-from-host\n").map_err(|e| e.to_string())?;
+                    s.write_all(&vec![b'y'; BULK]).map_err(|e| e.to_string())?;
                     return Ok(format!("{peer} said {line:?}"));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -52,7 +57,7 @@ fn fetch_from_pod(addr: SocketAddr) -> Result<String, String> {
             Ok(mut s) => {
                 s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
                 let mut got = String::new();
-                (&mut s).take(4096).read_to_string(&mut got).map_err(|e| format!("reading from {addr}: {e}"))?;
+                (&mut s).take(2 * BULK as u64).read_to_string(&mut got).map_err(|e| format!("reading from {addr}: {e}"))?;
                 return Ok(got);
             }
             Err(e) if start.elapsed() > CTR_LIMIT => return Err(format!("connecting to {addr}: {e}")),
@@ -80,7 +85,8 @@ fn pod_gets_the_cni_interface_and_traffic_flows_both_ways() -> Result<(), String
     let c = Containerd::start(|_| {})?;
     let script = format!(
         "ip -o link show eth0; ip -o addr show dev eth0; echo HOSTNAME=$(hostname); ip route; ip -6 route; \
-         echo ping | nc {gw} {port}; echo hello-from-pod | nc -l -p 8080; echo DONE",
+         echo ping | nc {gw} {port} > /tmp/from-host; head -n1 /tmp/from-host; echo BYTES=$(wc -c < /tmp/from-host); \
+         (echo hello-from-pod; head -c {BULK} /dev/zero | tr '\\0' x) | nc -l -p 8080; echo DONE",
         gw = net.gateway
     );
     let mut run = ctr_run_in_netns(&c, &net.netns_path.to_string_lossy(), "podnet", &script)
@@ -111,10 +117,14 @@ fn pod_gets_the_cni_interface_and_traffic_flows_both_ways() -> Result<(), String
 
     eprintln!("guest output:\n{out}");
     assert!(status.success(), "{ctx}");
-    assert_eq!(from_pod?.trim(), "hello-from-pod", "host -> pod by the pod IP\n{ctx}");
+    let from_pod = from_pod?;
+    assert!(from_pod.starts_with("hello-from-pod\n"), "host -> pod by the pod IP\n{ctx}");
+    assert_eq!(from_pod.len(), 15 + BULK, "bulk data from the pod was cut short\n{ctx}");
+    assert!(from_pod[15..].bytes().all(|b| b == b'x'), "bulk data from the pod corrupted");
     let served = served.map_err(|e| format!("pod -> gateway: {e}\n{ctx}"))?;
     assert!(served.contains(&net.pod_ip.to_string()), "the gateway saw another source: {served}");
     assert!(out.contains("pong-from-host"), "pod -> gateway reply missing\n{ctx}");
+    assert!(out.contains(&format!("BYTES={}", 15 + BULK)), "bulk data to the pod was cut short\n{ctx}");
     let link = out.lines().find(|l| l.contains("eth0") && l.contains("link/ether")).unwrap_or("");
     assert!(link.contains(&format!("link/ether {}", net.mac)), "guest NIC MAC is not the CNI MAC\n{ctx}");
     assert!(link.contains("mtu 1400"), "guest MTU is not the CNI MTU\n{ctx}");
