@@ -193,7 +193,9 @@ impl Sandbox {
         let pod = self.pod.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut net = self.network.lock().await;
         if let Some(path) = pod.as_ref().and_then(|p| p.netns.as_ref()) {
-            *net = Some(network::attach(path).await?);
+            let attached = network::attach(path).await?;
+            attached.save(&self.dir);
+            *net = Some(attached);
         }
         let spec = VmSpec {
             vcpus: cfg.vm.vcpus,
@@ -506,6 +508,7 @@ pub fn cleanup_dir(dir: &Path) -> Result<()> {
         // Give the kernel a moment to release their mounts and sockets.
         std::thread::sleep(Duration::from_millis(100));
     }
+    network::cleanup_saved(dir);
     cleanup_mounts_and_dir(dir)
 }
 

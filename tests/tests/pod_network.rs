@@ -181,3 +181,34 @@ fn netns_without_interface_fails_clearly_and_leaves_nothing() -> Result<(), Stri
     assert!(left.is_empty(), "left behind: {left:?}");
     Ok(())
 }
+
+#[test]
+fn killed_shim_is_cleaned_up_in_the_pod_netns_too() -> Result<(), String> {
+    let net = PodNet::bridge(1500)?;
+    let c = Containerd::start(|_| {})?;
+    let mut run = ctr_run_in_netns(&c, &net.netns_path.to_string_lossy(), "netcrash", "sleep 600")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting ctr run: {e}"))?;
+    c.wait_running("netcrash")?;
+    let qdiscs = iproute("tc", &["-n", &net.netns, "qdisc", "show"])?.stdout;
+    assert!(qdiscs.contains("ingress"), "no ingress qdisc while the pod runs: {qdiscs}");
+    let shims: Vec<_> = bulwark_e2e::leftovers::vm_processes(&c.dir.to_string_lossy())
+        .into_iter()
+        .filter(|p| p.cmdline.contains("containerd-shim-bulwark-v2"))
+        .collect();
+    assert_eq!(shims.len(), 1, "expected one shim: {shims:?}");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the shim this test's
+    // containerd started.
+    assert_eq!(unsafe { libc::kill(shims[0].pid, libc::SIGKILL) }, 0);
+    let status = wait_bounded(&mut run, CTR_LIMIT)?;
+    assert!(!status.success(), "the task must exit non-zero when its shim dies: {status:?}");
+    c.assert_clean()?;
+    let left = bulwark_e2e::process::poll(Duration::from_secs(20), || net.leftovers().ok().filter(|l| l.is_empty()));
+    if left.is_none() {
+        return Err(format!("left in the pod netns: {:?}\n{}", net.leftovers(), c.diagnostics()));
+    }
+    Ok(())
+}

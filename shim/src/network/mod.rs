@@ -242,30 +242,106 @@ impl HostNetwork {
         setup_request(hostname, &self.nics.iter().map(|n| n.cni.clone()).collect::<Vec<_>>(), &self.routes)
     }
 
+    fn pairs(&self) -> Vec<(u32, String)> {
+        self.nics.iter().map(|n| (n.cni.index, n.tap_name.clone())).collect()
+    }
+
+    /// Records what to undo in `<dir>/network`, for `delete` after a crashed shim.
+    pub fn save(&self, dir: &Path) {
+        let path = dir.join(STATE_FILE);
+        if let Err(e) = std::fs::write(&path, render_state(&self.netns, &self.pairs())) {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
+    }
+
     /// Removes the tc qdiscs and taps in the netns. The netns may be gone already (CNI DEL
     /// ran first): then there is nothing to do.
     pub async fn detach(mut self) {
         self.release_taps();
-        let pairs: Vec<(u32, String)> = self.nics.iter().map(|n| (n.cni.index, n.tap_name.clone())).collect();
+        let pairs = self.pairs();
         let path = self.netns.clone();
-        let res = netns::run_in(&self.netns, move || {
-            let mut nl = Netlink::open().map_err(nl_err(&path, "opening an rtnetlink socket"))?;
-            Ok(undo(&mut nl, &pairs))
-        })
-        .await;
-        match res {
-            Ok(problems) if problems.is_empty() => tracing::info!("pod network {} detached", self.netns.display()),
-            Ok(problems) => {
-                for p in problems {
-                    tracing::warn!("detaching pod network {}: {p}", self.netns.display());
+        let res = netns::run_in(&self.netns, move || undo_in(&path, &pairs)).await;
+        report_detach(&self.netns, res);
+    }
+}
+
+/// File in the sandbox state dir naming the netns and the (CNI index, tap) pairs.
+pub const STATE_FILE: &str = "network";
+const MAX_STATE_FILE: u64 = 64 * 1024;
+
+fn undo_in(path: &Path, pairs: &[(u32, String)]) -> Result<Vec<String>, NetworkError> {
+    let mut nl = Netlink::open().map_err(nl_err(path, "opening an rtnetlink socket"))?;
+    Ok(undo(&mut nl, pairs))
+}
+
+fn report_detach(netns: &Path, res: Result<Vec<String>, NetworkError>) {
+    match res {
+        Ok(problems) if problems.is_empty() => tracing::info!("pod network {} detached", netns.display()),
+        Ok(problems) => {
+            for p in problems {
+                tracing::warn!("detaching pod network {}: {p}", netns.display());
+            }
+        }
+        Err(NetworkError::NetnsOpen { .. }) => {
+            tracing::info!("pod network {} is gone already; nothing to detach", netns.display())
+        }
+        Err(e) => tracing::warn!("detaching pod network: {e}"),
+    }
+}
+
+/// "netns <path>\nlink <cni index> <tap name>\n..." (pure).
+pub fn render_state(netns: &Path, pairs: &[(u32, String)]) -> String {
+    let mut s = format!("netns {}\n", netns.display());
+    for (i, t) in pairs {
+        s.push_str(&format!("link {i} {t}\n"));
+    }
+    s
+}
+
+/// Parses [`render_state`] output; the file is ours but may be truncated or stale, so the
+/// path is validated again and only names of our own taps are accepted (pure).
+pub fn parse_state(text: &str) -> Option<(PathBuf, Vec<(u32, String)>)> {
+    let mut netns = None;
+    let mut pairs = Vec::new();
+    for line in text.lines().take(2 * links::MAX_INTERFACES + 1) {
+        let mut w = line.split(' ');
+        match (w.next(), w.next(), w.next(), w.next()) {
+            (Some("netns"), Some(p), None, None) => netns = netns::validate_path(p).ok(),
+            (Some("link"), Some(i), Some(t), None) => {
+                let ours = t.strip_prefix("tap").and_then(|r| r.strip_suffix(TAP_SUFFIX)).is_some_and(|n| {
+                    !n.is_empty() && n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit())
+                });
+                if let (Ok(i), true) = (i.parse::<u32>(), ours) {
+                    pairs.push((i, t.to_string()));
                 }
             }
-            Err(NetworkError::NetnsOpen { .. }) => {
-                tracing::info!("pod network {} is gone already; nothing to detach", self.netns.display())
-            }
-            Err(e) => tracing::warn!("detaching pod network: {e}"),
+            _ => {}
         }
     }
+    Some((netns?, pairs))
+}
+
+/// `delete` after a crashed shim (QEMU is dead, so the taps are gone with it): removes the
+/// tc qdiscs and any tap left, as recorded in `<dir>/network`. Blocking.
+pub fn cleanup_saved(dir: &Path) {
+    use std::io::Read;
+    let path = dir.join(STATE_FILE);
+    let mut text = String::new();
+    match std::fs::File::open(&path) {
+        Ok(f) => {
+            if let Err(e) = f.take(MAX_STATE_FILE).read_to_string(&mut text) {
+                tracing::warn!("reading {}: {e}", path.display());
+                return;
+            }
+        }
+        Err(_) => return,
+    }
+    let Some((netns, pairs)) = parse_state(&text) else {
+        tracing::warn!("{} is not a valid network state file; not touching any netns", path.display());
+        return;
+    };
+    let p = netns.clone();
+    report_detach(&netns, netns::run_in_blocking(&netns, move || undo_in(&p, &pairs)));
 }
 
 /// The SetupSandbox request: interfaces by MAC with the CNI name, MTU and addresses; routes
@@ -330,6 +406,17 @@ mod tests {
         assert_eq!(c, PodConfig::default());
         assert!(PodConfig::from_spec(&spec_with(Some("/var/run/netns/../x"), None)).is_err());
         assert!(PodConfig::from_spec(&spec_with(Some("relative"), None)).is_err());
+    }
+
+    #[test]
+    fn state_file_round_trip() {
+        let pairs = vec![(3, "tap0_bwk".to_string()), (4, "tap1_bwk".to_string())];
+        let text = render_state(Path::new("/var/run/netns/cni-1"), &pairs);
+        assert_eq!(parse_state(&text), Some((PathBuf::from("/var/run/netns/cni-1"), pairs)));
+        assert_eq!(parse_state("link 3 tap0_bwk\n"), None, "no netns line");
+        assert_eq!(parse_state("netns /etc/passwd\nlink 3 tap0_bwk\n"), None);
+        let (_, p) = parse_state("netns /run/netns/x\nlink 3 eth0\nlink x tap0_bwk\nlink 5 tap9_bwk\n").unwrap();
+        assert_eq!(p, vec![(5, "tap9_bwk".to_string())], "only our taps with numeric indexes");
     }
 
     #[test]

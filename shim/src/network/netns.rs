@@ -69,29 +69,58 @@ fn open_pod_netns(path: &Path) -> Result<File, NetworkError> {
     Ok(f)
 }
 
-/// Runs `f` inside the network namespace at `path`, on a new thread that ends afterwards.
-/// The namespace fd is closed before `f` runs.
-pub async fn run_in<T, F>(path: &Path, f: F) -> Result<T, NetworkError>
+/// Starts a thread that enters the netns at `path` (closing the namespace fd again), runs
+/// `f` there, sends the result and ends.
+fn spawn_in<T, F>(path: &Path, f: F, done: impl FnOnce(Result<T, NetworkError>) + Send + 'static) -> Result<(), NetworkError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, NetworkError> + Send + 'static,
 {
     let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("bwk-netns".into())
+        .spawn(move || {
+            let run = || {
+                let ns = open_pod_netns(&path)?;
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetworkError::Setns { path: path.clone(), source: e.into() })?;
+                drop(ns);
+                f()
+            };
+            done(run());
+        })
+        .map(|_| ())
+        .map_err(NetworkError::Thread)
+}
+
+fn panicked() -> NetworkError {
+    NetworkError::Thread(std::io::Error::other("the netns thread panicked"))
+}
+
+/// Runs `f` inside the network namespace at `path`, on a new thread that ends afterwards.
+pub async fn run_in<T, F>(path: &Path, f: F) -> Result<T, NetworkError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NetworkError> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name("bwk-netns".into()).spawn(move || {
-        let run = || {
-            let ns = open_pod_netns(&path)?;
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| NetworkError::Setns { path: path.clone(), source: e.into() })?;
-            drop(ns);
-            f()
-        };
-        let _ = tx.send(run());
-    });
-    if let Err(e) = spawned {
-        return Err(NetworkError::Thread(e));
-    }
-    rx.await.unwrap_or_else(|_| Err(NetworkError::Thread(std::io::Error::other("the netns thread panicked"))))
+    spawn_in(path, f, move |r| {
+        let _ = tx.send(r);
+    })?;
+    rx.await.unwrap_or_else(|_| Err(panicked()))
+}
+
+/// [`run_in`] for synchronous callers (the `delete` after a crashed shim).
+pub fn run_in_blocking<T, F>(path: &Path, f: F) -> Result<T, NetworkError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NetworkError> + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(path, f, move |r| {
+        let _ = tx.send(r);
+    })?;
+    rx.recv().unwrap_or_else(|_| Err(panicked()))
 }
 
 #[cfg(test)]
