@@ -15,6 +15,8 @@ mod cgroups;
 mod container;
 mod logging;
 mod modules;
+mod netlink;
+mod network;
 mod pod;
 mod reaper;
 mod server;

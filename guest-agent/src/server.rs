@@ -49,6 +49,18 @@ fn cgroup_err(e: CgroupError) -> ttrpc::Error {
     status(code, e.to_string())
 }
 
+fn network_err(e: crate::network::NetworkError) -> ttrpc::Error {
+    use crate::network::NetworkError as N;
+    let code = match &e {
+        N::Invalid(_) => Code::INVALID_ARGUMENT,
+        N::AlreadyDone => Code::FAILED_PRECONDITION,
+        N::NoSuchNic(_) => Code::NOT_FOUND,
+        _ => Code::INTERNAL,
+    };
+    tracing::error!("{e}");
+    status(code, e.to_string())
+}
+
 fn join_err(e: tokio::task::JoinError) -> ttrpc::Error {
     tracing::error!("blocking task failed: {e}");
     status(Code::INTERNAL, format!("internal task failed: {e}"))
@@ -335,6 +347,12 @@ impl Agent for AgentService {
         let e = self.entry(&req.container_id, &req.exec_id).await?;
         let len = e.stdin.write(&req.data).await.map_err(|err| status(Code::FAILED_PRECONDITION, err.to_string()))?;
         Ok(WriteStreamResponse { len: len as u32, ..Default::default() })
+    }
+
+    async fn setup_sandbox(&self, _ctx: &TtrpcContext, req: SetupSandboxRequest) -> ttrpc::Result<Empty> {
+        let plan = crate::network::plan(&req).map_err(network_err)?;
+        tokio::task::spawn_blocking(move || crate::network::apply(&plan)).await.map_err(join_err)?.map_err(network_err)?;
+        Ok(Empty::default())
     }
 
     async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {

@@ -138,6 +138,12 @@ impl Agent {
         Ok(r.pid)
     }
 
+    /// SetupSandbox: the pod's hostname and network, once, before the first container.
+    pub async fn setup_sandbox(&self, req: &SetupSandboxRequest) -> Result<()> {
+        self.bounded("SetupSandbox", Some(CALL_TIMEOUT), self.client.setup_sandbox(ctx_short(), req)).await?;
+        Ok(())
+    }
+
     pub async fn start_container(&self, id: &str) -> Result<()> {
         let req = ContainerRequest { container_id: id.to_string(), ..Default::default() };
         self.bounded("StartContainer", Some(CALL_TIMEOUT), self.client.start_container(ctx_short(), &req))

@@ -31,6 +31,19 @@ impl Child {
     /// The child gets SIGKILL if the shim dies (PR_SET_PDEATHSIG), so a crashed shim does not
     /// leave VMs running; `delete` cleans up whatever survives.
     pub fn spawn(name: &'static str, exe: &Path, args: &[String], log: &Path) -> Result<Child> {
+        Self::spawn_with_fds(name, exe, args, log, &[])
+    }
+
+    /// Like [`Child::spawn`], and the child inherits exactly the fds `keep` (same numbers):
+    /// their close-on-exec flag is cleared in the child only. The caller keeps them open
+    /// until this returns.
+    pub fn spawn_with_fds(
+        name: &'static str,
+        exe: &Path,
+        args: &[String],
+        log: &Path,
+        keep: &[std::os::fd::RawFd],
+    ) -> Result<Child> {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -45,12 +58,19 @@ impl Child {
             .stdout(Stdio::from(logf))
             .stderr(Stdio::from(logf2))
             .kill_on_drop(false);
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe; it touches no memory shared with the parent.
+        let keep = keep.to_vec();
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2)
+        // and fcntl(2), which are async-signal-safe; it reads `keep` (allocated before the
+        // fork) and allocates nothing.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for &fd in &keep {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

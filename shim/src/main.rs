@@ -17,6 +17,7 @@ mod container;
 mod error;
 mod hypervisor;
 mod io;
+mod network;
 mod oom;
 mod process;
 mod sandbox;

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::sizing::VmSize;
 use crate::error::{Error, Result};
 use crate::hypervisor::{self, Accel, Hypervisor, VmSpec};
+use crate::network::{self, HostNetwork, PodConfig};
 use crate::{virtiofsd, vsock};
 
 /// Unix socket paths are limited to 107 bytes (sun_path minus NUL).
@@ -79,6 +80,10 @@ pub struct Sandbox {
     stopping: AtomicBool,
     torn_down: AtomicBool,
     log_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Hostname and netns from the sandbox container's spec (None: a bare VM, e.g. the probe).
+    pod: std::sync::Mutex<Option<PodConfig>>,
+    /// The attached pod network (network/), detached on teardown.
+    network: Mutex<Option<HostNetwork>>,
 }
 
 impl Sandbox {
@@ -113,6 +118,8 @@ impl Sandbox {
             stopping: AtomicBool::new(false),
             torn_down: AtomicBool::new(false),
             log_task: std::sync::Mutex::new(None),
+            pod: std::sync::Mutex::new(None),
+            network: Mutex::new(None),
         };
         if let Err(e) = make_share(&share) {
             let _ = cleanup_dir(&dir);
@@ -134,6 +141,14 @@ impl Sandbox {
     /// The VM's exit status channel, once booted.
     pub fn vm_exit(&self) -> Option<watch::Receiver<Option<ExitStatus>>> {
         self.vm_exit.get().cloned()
+    }
+
+    /// Records the pod settings (hostname, netns) of the sandbox container's spec; `boot`
+    /// attaches the network and sends them to the agent.
+    pub fn set_pod_config(&self, spec: &oci_spec::runtime::Spec) -> Result<()> {
+        let pod = PodConfig::from_spec(spec)?;
+        *self.pod.lock().unwrap_or_else(|p| p.into_inner()) = Some(pod);
+        Ok(())
     }
 
     /// Whether teardown has begun (VM exits after that are expected).
@@ -176,6 +191,13 @@ impl Sandbox {
         self.write_pid_file(&procs);
         wait_for_socket(&virtiofsd::socket(&self.dir), &fs_exit, "virtiofsd", &self.dir.join("virtiofsd.log")).await?;
 
+        let pod = self.pod.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut net = self.network.lock().await;
+        if let Some(path) = pod.as_ref().and_then(|p| p.netns.as_ref()) {
+            let attached = network::attach(path).await?;
+            attached.save(&self.dir);
+            *net = Some(attached);
+        }
         let spec = VmSpec {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
@@ -187,8 +209,18 @@ impl Sandbox {
             fs_socket: Some(virtiofsd::socket(&self.dir)),
             console_log: self.dir.join("console.log"),
             log: self.dir.join("qemu.log"),
+            nics: net.as_ref().map(|n| n.vm_nics()).unwrap_or_default(),
         };
-        procs.hv.start(&spec).await?;
+        let started_vm = procs.hv.start(&spec).await;
+        if let Some(n) = net.as_mut() {
+            n.release_taps();
+        }
+        let setup = pod.map(|p| match net.as_ref() {
+            Some(n) => n.setup_request(&p.hostname),
+            None => network::setup_request(&p.hostname, &[], &[]),
+        });
+        drop(net);
+        started_vm?;
         let (pid, vm_exit) = match procs.hv.process() {
             Some(c) => (c.pid, c.exit_watch()),
             None => return Err(Error::Boot("the hypervisor did not start".into())),
@@ -252,6 +284,9 @@ impl Sandbox {
             info.agent_protocol_version,
             info.kernel_release.chars().take(64).collect::<String>()
         );
+        if let Some(req) = setup {
+            agent.setup_sandbox(&req).await?;
+        }
         let _ = self.agent.set(agent);
 
         // Supervise: an unexpected VM exit stops the helpers (vhost-device-vsock never exits
@@ -298,6 +333,10 @@ impl Sandbox {
         }
         if let Some(h) = self.log_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             h.abort();
+        }
+        // After QEMU is gone (its tap fds closed): remove the tc redirects and any tap left.
+        if let Some(net) = self.network.lock().await.take() {
+            net.detach().await;
         }
         let dir = self.dir.clone();
         let res = tokio::task::spawn_blocking(move || cleanup_mounts_and_dir(&dir)).await;
@@ -471,6 +510,7 @@ pub fn cleanup_dir(dir: &Path) -> Result<()> {
         // Give the kernel a moment to release their mounts and sockets.
         std::thread::sleep(Duration::from_millis(100));
     }
+    network::cleanup_saved(dir);
     cleanup_mounts_and_dir(dir)
 }
 

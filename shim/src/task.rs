@@ -128,6 +128,12 @@ impl Inner {
                 sb.teardown().await;
             }
         };
+        if new_sandbox {
+            if let Err(e) = sandbox.set_pod_config(&spec) {
+                undo_sandbox(sandbox).await;
+                return Err(e);
+            }
+        }
 
         let size = sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default()));
         let mounts = {

@@ -7,6 +7,7 @@
 
 pub mod containerd;
 pub mod leftovers;
+pub mod podnet;
 pub mod process;
 
 use std::path::{Path, PathBuf};

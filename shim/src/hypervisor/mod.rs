@@ -32,6 +32,8 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// The hypervisor's own stdout/stderr go here.
     pub log: PathBuf,
+    /// Pod NICs: open tap fds (owned by the sandbox's network) and the guest MACs.
+    pub nics: Vec<crate::network::VmNic>,
 }
 
 /// One VM's hypervisor process.

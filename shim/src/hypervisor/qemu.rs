@@ -74,6 +74,11 @@ pub fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
             &format!("vhost-user-fs-device,chardev=fs,tag={}", bulwark_protocol::SHARE_TAG),
         ]);
     }
+    for (n, nic) in spec.nics.iter().enumerate() {
+        // vhost=off: no /dev/vhost-net on every host; the fd is inherited (spawn_with_fds).
+        push(&["-netdev", &format!("tap,id=net{n},fd={},vhost=off", nic.tap_fd)]);
+        push(&["-device", &format!("virtio-net-device,netdev=net{n},mac={}", nic.mac)]);
+    }
     a
 }
 
@@ -106,7 +111,8 @@ impl Hypervisor for Qemu {
             });
         }
         let args = build_args(spec, host_tsc_khz());
-        self.child = Some(Child::spawn("qemu", &self.binary, &args, &spec.log)?);
+        let fds: Vec<_> = spec.nics.iter().map(|n| n.tap_fd).collect();
+        self.child = Some(Child::spawn_with_fds("qemu", &self.binary, &args, &spec.log, &fds)?);
         Ok(())
     }
 
@@ -138,6 +144,7 @@ mod tests {
             fs_socket: fs.then(|| PathBuf::from("/run/b/x/virtiofsd.sock")),
             console_log: "/run/b/a,b/console.log".into(),
             log: "/run/b/x/qemu.log".into(),
+            nics: vec![],
         }
     }
 
@@ -173,6 +180,16 @@ mod tests {
         assert_eq!(after(&a, "-cpu"), ["host"]);
         assert!(!after(&a, "-append")[0].contains("tsc_early_khz"));
         assert!(!a.iter().any(|x| x.contains("vhost-user-fs")));
+    }
+
+    #[test]
+    fn nic_args() {
+        let mut s = spec(Accel::Tcg, true);
+        s.nics = vec![crate::network::VmNic { tap_fd: 17, mac: "0a:58:0a:00:00:05".into() }];
+        let a = build_args(&s, None);
+        assert_eq!(after(&a, "-netdev"), ["tap,id=net0,fd=17,vhost=off"]);
+        assert!(after(&a, "-device").contains(&"virtio-net-device,netdev=net0,mac=0a:58:0a:00:00:05"));
+        assert!(!build_args(&spec(Accel::Tcg, true), None).iter().any(|x| x == "-netdev"));
     }
 
     #[test]

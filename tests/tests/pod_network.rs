@@ -1,0 +1,214 @@
+//! Pod networking without CRI: a CNI-bridge-like netns (podnet.rs) handed to the sandbox with
+//! `ctr run --with-ns network:<path>`. The VM gets the pod interface's MAC, MTU, addresses
+//! and routes; the pod reaches a server on the bridge gateway, the host reaches a server in
+//! the pod by the pod IP; afterwards no tap, qdisc or netns holder is left. Bad netns inputs
+//! fail clearly and leave nothing behind.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulwark_e2e::containerd::{Containerd, CTR_LIMIT, NAMESPACE};
+use bulwark_e2e::podnet::{iproute, PodNet};
+use bulwark_e2e::process::wait_bounded;
+use bulwark_e2e::{RUNTIME, TEST_IMAGE};
+
+/// Bulk payload sent each way (exercises segmentation/checksum offloads through the taps).
+const BULK: usize = 1 << 20;
+
+/// A one-shot TCP server on the bridge gateway: reads a line, answers "pong-from-host" and
+/// BULK bytes.
+fn gateway_server(net: &PodNet) -> Result<(u16, std::thread::JoinHandle<Result<String, String>>), String> {
+    let listener = TcpListener::bind((net.gateway, 0)).map_err(|e| format!("binding {}: {e}", net.gateway))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let h = std::thread::spawn(move || {
+        let start = Instant::now();
+        loop {
+            match listener.accept() {
+                Ok((mut s, peer)) => {
+                    s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+                    let mut line = String::new();
+                    BufReader::new(&s).take(256).read_line(&mut line).map_err(|e| e.to_string())?;
+                    s.write_all(b"pong-from-host\n").map_err(|e| e.to_string())?;
+                    s.write_all(&vec![b'y'; BULK]).map_err(|e| e.to_string())?;
+                    return Ok(format!("{peer} said {line:?}"));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() > CTR_LIMIT {
+                        return Err("nobody connected to the gateway server".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        }
+    });
+    Ok((port, h))
+}
+
+/// Connects to the pod's server (retrying until it listens) and reads what it sends.
+fn fetch_from_pod(addr: SocketAddr) -> Result<String, String> {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+                let mut got = String::new();
+                (&mut s).take(2 * BULK as u64).read_to_string(&mut got).map_err(|e| format!("reading from {addr}: {e}"))?;
+                return Ok(got);
+            }
+            Err(e) if start.elapsed() > CTR_LIMIT => return Err(format!("connecting to {addr}: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+fn ctr_run_in_netns(c: &Containerd, netns: &str, id: &str, script: &str) -> Command {
+    let mut cmd = Command::new("ctr");
+    cmd.arg("-a")
+        .arg(&c.socket)
+        .args(["-n", NAMESPACE, "run", "--rm", "--runtime", RUNTIME])
+        .arg("--with-ns")
+        .arg(format!("network:{netns}"))
+        .args([TEST_IMAGE, id, "sh", "-c", script]);
+    cmd
+}
+
+#[test]
+fn pod_gets_the_cni_interface_and_traffic_flows_both_ways() -> Result<(), String> {
+    let net = PodNet::bridge(1400)?;
+    let ino_before = std::fs::metadata(&net.netns_path).map_err(|e| e.to_string())?;
+    let (port, server) = gateway_server(&net)?;
+    let c = Containerd::start(|_| {})?;
+    let script = format!(
+        "ip -o link show eth0; ip -o addr show dev eth0; echo HOSTNAME=$(hostname); ip route; ip -6 route; \
+         echo ping | nc {gw} {port} > /tmp/from-host; head -n1 /tmp/from-host; echo BYTES=$(wc -c < /tmp/from-host); \
+         (echo hello-from-pod; head -c {BULK} /dev/zero | tr '\\0' x) | nc -l -p 8080; echo DONE",
+        gw = net.gateway
+    );
+    let mut run = ctr_run_in_netns(&c, &net.netns_path.to_string_lossy(), "podnet", &script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting ctr run: {e}"))?;
+    let mut stdout = run.stdout.take().ok_or("no stdout")?;
+    let mut stderr = run.stderr.take().ok_or("no stderr")?;
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    let from_pod = fetch_from_pod(SocketAddr::from((net.pod_ip, 8080)));
+    let status = wait_bounded(&mut run, CTR_LIMIT)?;
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    let served = server.join().map_err(|_| "gateway server panicked".to_string())?;
+    let ctx = format!("ctr run: {status}\nstdout:\n{out}\nstderr:\n{err}\n{}", c.diagnostics());
+
+    eprintln!("guest output:\n{out}");
+    assert!(status.success(), "{ctx}");
+    let from_pod = from_pod?;
+    assert!(from_pod.starts_with("hello-from-pod\n"), "host -> pod by the pod IP\n{ctx}");
+    assert_eq!(from_pod.len(), 15 + BULK, "bulk data from the pod was cut short\n{ctx}");
+    assert!(from_pod[15..].bytes().all(|b| b == b'x'), "bulk data from the pod corrupted");
+    let served = served.map_err(|e| format!("pod -> gateway: {e}\n{ctx}"))?;
+    assert!(served.contains(&net.pod_ip.to_string()), "the gateway saw another source: {served}");
+    assert!(out.contains("pong-from-host"), "pod -> gateway reply missing\n{ctx}");
+    assert!(out.contains(&format!("BYTES={}", 15 + BULK)), "bulk data to the pod was cut short\n{ctx}");
+    let link = out.lines().find(|l| l.contains("eth0") && l.contains("link/ether")).unwrap_or("");
+    assert!(link.contains(&format!("link/ether {}", net.mac)), "guest NIC MAC is not the CNI MAC\n{ctx}");
+    assert!(link.contains("mtu 1400"), "guest MTU is not the CNI MTU\n{ctx}");
+    assert!(out.contains(&format!("inet {}/24", net.pod_ip)), "IPv4 address missing\n{ctx}");
+    assert!(out.contains(&format!("inet6 {}/64", net.pod_ip6)), "IPv6 address missing\n{ctx}");
+    assert!(out.contains(&format!("default via {} dev eth0", net.gateway)), "default route missing\n{ctx}");
+    assert!(out.contains(&format!("default via {} dev eth0", net.gateway6)), "IPv6 default route missing\n{ctx}");
+    assert!(out.contains("DONE"), "{ctx}");
+
+    c.assert_clean()?;
+    let left = bulwark_e2e::process::poll(Duration::from_secs(20), || {
+        net.leftovers().ok().filter(|l| l.is_empty())
+    });
+    if left.is_none() {
+        return Err(format!("left in the pod netns: {:?}\n{ctx}", net.leftovers()));
+    }
+    // The netns file is the same one (nobody replaced it) and deleting it succeeds.
+    let ino_after = std::fs::metadata(&net.netns_path).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(ino_before.ino(), ino_after.ino());
+    iproute("ip", &["netns", "del", &net.netns])?;
+    Ok(())
+}
+
+#[test]
+fn missing_netns_fails_clearly_and_leaves_nothing() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let path = format!("/var/run/netns/bwk-missing-{}", std::process::id());
+    let out = bulwark_e2e::process::run(&mut ctr_run_in_netns(&c, &path, "nonetns", "echo should-not-run"), CTR_LIMIT)?;
+    assert!(!out.status.success(), "ran without its netns: {out:?}");
+    assert!(!out.stdout.contains("should-not-run"), "{out:?}");
+    assert!(
+        out.stderr.contains("network namespace") && out.stderr.contains(&path),
+        "unclear error: {}",
+        out.stderr
+    );
+    let _ = c.ctr(&["container", "rm", "nonetns"]);
+    c.assert_clean()
+}
+
+#[test]
+fn netns_without_interface_fails_clearly_and_leaves_nothing() -> Result<(), String> {
+    let net = PodNet::empty_netns()?;
+    let c = Containerd::start(|_| {})?;
+    let out = bulwark_e2e::process::run(
+        &mut ctr_run_in_netns(&c, &net.netns_path.to_string_lossy(), "nonic", "echo should-not-run"),
+        CTR_LIMIT,
+    )?;
+    assert!(!out.status.success(), "ran without a NIC: {out:?}");
+    assert!(out.stderr.contains("no interface besides lo"), "unclear error: {}", out.stderr);
+    let _ = c.ctr(&["container", "rm", "nonic"]);
+    c.assert_clean()?;
+    let left = net.leftovers()?;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn killed_shim_is_cleaned_up_in_the_pod_netns_too() -> Result<(), String> {
+    let net = PodNet::bridge(1500)?;
+    let c = Containerd::start(|_| {})?;
+    let mut run = ctr_run_in_netns(&c, &net.netns_path.to_string_lossy(), "netcrash", "sleep 600")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting ctr run: {e}"))?;
+    c.wait_running("netcrash")?;
+    let qdiscs = iproute("tc", &["-n", &net.netns, "qdisc", "show"])?.stdout;
+    assert!(qdiscs.contains("ingress"), "no ingress qdisc while the pod runs: {qdiscs}");
+    let shims: Vec<_> = bulwark_e2e::leftovers::vm_processes(&c.dir.to_string_lossy())
+        .into_iter()
+        .filter(|p| p.cmdline.contains("containerd-shim-bulwark-v2"))
+        .collect();
+    assert_eq!(shims.len(), 1, "expected one shim: {shims:?}");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is the shim this test's
+    // containerd started.
+    assert_eq!(unsafe { libc::kill(shims[0].pid, libc::SIGKILL) }, 0);
+    let status = wait_bounded(&mut run, CTR_LIMIT)?;
+    assert!(!status.success(), "the task must exit non-zero when its shim dies: {status:?}");
+    c.assert_clean()?;
+    let left = bulwark_e2e::process::poll(Duration::from_secs(20), || net.leftovers().ok().filter(|l| l.is_empty()));
+    if left.is_none() {
+        return Err(format!("left in the pod netns: {:?}\n{}", net.leftovers(), c.diagnostics()));
+    }
+    Ok(())
+}
