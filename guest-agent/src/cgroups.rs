@@ -461,6 +461,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(root);
     }
 
+    #[tokio::test]
+    async fn concurrent_waiters_share_the_queue_without_losing_events() {
+        let (root, dir) = fake_cgroup("waiters");
+        std::fs::write(dir.join("memory.events"), "oom_kill 0\n").unwrap();
+        let cg = Cgroups::with_root(root.clone());
+        cg.insert("c1", PathBuf::from("/bulwark/c1")).unwrap();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let cg = cg.clone();
+                tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(5), cg.next_oom()).await.ok() })
+            })
+            .collect();
+        std::fs::write(dir.join("memory.events"), "oom_kill 3\n").unwrap();
+        let mut got = Vec::new();
+        for w in waiters {
+            got.push(w.await.unwrap());
+        }
+        assert_eq!(got, vec![Some("c1".to_string()); 3], "each waiter gets one of the three events");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
     #[test]
     fn stats_files_are_capped() {
         let (root, dir) = fake_cgroup("stats");

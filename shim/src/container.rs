@@ -211,6 +211,8 @@ pub struct Container {
     /// Held by Start across StartContainer + TaskStart, and by the exit watcher before it
     /// records the exit, so TaskExit never precedes TaskStart.
     pub start_gate: tokio::sync::Mutex<()>,
+    /// OOM kills published as /tasks/oom (watcher events and the exit check).
+    pub oom: crate::oom::OomCount,
 }
 
 impl Container {
@@ -227,6 +229,7 @@ impl Container {
             stdin_close: Arc::new(tokio::sync::Notify::new()),
             stdin_fifo: Mutex::new(None),
             start_gate: tokio::sync::Mutex::new(()),
+            oom: Default::default(),
         }
     }
 

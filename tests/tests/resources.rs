@@ -203,10 +203,12 @@ fn a_container_over_its_memory_limit_is_oom_killed_with_an_oom_event() -> Result
     use std::os::unix::process::ExitStatusExt;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     assert_eq!(code, 137, "exit status of the OOM-killed container\n{}", c.diagnostics());
-    let events = c.wait_event(id, "/tasks/oom", Duration::from_secs(20))
-        .map_err(|e| format!("{e}\n{}", c.diagnostics()))?;
+    c.wait_event(id, "/tasks/oom", Duration::from_secs(20)).map_err(|e| format!("{e}\n{}", c.diagnostics()))?;
+    let events = c.wait_event(id, "/tasks/delete", Duration::from_secs(20))?;
     let oom_events = events.iter().filter(|e| *e == "/tasks/oom").count();
     assert_eq!(oom_events, 1, "one OOM kill, one event: {events:?}");
+    let pos = |t: &str| events.iter().position(|e| e == t);
+    assert!(pos("/tasks/oom") < pos("/tasks/exit"), "/tasks/oom must come before /tasks/exit: {events:?}");
     c.assert_clean()
 }
 

@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::process::Status;
 use crate::sandbox::Sandbox;
 
+/// How long the exit path waits for the cgroup's OOM count.
+const OOM_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Type URL prefix containerd uses for OCI runtime-spec types (`ctr task update`, CRI).
 const OCI_RESOURCES_TYPE: &str = "opencontainers/runtime-spec/1/LinuxResources";
 
@@ -96,6 +99,27 @@ impl Inner {
         Ok(api::PidsResponse { processes, ..Default::default() })
     }
 
+    /// Before TaskExit: publishes /tasks/oom for OOM kills in the container's cgroup that the
+    /// watcher has not delivered yet (it races with the exit). Bounded by OOM_CHECK_TIMEOUT;
+    /// a VM that died or an agent that does not answer just skips the check.
+    pub(super) async fn publish_oom_before_exit(&self, c: &crate::container::Container, agent: &Agent) {
+        let files = match tokio::time::timeout(OOM_CHECK_TIMEOUT, agent.stats_container(&c.id)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::debug!("container {}: no OOM check at exit: {e}", c.id);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("container {}: OOM check at exit timed out after {OOM_CHECK_TIMEOUT:?}", c.id);
+                return;
+            }
+        };
+        let total = crate::stats::parse_metrics(&files).memory_events.oom_kill;
+        for _ in 0..c.oom.on_total(total) {
+            self.publish("/tasks/oom", Box::new(TaskOOM { container_id: c.id.clone(), ..Default::default() })).await;
+        }
+    }
+
     /// Starts the OOM watcher of a freshly booted sandbox: `/tasks/oom` for every OOM kill
     /// the guest reports in a container this shim knows; other ids are logged and dropped.
     pub(super) fn watch_oom(self: &Arc<Self>, sandbox: &Arc<Sandbox>, agent: Arc<Agent>) {
@@ -106,12 +130,14 @@ impl Inner {
             let sid = sid.clone();
             async move {
                 let Some(inner) = inner.upgrade() else { return };
-                let known = lock(&inner.containers).get(&container_id).is_some_and(|c| c.sandbox_id == sid);
-                if !known {
+                let known = lock(&inner.containers).get(&container_id).filter(|c| c.sandbox_id == sid).cloned();
+                let Some(c) = known else {
                     tracing::warn!("sandbox {sid}: OOM event for unknown container {container_id:?} ignored");
                     return;
+                };
+                if c.oom.on_event() {
+                    inner.publish("/tasks/oom", Box::new(TaskOOM { container_id, ..Default::default() })).await;
                 }
-                inner.publish("/tasks/oom", Box::new(TaskOOM { container_id, ..Default::default() })).await;
             }
         });
     }
