@@ -310,7 +310,7 @@ mod tests {
         assert!(out["process"].get("apparmorProfile").is_none());
         assert_eq!(out["linux"]["cgroupsPath"], "/bulwark/c1");
         let types: Vec<&str> = out["linux"]["namespaces"].as_array().expect("nss").iter().filter_map(|n| n["type"].as_str()).collect();
-        assert_eq!(types, ["pid"], "the network namespace is the VM's");
+        assert_eq!(types, ["pid", "cgroup"], "the network namespace is the VM's");
         let dests: Vec<&str> = out["mounts"].as_array().expect("mounts").iter().filter_map(|m| m["destination"].as_str()).collect();
         assert_eq!(dests, ["/proc", "/data"]);
         assert!(notes.len() >= 5, "{notes:?}");

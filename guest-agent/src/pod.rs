@@ -5,7 +5,8 @@
 //!   shares one (the host paths `/proc/<pid>/ns/*` in the spec name the host's view);
 //! - one pod-wide tmpfs for `/dev/shm` instead of the host's sandbox shm directory;
 //! - host bind mounts the shim shared through virtio-fs (SharedMount in the protocol);
-//! - network sysctls, which belong to the VM's network namespace, applied VM-wide.
+//! - network sysctls, which belong to the VM's network namespace, applied VM-wide;
+//! - a cgroup namespace for every container (the guest is a cgroup v2 node).
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -123,6 +124,11 @@ fn rewrite_namespaces(linux: &mut Map<String, Value>, pod: &PodView, notes: &mut
             _ => {}
         }
         out.push(Value::Object(o));
+    }
+    // The guest is pure cgroup v2: give every container its own cgroup namespace, as
+    // containerd does on a cgroup v2 node, so /sys/fs/cgroup shows the container's limits.
+    if !out.iter().any(|n| n.get("type").and_then(Value::as_str) == Some("cgroup")) {
+        out.push(serde_json::json!({"type": "cgroup"}));
     }
     *nss = out;
     Ok(())
@@ -259,7 +265,7 @@ mod tests {
         assert_eq!(sysctls, [("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())]);
         let nss = spec["linux"]["namespaces"].as_array().expect("nss");
         let types: Vec<&str> = nss.iter().filter_map(|n| n["type"].as_str()).collect();
-        assert_eq!(types, ["pid", "ipc", "mount"]);
+        assert_eq!(types, ["pid", "ipc", "mount", "cgroup"]);
         assert_eq!(nss[1]["path"], "/proc/77/ns/ipc");
         assert!(nss[0].get("path").is_none());
         assert!(spec.get("hostname").is_none());
