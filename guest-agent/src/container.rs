@@ -64,18 +64,24 @@ pub fn validate_rootfs_path(p: &str) -> Result<&Path, ContainerError> {
     Ok(path)
 }
 
-/// Resolves the rootfs inside the share and checks it stays inside (symlinks included).
-pub fn resolve_rootfs(share: &Path, rootfs_path: &str) -> Result<PathBuf, ContainerError> {
-    let rel = validate_rootfs_path(rootfs_path)?;
-    let joined = share.join(rel);
+/// Resolves a relative path (rootfs_path rules) inside the share; it must exist and stay
+/// inside (symlinks included).
+pub fn resolve_in_share(share: &Path, rel: &str) -> Result<PathBuf, ContainerError> {
+    let joined = share.join(validate_rootfs_path(rel)?);
     let err = |reason: String| ContainerError::Rootfs { path: joined.display().to_string(), reason };
     let canon = joined.canonicalize().map_err(|e| err(e.to_string()))?;
     let share_canon = share.canonicalize().map_err(|e| err(format!("share: {e}")))?;
     if !canon.starts_with(&share_canon) {
         return Err(err(format!("resolves to {} outside the share", canon.display())));
     }
+    Ok(canon)
+}
+
+/// Resolves the rootfs inside the share: a directory that stays inside it.
+pub fn resolve_rootfs(share: &Path, rootfs_path: &str) -> Result<PathBuf, ContainerError> {
+    let canon = resolve_in_share(share, rootfs_path)?;
     if !canon.is_dir() {
-        return Err(err("not a directory".into()));
+        return Err(ContainerError::Rootfs { path: canon.display().to_string(), reason: "not a directory".into() });
     }
     Ok(canon)
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use serde_json::{Map, Value};
 
-use crate::container::{validate_rootfs_path, ContainerError};
+use crate::container::{resolve_in_share, ContainerError};
 
 /// Per-pod guest state (the /dev/shm tmpfs) lives below this directory.
 pub const PODS_DIR: &str = "/run/bulwark/pods";
@@ -202,19 +202,6 @@ fn rewrite_mounts(mounts: &mut [Value], pod: &PodView, notes: &mut Vec<String>) 
         }
     }
     Ok(())
-}
-
-/// A shared mount's source inside the share; it must exist and stay inside (symlinks too).
-fn resolve_in_share(share: &Path, rel: &str) -> Result<PathBuf, ContainerError> {
-    let relp = validate_rootfs_path(rel)?;
-    let joined = share.join(relp);
-    let err = |reason: String| ContainerError::Rootfs { path: joined.display().to_string(), reason };
-    let canon = joined.canonicalize().map_err(|e| err(e.to_string()))?;
-    let share_canon = share.canonicalize().map_err(|e| err(format!("share: {e}")))?;
-    if !canon.starts_with(&share_canon) {
-        return Err(err(format!("resolves to {} outside the share", canon.display())));
-    }
-    Ok(canon)
 }
 
 #[cfg(test)]
