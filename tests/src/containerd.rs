@@ -181,6 +181,26 @@ impl Containerd {
             .map_err(|e| format!("starting ctr run: {e}"))
     }
 
+    /// [`Self::spawn_run_with`], with the child's stdout lines arriving on the returned channel.
+    pub fn spawn_run_lines(
+        &self,
+        id: &str,
+        flags: &[&str],
+        args: &[&str],
+    ) -> Result<(Child, std::sync::mpsc::Receiver<String>), String> {
+        let mut child = self.spawn_run_with(id, flags, args)?;
+        let stdout = child.stdout.take().ok_or("ctr run has no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((child, rx))
+    }
+
     /// The task's status column in `ctr task ls` (e.g. RUNNING, STOPPED), if it is listed.
     pub fn task_status(&self, id: &str) -> Option<(String, i32)> {
         let out = self.ctr(&["task", "ls"]).ok()?;

@@ -2,42 +2,17 @@
 //! `ctr task update` reaching the guest cgroup, pause/resume freezing the container, guest
 //! pids, and an OOM kill reported as exit status 137 with a /tasks/oom event.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use bulwark_e2e::containerd::{Containerd, CTR_LIMIT, NAMESPACE};
 use bulwark_e2e::process::{poll, wait_bounded};
-use bulwark_e2e::{RUNTIME, TEST_IMAGE};
 
 /// `ctr run --rm` with extra run flags, in the background; stdout lines arrive on the
 /// returned channel.
 fn spawn_run(c: &Containerd, flags: &[&str], id: &str, args: &[&str]) -> Result<(Child, Receiver<String>), String> {
-    let mut child = Command::new("ctr")
-        .arg("-a")
-        .arg(&c.socket)
-        .arg("-n")
-        .arg(NAMESPACE)
-        .args(["run", "--rm", "--runtime", RUNTIME])
-        .args(flags)
-        .args([TEST_IMAGE, id])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting ctr run: {e}"))?;
-    let stdout = child.stdout.take().ok_or("ctr run has no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok((child, rx))
+    c.spawn_run_lines(id, flags, args)
 }
 
 /// The next line matching `pred` within `limit`.

@@ -71,17 +71,7 @@ fn configmap_updates_and_file_binds_reach_the_vm() -> Result<(), String> {
                   if touch /cfg/new 2>/dev/null; then echo CFG-WRITABLE; fi; \
                   echo written-in-vm > /rw-file; \
                   i=0; while [ $i -lt 600 ]; do echo \"cfg=$(cat /cfg/key)\"; sleep 0.2; i=$((i+1)); done";
-    let mut run = c.spawn_run_with("volumes", &flags, &["sh", "-c", script])?;
-    let stdout = run.stdout.take().ok_or("ctr run has no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut run, rx) = c.spawn_run_lines("volumes", &flags, &["sh", "-c", script])?;
     let mut seen = Vec::new();
     let result = (|| {
         if !wait_line(&rx, &mut seen, "cfg=one", Duration::from_secs(180)) {
