@@ -277,7 +277,8 @@ impl CriContainerd {
 
     /// Everything a removed pod may leave behind: processes mentioning this instance's
     /// directory (VM side, shims) other than containerd, mounts under it other than
-    /// containerd's own, the given netns paths, ports on the test bridge, shim state dirs.
+    /// containerd's own, the given netns paths, ports on the test bridge, CNI result caches of
+    /// the test network, shim state dirs.
     pub fn leftovers(&self, netns: &[String]) -> Vec<String> {
         let needle = self.dir.to_string_lossy().to_string();
         let containerd = self.child.id() as i32;
@@ -300,6 +301,13 @@ impl CriContainerd {
             }
         }
         found.extend(self.net.bridge_ports().into_iter().map(|p| format!("bridge {} port {p}", self.net.bridge)));
+        // libcni caches each attachment's result as <network>-<container>-<ifname>.
+        found.extend(
+            leftovers::entries(Path::new("/var/lib/cni/results"))
+                .into_iter()
+                .filter(|e| e.starts_with(&format!("{}-", self.net.name)))
+                .map(|e| format!("CNI result cache /var/lib/cni/results/{e}")),
+        );
         found
     }
 

@@ -213,15 +213,24 @@ impl CriClient {
         Ok(ip)
     }
 
-    /// The netns path containerd created for the pod (from the verbose status info).
+    /// The netns path containerd created for the pod (from the verbose status info: its own
+    /// `netNamespacePath`, or the sandbox's runtime spec).
     pub fn pod_netns(&self, pod: &str) -> Result<String, String> {
         let (_, info) = self.pod_status(pod)?;
         let text = info.get("info").ok_or("PodSandboxStatus verbose info has no \"info\" key")?;
         let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("sandbox info JSON: {e}"))?;
+        let from_spec = v.pointer("/runtimeSpec/linux/namespaces").and_then(|n| n.as_array()).and_then(|ns| {
+            ns.iter()
+                .find(|n| n.get("type").and_then(|t| t.as_str()) == Some("network"))
+                .and_then(|n| n.get("path"))
+                .and_then(|p| p.as_str())
+        });
         v.get("netNamespacePath")
             .and_then(|p| p.as_str())
+            .or(from_spec)
+            .filter(|p| !p.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| format!("no netNamespacePath in sandbox info: {text:.300}"))
+            .ok_or_else(|| format!("no network namespace path in the sandbox info: {text:.300}"))
     }
 
     /// StopPodSandbox.
