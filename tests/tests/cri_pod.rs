@@ -347,3 +347,22 @@ fn cri_pod_bulwark_containerd1() -> Result<(), String> {
 fn cri_pod_bulwark_containerd2() -> Result<(), String> {
     pod_scenario(ContainerdVersion::V2, HANDLER_BULWARK)
 }
+
+/// The harness's own leftovers check must see a pod that is still there (its shim process,
+/// netns and bridge port), and see it gone after Stop/RemovePodSandbox: proof that
+/// "nothing left behind" can fail.
+#[test]
+fn cri_harness_sees_a_pod_that_was_not_removed() -> Result<(), String> {
+    let c = CriContainerd::start(ContainerdVersion::V1)?;
+    let cl = &c.client;
+    let config = CriClient::pod_config("left", "left", &c.pod_log_dir("left")?);
+    let pod = cl.run_pod_sandbox(&config, HANDLER_RUNC)?;
+    let netns = vec![cl.pod_netns(&pod)?];
+    let found = c.leftovers(&netns);
+    for kind in ["process ", "netns ", "bridge "] {
+        assert!(found.iter().any(|l| l.starts_with(kind)), "a running pod shows no {kind:?} leftover: {found:#?}");
+    }
+    cl.stop_pod(&pod)?;
+    cl.remove_pod(&pod)?;
+    c.assert_clean(&netns)
+}
