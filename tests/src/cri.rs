@@ -170,6 +170,11 @@ impl CriContainerd {
     /// Starts containerd `version` with the CRI plugin, imports the test images and waits
     /// until CRI reports the runtime and the network ready.
     pub fn start(version: ContainerdVersion) -> Result<CriContainerd, String> {
+        Self::start_with(version, |_| {})
+    }
+
+    /// Like `start`, with the Bulwark shim configuration altered by `adjust` first.
+    pub fn start_with(version: ContainerdVersion, adjust: impl FnOnce(&mut ShimConfig)) -> Result<CriContainerd, String> {
         let artifacts = Artifacts::locate()?;
         if !artifacts.pause_image.exists() {
             return Err(format!(
@@ -196,7 +201,8 @@ impl CriContainerd {
             std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
         }
         write(&cni_conf_dir.join("10-bulwark-test.conflist"), &net.conflist(&dir.join("ipam")))?;
-        let shim = ShimConfig::for_test(&artifacts, &dir);
+        let mut shim = ShimConfig::for_test(&artifacts, &dir);
+        adjust(&mut shim);
         let shim_config = dir.join("bulwark.toml");
         write(&shim_config, &shim.render())?;
         let settings = Settings { dir: &dir, cni_conf_dir };

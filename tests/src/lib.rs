@@ -1,6 +1,9 @@
 //! Shared helpers for the end-to-end tests: find the built artefacts, start a private real
 //! containerd configured with the Bulwark shim, drive it with `ctr`, and check that a sandbox
-//! left nothing behind (processes, sockets, mounts, state directories).
+//! left nothing behind (processes, sockets, mounts, state directories). For the CRI tests:
+//! `cri` starts containerd 1.6 or 2.x with its CRI plugin and a private CNI network (`cni`),
+//! `cri_client` drives it like kubelet, `cri_stream` speaks the streaming protocol for
+//! interactive exec and attach.
 //!
 //! Nothing here is faked: containerd, ctr, QEMU, virtiofsd and vhost-device-vsock are the real
 //! programs. When one is missing the test fails with a message saying what to install or build.
