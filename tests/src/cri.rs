@@ -478,18 +478,23 @@ pub fn http_get(addr: SocketAddr, limit: Duration) -> Result<String, String> {
 
 /// Named checks that all run even when some fail, so one report says what works and what
 /// does not (many CRI features are built in parallel by different people).
-#[derive(Default)]
 pub struct Checks {
+    label: String,
     results: Vec<(String, Result<(), String>, Duration)>,
 }
 
 impl Checks {
+    /// Checks whose progress lines are tagged with `label` (e.g. the handler and containerd).
+    pub fn new(label: &str) -> Checks {
+        Checks { label: label.to_string(), results: Vec::new() }
+    }
+
     /// Runs `f` as the check `name` and records the outcome.
     pub fn run(&mut self, name: &str, f: impl FnOnce() -> Result<(), String>) -> bool {
         let start = Instant::now();
         let r = f();
         let ok = r.is_ok();
-        eprintln!("[cri check] {} {name} ({:.1} s){}", if ok { "PASS" } else { "FAIL" }, start.elapsed().as_secs_f64(),
+        eprintln!("[cri check {}] {} {name} ({:.1} s){}", self.label, if ok { "PASS" } else { "FAIL" }, start.elapsed().as_secs_f64(),
             r.as_ref().err().map(|e| format!(": {e}")).unwrap_or_default());
         self.results.push((name.to_string(), r, start.elapsed()));
         ok
@@ -510,11 +515,11 @@ impl Checks {
                 Err(e) => report.push_str(&format!("  FAIL {name} ({:.1} s): {e}\n", t.as_secs_f64())),
             }
         }
-        eprintln!("CRI check results (passed {}, failed {failed}):\n{report}", self.results.len() - failed);
+        eprintln!("CRI check results for {} (passed {}, failed {failed}):\n{report}", self.label, self.results.len() - failed);
         if failed == 0 {
             Ok(())
         } else {
-            Err(format!("{failed} of {} CRI checks failed:\n{report}\n{}", self.results.len(), diagnostics()))
+            Err(format!("{}: {failed} of {} CRI checks failed:\n{report}\n{}", self.label, self.results.len(), diagnostics()))
         }
     }
 }
