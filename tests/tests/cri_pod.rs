@@ -70,14 +70,14 @@ fn expect_contains(what: &str, got: &str, want: &str) -> Result<(), String> {
 /// A shell command doing `GET /` from `host:port` with busybox nc (busybox-static's wget
 /// crashes in a rootfs without glibc's NSS modules).
 fn http_get_script(host: &str, port: u16) -> String {
-    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {host} {port}")
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}")
 }
 
-/// A probe script: up to 10 tries of `GET /` from `host:port`; prints PROBE-OK when the answer
-/// has `want`, PROBE-FAILED otherwise.
+/// A probe script: up to 6 tries (about 25 s at most) of `GET /` from `host:port`; prints
+/// PROBE-OK when the answer has `want`, PROBE-FAILED otherwise.
 fn probe_script(host: &str, port: u16, want: &str) -> String {
     format!(
-        "for i in 1 2 3 4 5 6 7 8 9 10; do if {} | grep -q {want}; then echo PROBE-OK; exit 0; fi; sleep 1; done; echo PROBE-FAILED; exit 1",
+        "for i in 1 2 3 4 5 6; do if {} | grep -q {want}; then echo PROBE-OK; exit 0; fi; sleep 1; done; echo PROBE-FAILED; exit 1",
         http_get_script(host, port)
     )
 }
