@@ -194,6 +194,9 @@ impl CriContainerd {
         let dir = PathBuf::from(format!("/tmp/bwc-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // Until the client connects, a failure must still stop containerd (once started) and
+        // remove the directory: the guard cleans up like Drop does.
+        let mut early = EarlyGuard { child: None, dir: dir.clone(), armed: true };
         let net = Network::claim()?;
         let cni_conf_dir = dir.join("cni");
         let log_root = dir.join("logs");
@@ -227,9 +230,7 @@ impl CriContainerd {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin_dir.join("containerd").display()))?;
         let socket = dir.join("c.sock");
-        // Until the client connects, a failure must still stop containerd: keep the pieces
-        // in a guard that cleans up like Drop does.
-        let mut early = EarlyGuard { child: Some(child), dir: dir.clone() };
+        early.child = Some(child);
         let up = process::poll(Duration::from_secs(30), || {
             socket.exists().then(|| ctr_at(&bin_dir, &socket, &["version"]).ok().filter(|o| o.status.success()))?
         });
@@ -266,6 +267,7 @@ impl CriContainerd {
             return Err(format!("CRI does not list the imported images; it lists {tags:?}"));
         }
         let child = early.child.take().ok_or("containerd child lost")?;
+        early.armed = false;
         Ok(CriContainerd { version, dir, socket, shim, artifacts, net, client, log_root, bin_dir, child })
     }
 
@@ -367,15 +369,26 @@ fn teardown(child: &mut Child, dir: &Path) {
     }
 }
 
+/// Cleans up a `CriContainerd::start` that failed half-way: stops containerd if it was
+/// started, removes the directory.
 struct EarlyGuard {
     child: Option<Child>,
     dir: PathBuf,
+    armed: bool,
 }
 
 impl Drop for EarlyGuard {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            teardown(&mut c, &self.dir);
+        if !self.armed {
+            return;
+        }
+        match self.child.take() {
+            Some(mut c) => teardown(&mut c, &self.dir),
+            None => {
+                if std::env::var_os("BULWARK_KEEP_TEST_DIRS").is_none() {
+                    let _ = std::fs::remove_dir_all(&self.dir);
+                }
+            }
         }
     }
 }
