@@ -116,12 +116,13 @@ bulwark_containerd2_ok() {
   [[ "$(awk '{print $3}' <<<"$out")" == "$BULWARK_CONTAINERD2_SERIES"* ]]
 }
 
-# The Debian archive URI the machine's own apt sources use (deb822 or one-line format).
+# The Debian archive URI the machine's own apt sources use (deb822 or one-line format): the
+# first one naming debian that is not the security archive.
 bulwark_debian_mirror() {
   local f uri
   for f in /etc/apt/sources.list.d/*.sources; do
     [ -f "$f" ] || continue
-    uri="$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$f")"
+    uri="$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /debian/ && $i !~ /security/) { print $i; exit } }' "$f")"
     [ -n "$uri" ] && { echo "$uri"; return 0; }
   done
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
