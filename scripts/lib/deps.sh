@@ -102,7 +102,8 @@ bulwark_install_deps() {
 #   BULWARK_CONTAINERD2_BIN     its bin dir: containerd, ctr, containerd-shim-runc-v2
 # The .deb is fetched with a private apt configuration (its own sources, lists and cache under
 # $BULWARK_CACHE/apt-sid); the machine's apt sources and state are never touched.
-BULWARK_CONTAINERD2_SERIES="2.1."
+# Any 2.x: sid ships 2.1.x today and may move on; the tests only need the 2.x config format.
+BULWARK_CONTAINERD2_SERIES="2."
 BULWARK_CONTAINERD2_PREFIX="$BULWARK_CACHE/containerd2"
 BULWARK_CONTAINERD2_BIN="$BULWARK_CONTAINERD2_PREFIX/usr/bin"
 export BULWARK_CONTAINERD2_PREFIX BULWARK_CONTAINERD2_BIN
