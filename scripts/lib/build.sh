@@ -3,7 +3,7 @@
 #   - the host binaries (shim) in target/debug,
 #   - the static guest agent in target/x86_64-unknown-linux-gnu/release,
 #   - the guest image ($BULWARK_BUILD/guest: vmlinux, initramfs.cpio, kernel-release),
-#   - the busybox test image ($BULWARK_BUILD/images/busybox-oci.tar).
+#   - the busybox and pause test images ($BULWARK_BUILD/images/{busybox,pause}-oci.tar).
 # Source after scripts/lib/deps.sh (it sets BULWARK_REPO, BULWARK_BUILD, BULWARK_TOOLS_BIN);
 # call bulwark_build.
 

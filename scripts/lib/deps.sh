@@ -9,6 +9,7 @@
 #   BULWARK_CACHE      ${BULWARK_CACHE:-$HOME/.cache/bulwark}: kernels, tools, ... (survives sessions)
 #   BULWARK_TOOLS_BIN  $BULWARK_CACHE/tools/bin: cargo-installed helpers (virtiofsd, vhost-device-vsock)
 #   BULWARK_BUILD      $BULWARK_REPO/build: build outputs (git-ignored)
+#   BULWARK_CONTAINERD2_BIN  containerd 2.x (Debian sid's package) unpacked under $BULWARK_CACHE
 
 BULWARK_REPO="${BULWARK_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 BULWARK_CACHE="${BULWARK_CACHE:-$HOME/.cache/bulwark}"
@@ -92,4 +93,84 @@ bulwark_install_cargo_tools() {
 bulwark_install_deps() {
   bulwark_install_debs || return 1
   bulwark_install_cargo_tools || return 1
+  bulwark_install_containerd2 || return 1
+}
+
+# containerd 2.x for the CRI tests, from Debian sid's `containerd` package, unpacked into a
+# private prefix; the system's containerd (bookworm, 1.6) stays the one on PATH.
+#   BULWARK_CONTAINERD2_PREFIX  $BULWARK_CACHE/containerd2: the unpacked .deb (usr/bin/...)
+#   BULWARK_CONTAINERD2_BIN     its bin dir: containerd, ctr, containerd-shim-runc-v2
+# The .deb is fetched with a private apt configuration (its own sources, lists and cache under
+# $BULWARK_CACHE/apt-sid); the machine's apt sources and state are never touched.
+# Any 2.x: sid ships 2.1.x today and may move on; the tests only need the 2.x config format.
+BULWARK_CONTAINERD2_SERIES="2."
+BULWARK_CONTAINERD2_PREFIX="$BULWARK_CACHE/containerd2"
+BULWARK_CONTAINERD2_BIN="$BULWARK_CONTAINERD2_PREFIX/usr/bin"
+export BULWARK_CONTAINERD2_PREFIX BULWARK_CONTAINERD2_BIN
+
+# True when the cached containerd 2.x runs and reports a version of the wanted series.
+bulwark_containerd2_ok() {
+  local out
+  [ -x "$BULWARK_CONTAINERD2_BIN/containerd" ] && [ -x "$BULWARK_CONTAINERD2_BIN/ctr" ] || return 1
+  out="$("$BULWARK_CONTAINERD2_BIN/containerd" --version 2>/dev/null)" || return 1
+  # e.g. "containerd github.com/containerd/containerd/v2 2.1.4~ds1 2.1.4~ds1-1"
+  [[ "$(awk '{print $3}' <<<"$out")" == "$BULWARK_CONTAINERD2_SERIES"* ]]
+}
+
+# The Debian archive URI the machine's own apt sources use (deb822 or one-line format): the
+# first one naming debian that is not the security archive.
+bulwark_debian_mirror() {
+  local f uri
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    uri="$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /debian/ && $i !~ /security/) { print $i; exit } }' "$f")"
+    [ -n "$uri" ] && { echo "$uri"; return 0; }
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    uri="$(awk '$1 == "deb" && $0 !~ /security/ && $0 ~ /debian/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$f")"
+    [ -n "$uri" ] && { echo "$uri"; return 0; }
+  done
+  return 1
+}
+
+bulwark_install_containerd2() {
+  bulwark_containerd2_ok && return 0
+  local apt="$BULWARK_CACHE/apt-sid" mirror log deb
+  mirror="$(bulwark_debian_mirror)" ||
+    { bulwark_die "no Debian archive found in the machine's apt sources (needed to fetch sid's containerd 2.x)"; return 1; }
+  mkdir -p "$apt/sources.list.d" "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/download"
+  cat >"$apt/sources.list.d/sid.sources" <<SRC
+Types: deb
+URIs: $mirror
+Suites: sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  local opts=(
+    -o "Dir::Etc::sourcelist=/dev/null" -o "Dir::Etc::sourceparts=$apt/sources.list.d"
+    -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "Dir::State::status=/dev/null"
+    -o "APT::Architecture=amd64" -o "APT::Architectures=amd64" -o "Debug::NoLocking=1"
+  )
+  echo "bulwark: fetching Debian sid's containerd 2.x into $BULWARK_CONTAINERD2_PREFIX" >&2
+  log="$(mktemp)"
+  if ! apt-get "${opts[@]}" -qq update >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    bulwark_die "apt-get update of the private sid sources ($apt) failed (see above)"; return 1
+  fi
+  if ! (cd "$apt/download" && rm -f containerd_*.deb && apt-get "${opts[@]}" -qq download containerd) >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    bulwark_die "apt-get download containerd from sid failed (see above)"; return 1
+  fi
+  rm -f "$log"
+  deb="$(ls "$apt/download"/containerd_*.deb 2>/dev/null | head -n1)"
+  [ -n "$deb" ] || { bulwark_die "no containerd .deb in $apt/download after apt-get download"; return 1; }
+  rm -rf "$BULWARK_CONTAINERD2_PREFIX.new"
+  dpkg-deb -x "$deb" "$BULWARK_CONTAINERD2_PREFIX.new" ||
+    { bulwark_die "dpkg-deb -x $deb failed"; return 1; }
+  rm -rf "$BULWARK_CONTAINERD2_PREFIX"
+  mv "$BULWARK_CONTAINERD2_PREFIX.new" "$BULWARK_CONTAINERD2_PREFIX"
+  rm -rf "$apt/lists" "$apt/cache"
+  bulwark_containerd2_ok ||
+    { bulwark_die "$BULWARK_CONTAINERD2_BIN/containerd from $(basename "$deb") is not a working ${BULWARK_CONTAINERD2_SERIES}x (sid moved on? adjust BULWARK_CONTAINERD2_SERIES)"; return 1; }
 }

@@ -34,7 +34,25 @@ pub struct ShimConfig {
 }
 
 impl ShimConfig {
-    fn render(&self) -> String {
+    /// The defaults every e2e test starts from: this checkout's artefacts, one vCPU, 256 MiB,
+    /// the runtime dir `<dir>/r`, acceleration from `BULWARK_TEST_ACCEL` (default `auto`).
+    pub fn for_test(artifacts: &Artifacts, dir: &Path) -> ShimConfig {
+        ShimConfig {
+            qemu: artifacts.qemu.clone(),
+            virtiofsd: artifacts.virtiofsd.clone(),
+            vhost_device_vsock: artifacts.vhost_device_vsock.clone(),
+            kernel: artifacts.kernel.clone(),
+            initrd: artifacts.initrd.clone(),
+            runtime_dir: dir.join("r"),
+            vcpus: 1,
+            memory_mib: 256,
+            acceleration: std::env::var("BULWARK_TEST_ACCEL").unwrap_or_else(|_| "auto".into()),
+            boot_timeout_secs: 120,
+        }
+    }
+
+    /// The configuration file text (`/etc/bulwark/config.toml` format).
+    pub fn render(&self) -> String {
         format!(
             "[paths]\nqemu = {:?}\nvirtiofsd = {:?}\nvhost_device_vsock = {:?}\nkernel = {:?}\n\
              initrd = {:?}\nruntime_dir = {:?}\n\n[vm]\nvcpus = {}\nmemory_mib = {}\n\
@@ -76,18 +94,7 @@ impl Containerd {
         let dir = PathBuf::from(format!("/tmp/bwk-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let mut shim = ShimConfig {
-            qemu: artifacts.qemu.clone(),
-            virtiofsd: artifacts.virtiofsd.clone(),
-            vhost_device_vsock: artifacts.vhost_device_vsock.clone(),
-            kernel: artifacts.kernel.clone(),
-            initrd: artifacts.initrd.clone(),
-            runtime_dir: dir.join("r"),
-            vcpus: 1,
-            memory_mib: 256,
-            acceleration: std::env::var("BULWARK_TEST_ACCEL").unwrap_or_else(|_| "auto".into()),
-            boot_timeout_secs: 120,
-        };
+        let mut shim = ShimConfig::for_test(&artifacts, &dir);
         adjust(&mut shim);
         let shim_config = dir.join("bulwark.toml");
         write(&shim_config, &shim.render())?;
@@ -105,11 +112,7 @@ impl Containerd {
         )?;
         let log = std::fs::File::create(dir.join("containerd.log"))
             .map_err(|e| format!("creating containerd.log: {e}"))?;
-        let path = format!(
-            "{}:{}",
-            artifacts.shim_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = shim_search_path(&artifacts, None);
         let child = Command::new("containerd")
             .arg("--config")
             .arg(&config)
@@ -267,28 +270,7 @@ impl Containerd {
     /// Everything Bulwark may leave behind for this containerd: VM-side processes, mounts
     /// under the runtime dir, and sandbox state directories. Empty when all is clean.
     pub fn leftovers(&self) -> Vec<String> {
-        let needle = self.dir.to_string_lossy().to_string();
-        let mut found: Vec<String> = leftovers::vm_processes(&needle)
-            .into_iter()
-            .map(|p| format!("process {}: {}", p.pid, p.cmdline))
-            .collect();
-        found.extend(leftovers::mounts_under(&self.shim.runtime_dir).into_iter().map(|m| format!("mount {m}")));
-        // The shim keeps sandbox state in <runtime_dir>/<namespace>/<sandbox>; only the
-        // per-host acceleration probe cache (accel-probe*) may stay at the top.
-        for entry in leftovers::entries(&self.shim.runtime_dir) {
-            let path = self.shim.runtime_dir.join(&entry);
-            if entry.starts_with("accel-probe") {
-                continue;
-            }
-            if path.is_dir() && !entry.starts_with("h-") {
-                found.extend(
-                    leftovers::entries(&path).into_iter().map(|s| format!("sandbox state dir {entry}/{s}")),
-                );
-            } else {
-                found.push(format!("runtime dir entry {entry}"));
-            }
-        }
-        found
+        shim_leftovers(&self.dir, &self.shim.runtime_dir)
     }
 
     /// Polls for up to 30 s until nothing is left behind; returns what is left otherwise.
@@ -302,17 +284,62 @@ impl Containerd {
     /// The end of containerd's log (it holds the shim's and the agent's logs) and of every
     /// VM console log, for failure messages.
     pub fn diagnostics(&self) -> String {
-        let mut s = format!("--- containerd.log (tail) ---\n{}", tail(&self.dir.join("containerd.log"), 60));
-        for ns in leftovers::entries(&self.shim.runtime_dir) {
-            for sandbox in leftovers::entries(&self.shim.runtime_dir.join(&ns)) {
-                let console = self.shim.runtime_dir.join(&ns).join(sandbox).join("console.log");
-                if console.exists() {
-                    s.push_str(&format!("\n--- {} (tail) ---\n{}", console.display(), tail(&console, 30)));
-                }
+        shim_diagnostics(&self.dir.join("containerd.log"), &self.shim.runtime_dir)
+    }
+}
+
+/// `PATH` for a containerd that must find `containerd-shim-bulwark-v2` (and, with `first`,
+/// that directory's binaries before the system's, e.g. containerd 2.x's runc shim).
+pub fn shim_search_path(artifacts: &Artifacts, first: Option<&Path>) -> String {
+    let mut dirs = vec![artifacts.shim_dir.display().to_string()];
+    if let Some(f) = first {
+        dirs.insert(0, f.display().to_string());
+    }
+    dirs.push(std::env::var("PATH").unwrap_or_default());
+    dirs.join(":")
+}
+
+/// What the Bulwark shim may leave behind for a containerd living under `dir` with the shim's
+/// runtime dir `runtime_dir`: VM-side processes, mounts under the runtime dir, and sandbox
+/// state directories. Empty when all is clean.
+pub fn shim_leftovers(dir: &Path, runtime_dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut found: Vec<String> = leftovers::vm_processes(&needle)
+        .into_iter()
+        .map(|p| format!("process {}: {}", p.pid, p.cmdline))
+        .collect();
+    found.extend(leftovers::mounts_under(runtime_dir).into_iter().map(|m| format!("mount {m}")));
+    // The shim keeps sandbox state in <runtime_dir>/<namespace>/<sandbox>; only the
+    // per-host acceleration probe cache (accel-probe*) may stay at the top.
+    for entry in leftovers::entries(runtime_dir) {
+        let path = runtime_dir.join(&entry);
+        if entry.starts_with("accel-probe") {
+            continue;
+        }
+        if path.is_dir() && !entry.starts_with("h-") {
+            found.extend(
+                leftovers::entries(&path).into_iter().map(|s| format!("sandbox state dir {entry}/{s}")),
+            );
+        } else {
+            found.push(format!("runtime dir entry {entry}"));
+        }
+    }
+    found
+}
+
+/// The end of containerd's log (it holds the shim's and the agent's logs) and of every VM
+/// console log under `runtime_dir`, for failure messages.
+pub fn shim_diagnostics(containerd_log: &Path, runtime_dir: &Path) -> String {
+    let mut s = format!("--- containerd.log (tail) ---\n{}", tail(containerd_log, 60));
+    for ns in leftovers::entries(runtime_dir) {
+        for sandbox in leftovers::entries(&runtime_dir.join(&ns)) {
+            let console = runtime_dir.join(&ns).join(sandbox).join("console.log");
+            if console.exists() {
+                s.push_str(&format!("\n--- {} (tail) ---\n{}", console.display(), tail(&console, 30)));
             }
         }
-        s
     }
+    s
 }
 
 impl Drop for Containerd {
@@ -348,11 +375,11 @@ impl Drop for Containerd {
     }
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

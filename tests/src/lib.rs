@@ -1,11 +1,18 @@
 //! Shared helpers for the end-to-end tests: find the built artefacts, start a private real
 //! containerd configured with the Bulwark shim, drive it with `ctr`, and check that a sandbox
-//! left nothing behind (processes, sockets, mounts, state directories).
+//! left nothing behind (processes, sockets, mounts, state directories). For the CRI tests:
+//! `cri` starts containerd 1.6 or 2.x with its CRI plugin and a private CNI network (`cni`),
+//! `cri_client` drives it like kubelet, `cri_stream` speaks the streaming protocol for
+//! interactive exec and attach.
 //!
 //! Nothing here is faked: containerd, ctr, QEMU, virtiofsd and vhost-device-vsock are the real
 //! programs. When one is missing the test fails with a message saying what to install or build.
 
+pub mod cni;
 pub mod containerd;
+pub mod cri;
+pub mod cri_client;
+pub mod cri_stream;
 pub mod leftovers;
 pub mod podnet;
 pub mod process;
@@ -16,6 +23,8 @@ use std::path::{Path, PathBuf};
 pub const RUNTIME: &str = "io.containerd.bulwark.v2";
 /// The busybox test image built by `images/build-test-image`.
 pub const TEST_IMAGE: &str = "docker.io/bulwark/busybox:test";
+/// The pod sandbox ("pause") image built by `images/build-test-image`.
+pub const PAUSE_IMAGE: &str = "docker.io/bulwark/pause:test";
 
 /// Where the built pieces live. `scripts/test` builds them all before running the tests; each
 /// can be overridden with an environment variable of the same name.
@@ -28,6 +37,8 @@ pub struct Artifacts {
     /// The guest kernel's `uname -r`.
     pub kernel_release: String,
     pub test_image: PathBuf,
+    /// The pause image tarball (checked by the CRI harness, which needs it).
+    pub pause_image: PathBuf,
     pub qemu: PathBuf,
     pub virtiofsd: PathBuf,
     pub vhost_device_vsock: PathBuf,
@@ -71,6 +82,7 @@ impl Artifacts {
             initrd: build.join("guest/initramfs.cpio"),
             kernel_release: String::new(),
             test_image: build.join("images/busybox-oci.tar"),
+            pause_image: build.join("images/pause-oci.tar"),
             qemu: env_path("BULWARK_QEMU", PathBuf::from("/usr/bin/qemu-system-x86_64")),
             virtiofsd: env_path("BULWARK_VIRTIOFSD", tools.join("virtiofsd")),
             vhost_device_vsock: env_path("BULWARK_VHOST_DEVICE_VSOCK", tools.join("vhost-device-vsock")),

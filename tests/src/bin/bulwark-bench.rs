@@ -3,7 +3,12 @@
 //!   (a) plain QEMU booting the guest image until the agent's first vsock connection,
 //!   (b) `ctr run --rm --runtime io.containerd.bulwark.v2 ... true`,
 //!   (c) the same `ctr run` with runc,
-//! and the ratios b/a and b/c.
+//! and the ratios b/a and b/c; then through CRI (containerd 1.6's CRI plugin, like kubelet):
+//!   (d) pod start latency: RunPodSandbox + CreateContainer + StartContainer until the
+//!       container's first output line is in its CRI log, Bulwark and runc interleaved,
+//!   (e) ExecSync `true` latency in a running pod, Bulwark and runc,
+//!   (f) host memory of one idle Bulwark pod: PSS (/proc/<pid>/smaps_rollup) of the shim,
+//!       QEMU, virtiofsd and vhost-device-vsock.
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -11,6 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulwark_e2e::containerd::Containerd;
+use bulwark_e2e::cri::{ContainerdVersion, CriContainerd, HANDLER_BULWARK, HANDLER_RUNC};
+use bulwark_e2e::cri_client::{read_cri_log, ContainerSpec, CriClient};
+use bulwark_e2e::leftovers;
 use bulwark_e2e::process::poll;
 use bulwark_e2e::{Artifacts, RUNTIME, TEST_IMAGE};
 
@@ -18,6 +26,10 @@ fn main() {
     let rounds: usize = std::env::var("BULWARK_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     if let Err(e) = bench(rounds) {
         eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+    if let Err(e) = bench_cri(rounds) {
+        eprintln!("CRI bench failed: {e}");
         std::process::exit(1);
     }
 }
@@ -46,8 +58,150 @@ fn bench(rounds: usize) -> Result<(), String> {
 }
 
 fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|x, y| x.total_cmp(y));
     v[v.len() / 2]
+}
+
+/// One measured CRI pod: ids, its start latency and its ExecSync latencies.
+struct PodRun {
+    pod: String,
+    start: f64,
+    exec: Result<Vec<f64>, String>,
+}
+
+/// RunPodSandbox + CreateContainer + StartContainer until the first log line, then three
+/// ExecSync `true` calls; the pod keeps running (the caller removes it).
+fn cri_pod_run(c: &CriContainerd, handler: &str, name: &str) -> Result<PodRun, String> {
+    let cl = &c.client;
+    let log_dir = c.pod_log_dir(name)?;
+    let config = CriClient::pod_config(name, name, &log_dir);
+    let spec = ContainerSpec::new("main", TEST_IMAGE, &["sh", "-c", "echo first; exec sleep 100000"]);
+    let log = log_dir.join("main.log");
+    let t0 = Instant::now();
+    let pod = cl.run_pod_sandbox(&config, handler)?;
+    let started = (|| {
+        let id = cl.create_container(&pod, &config, &spec)?;
+        cl.start_container(&id)?;
+        let deadline = Duration::from_secs(240);
+        loop {
+            if read_cri_log(&log).iter().any(|(_, l)| l == "first") {
+                break;
+            }
+            if t0.elapsed() > deadline {
+                return Err(format!("{handler} pod {name}: no first output within {deadline:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok((id, t0.elapsed().as_secs_f64()))
+    })();
+    let (id, start) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = cl.stop_pod(&pod);
+            let _ = cl.remove_pod(&pod);
+            return Err(e);
+        }
+    };
+    let exec = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let r = cl.exec_sync(&id, &["true"], 30)?;
+            if r.exit_code != 0 {
+                return Err(format!("ExecSync true exited {}", r.exit_code));
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect::<Result<Vec<f64>, String>>();
+    Ok(PodRun { pod, start, exec })
+}
+
+/// Sum of the PSS (kB) of the VM-side processes (shim, QEMU, virtiofsd, vhost-device-vsock)
+/// of the containerd under `dir`, with one line per process.
+fn vm_pss_kib(dir: &Path) -> (u64, Vec<String>) {
+    let mut total = 0;
+    let mut lines = Vec::new();
+    for p in leftovers::vm_processes(&dir.to_string_lossy()) {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)).unwrap_or_default();
+        let pss = rollup
+            .lines()
+            .find(|l| l.starts_with("Pss:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        total += pss;
+        let name = p.cmdline.split_whitespace().next().unwrap_or("?").rsplit('/').next().unwrap_or("?").to_string();
+        lines.push(format!("    {name:<28} pid {:>7}  PSS {:>8} kB", p.pid, pss));
+    }
+    (total, lines)
+}
+
+fn remove_pod(c: &CriContainerd, pod: &str) {
+    let _ = c.client.stop_pod(pod);
+    let _ = c.client.remove_pod(pod);
+}
+
+fn bench_cri(rounds: usize) -> Result<(), String> {
+    let c = CriContainerd::start(ContainerdVersion::V1)?;
+    let (mut start_b, mut start_r, mut exec_b, mut exec_r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut errors: Vec<String> = Vec::new();
+    let mut pss: Option<(u64, Vec<String>)> = None;
+    // Warm-up of each (snapshots, page cache), not counted.
+    for (h, n) in [(HANDLER_BULWARK, "warm-b"), (HANDLER_RUNC, "warm-r")] {
+        match cri_pod_run(&c, h, n) {
+            Ok(run) => remove_pod(&c, &run.pod),
+            Err(e) => errors.push(format!("warm-up {h}: {e}")),
+        }
+    }
+    for i in 0..rounds {
+        for (handler, starts, execs) in
+            [(HANDLER_BULWARK, &mut start_b, &mut exec_b), (HANDLER_RUNC, &mut start_r, &mut exec_r)]
+        {
+            match cri_pod_run(&c, handler, &format!("{handler}-{i}")) {
+                Ok(run) => {
+                    starts.push(run.start);
+                    match run.exec {
+                        Ok(mut t) => execs.push(median(&mut t)),
+                        Err(e) => errors.push(format!("round {i} {handler} ExecSync: {e}")),
+                    }
+                    if handler == HANDLER_BULWARK && pss.is_none() {
+                        // Idle: nothing runs but `sleep`; let the boot's page activity settle.
+                        std::thread::sleep(Duration::from_secs(3));
+                        pss = Some(vm_pss_kib(&c.dir));
+                    }
+                    remove_pod(&c, &run.pod);
+                }
+                Err(e) => errors.push(format!("round {i} {handler} pod start: {e}")),
+            }
+        }
+    }
+    let (sb, sr, eb, er) = (median(&mut start_b), median(&mut start_r), median(&mut exec_b), median(&mut exec_r));
+    println!();
+    println!("CRI (containerd 1.6 CRI plugin), {rounds} rounds interleaved, medians:");
+    println!("(d) pod start to first output, Bulwark: {:>8.3} s   ({} ok)", sb, start_b.len());
+    println!("(d) pod start to first output, runc:    {:>8.3} s   ({} ok)", sr, start_r.len());
+    println!("(e) ExecSync true, Bulwark:             {:>8.3} s   ({} ok)", eb, exec_b.len());
+    println!("(e) ExecSync true, runc:                {:>8.3} s   ({} ok)", er, exec_r.len());
+    println!("pod start Bulwark/runc = {:.1}   ExecSync Bulwark/runc = {:.1}", sb / sr, eb / er);
+    match pss {
+        Some((total, lines)) => {
+            println!("(f) host memory of one idle Bulwark pod (PSS): {:.1} MiB", total as f64 / 1024.0);
+            for l in lines {
+                println!("{l}");
+            }
+        }
+        None => println!("(f) host memory of one idle Bulwark pod: not measured (no Bulwark pod started)"),
+    }
+    for e in &errors {
+        println!("error: {e}");
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} CRI measurements failed (listed above)", errors.len()))
+    }
 }
 
 fn ctr_run(c: &Containerd, runtime: &str, id: &str) -> Result<f64, String> {
