@@ -395,7 +395,8 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        let cases: Vec<Box<dyn Fn(&mut SetupSandboxRequest)>> = vec![
+        type Mutation = Box<dyn Fn(&mut SetupSandboxRequest)>;
+        let cases: Vec<Mutation> = vec![
             Box::new(|r| r.hostname = "a/b".into()),
             Box::new(|r| r.hostname = "x".repeat(65)),
             Box::new(|r| r.hostname = "a..b".into()),
