@@ -253,3 +253,20 @@ fn two_pod_interfaces_keep_their_names_macs_and_addresses() -> Result<(), String
     }
     Ok(())
 }
+
+#[test]
+fn the_host_netns_is_refused_and_the_host_is_untouched() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let qdiscs_before = iproute("tc", &["qdisc", "show"])?.stdout;
+    // This test process lives in the host netns; its /proc path passes the path check.
+    let host_ns = format!("/proc/{}/ns/net", std::process::id());
+    let out = bulwark_e2e::process::run(&mut ctr_run_in_netns(&c, &host_ns, "hostnet", "echo should-not-run"), CTR_LIMIT)?;
+    assert!(!out.status.success(), "ran attached to the host network: {out:?}");
+    assert!(out.stderr.contains("host's own network namespace"), "unclear error: {}", out.stderr);
+    let _ = c.ctr(&["container", "rm", "hostnet"]);
+    c.assert_clean()?;
+    let links = iproute("ip", &["-o", "link"])?.stdout;
+    assert!(!links.contains("_bwk"), "a tap was made in the host netns: {links}");
+    assert_eq!(iproute("tc", &["qdisc", "show"])?.stdout, qdiscs_before, "host qdiscs changed");
+    Ok(())
+}
