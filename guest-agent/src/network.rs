@@ -311,24 +311,43 @@ pub fn apply(plan: &Plan) -> Result<(), NetworkError> {
     if let Some((lo, _, _)) = all.iter().find(|(_, n, _)| n == "lo") {
         set_link(&mut sock, *lo, true, vec![]).map_err(nl("bringing lo up"))?;
     }
-    let mut indexes = Vec::new();
+    // Find every NIC first; a name wanted by one NIC may be held by another of them (the
+    // guest numbers its NICs in probe order), so those are renamed in two steps.
+    let mut found = Vec::new();
     for nic in &plan.nics {
-        let mac = mac_str(&nic.mac);
         let (index, current, _) = all
             .iter()
             .find(|(_, _, m)| m.as_slice() == nic.mac)
-            .ok_or_else(|| NetworkError::NoSuchNic(mac.clone()))?;
-        if current != &nic.name && all.iter().any(|(i, n, _)| n == &nic.name && i != index) {
-            return Err(invalid(format!("interface name {} is taken by another interface in the VM", nic.name)));
+            .ok_or_else(|| NetworkError::NoSuchNic(mac_str(&nic.mac)))?;
+        found.push((nic, *index, current.clone()));
+    }
+    for (nic, _, _) in &found {
+        let holder = all.iter().find(|(_, n, _)| *n == nic.name);
+        if let Some((i, _, _)) = holder {
+            if !found.iter().any(|(_, idx, _)| idx == i) {
+                return Err(invalid(format!("interface name {} is taken by another interface in the VM", nic.name)));
+            }
         }
+    }
+    for (n, (nic, index, current)) in found.iter_mut().enumerate() {
+        if *current != nic.name {
+            let temp = format!("bwktmp{n}");
+            // Renaming needs the link down.
+            set_link(&mut sock, *index, false, vec![LinkAttribute::IfName(temp.clone())])
+                .map_err(nl(format!("renaming {current} to {temp}")))?;
+            *current = temp;
+        }
+    }
+    let mut indexes = Vec::new();
+    for (nic, index, current) in &found {
+        let mac = mac_str(&nic.mac);
         let mut attrs = Vec::new();
-        if current != &nic.name {
+        if *current != nic.name {
             attrs.push(LinkAttribute::IfName(nic.name.clone()));
         }
         if let Some(mtu) = nic.mtu {
             attrs.push(LinkAttribute::Mtu(mtu));
         }
-        // Renaming needs the link down.
         set_link(&mut sock, *index, false, attrs)
             .map_err(nl(format!("renaming {current} ({mac}) to {} and setting its MTU", nic.name)))?;
         for (ip, prefix) in &nic.addresses {
@@ -395,7 +414,8 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        let cases: Vec<Box<dyn Fn(&mut SetupSandboxRequest)>> = vec![
+        type Mutation = Box<dyn Fn(&mut SetupSandboxRequest)>;
+        let cases: Vec<Mutation> = vec![
             Box::new(|r| r.hostname = "a/b".into()),
             Box::new(|r| r.hostname = "x".repeat(65)),
             Box::new(|r| r.hostname = "a..b".into()),

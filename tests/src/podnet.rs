@@ -77,7 +77,11 @@ pub struct PodNet {
     /// The pod interface's MAC and MTU (as CNI would leave them).
     pub mac: String,
     pub mtu: u32,
+    /// A second pod interface `net1` (see [`PodNet::add_net1`]): host-side address, pod
+    /// address, pod MAC.
+    pub net1: Option<(Ipv4Addr, Ipv4Addr, String)>,
     host_veth: String,
+    host_veth1: String,
 }
 
 impl PodNet {
@@ -97,7 +101,9 @@ impl PodNet {
             pod_ip6: String::new(),
             mac: String::new(),
             mtu: 0,
+            net1: None,
             host_veth: String::new(),
+            host_veth1: String::new(),
         })
     }
 
@@ -146,6 +152,34 @@ impl PodNet {
             .to_string();
         p.mtu = mtu;
         Ok(p)
+    }
+
+    /// Adds a second interface `net1` (like a Multus extra network): a veth pair whose host
+    /// end has `<subnet>.1/24` and whose pod end has `<subnet>.2/24`, in another free /24.
+    pub fn add_net1(&mut self) -> Result<(), String> {
+        let tag = self.bridge.trim_start_matches("bwkb").to_string();
+        self.host_veth1 = format!("bwkq{tag}");
+        let pod_veth = format!("bwkr{tag}");
+        let net = pick_subnet(std::process::id().wrapping_add(977))?;
+        let o = net.octets();
+        let (host_ip, pod_ip) = (Ipv4Addr::new(o[0], o[1], o[2], 1), Ipv4Addr::new(o[0], o[1], o[2], 2));
+        let ns = self.netns.clone();
+        iproute("ip", &["link", "add", &self.host_veth1, "type", "veth", "peer", "name", &pod_veth])?;
+        iproute("ip", &["addr", "add", &format!("{host_ip}/24"), "dev", &self.host_veth1])?;
+        iproute("ip", &["link", "set", &self.host_veth1, "up"])?;
+        iproute("ip", &["link", "set", &pod_veth, "netns", &ns])?;
+        iproute("ip", &["-n", &ns, "link", "set", &pod_veth, "name", "net1"])?;
+        iproute("ip", &["-n", &ns, "addr", "add", &format!("{pod_ip}/24"), "dev", "net1"])?;
+        iproute("ip", &["-n", &ns, "link", "set", "net1", "up"])?;
+        let link = iproute("ip", &["-n", &ns, "-o", "link", "show", "net1"])?.stdout;
+        let mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .ok_or_else(|| format!("no MAC in {link:?}"))?
+            .to_string();
+        self.net1 = Some((host_ip, pod_ip, mac));
+        Ok(())
     }
 
     /// What Bulwark may have left in the netns: taps, ingress qdiscs, and processes or fds
@@ -198,6 +232,11 @@ impl Drop for PodNet {
     fn drop(&mut self) {
         // Deleting the netns removes the pod veth end and, with it, the host end.
         let _ = iproute("ip", &["netns", "del", &self.netns]);
+        for v in [&self.host_veth1] {
+            if !v.is_empty() {
+                let _ = iproute("ip", &["link", "del", v]);
+            }
+        }
         if !self.host_veth.is_empty() {
             let _ = iproute("ip", &["link", "del", &self.host_veth]);
         }

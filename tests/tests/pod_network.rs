@@ -17,10 +17,16 @@ use bulwark_e2e::{RUNTIME, TEST_IMAGE};
 /// Bulk payload sent each way (exercises segmentation/checksum offloads through the taps).
 const BULK: usize = 1 << 20;
 
+type ServerHandle = std::thread::JoinHandle<Result<String, String>>;
+
 /// A one-shot TCP server on the bridge gateway: reads a line, answers "pong-from-host" and
 /// BULK bytes.
-fn gateway_server(net: &PodNet) -> Result<(u16, std::thread::JoinHandle<Result<String, String>>), String> {
-    let listener = TcpListener::bind((net.gateway, 0)).map_err(|e| format!("binding {}: {e}", net.gateway))?;
+fn gateway_server(net: &PodNet) -> Result<(u16, ServerHandle), String> {
+    one_shot_server(net.gateway)
+}
+
+fn one_shot_server(addr: std::net::Ipv4Addr) -> Result<(u16, ServerHandle), String> {
+    let listener = TcpListener::bind((addr, 0)).map_err(|e| format!("binding {addr}: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let h = std::thread::spawn(move || {
@@ -210,5 +216,63 @@ fn killed_shim_is_cleaned_up_in_the_pod_netns_too() -> Result<(), String> {
     if left.is_none() {
         return Err(format!("left in the pod netns: {:?}\n{}", net.leftovers(), c.diagnostics()));
     }
+    Ok(())
+}
+
+#[test]
+fn two_pod_interfaces_keep_their_names_macs_and_addresses() -> Result<(), String> {
+    let mut net = PodNet::bridge(1500)?;
+    net.add_net1()?;
+    let (host1, pod1, mac1) = net.net1.clone().ok_or("net1 missing")?;
+    let (port, server) = one_shot_server(host1)?;
+    let c = Containerd::start(|_| {})?;
+    let script = format!(
+        "ip -o link; ip -o -4 addr; echo ping | nc {host1} {port} > /tmp/r; head -n1 /tmp/r; echo DONE"
+    );
+    let out = bulwark_e2e::process::run(
+        &mut ctr_run_in_netns(&c, &net.netns_path.to_string_lossy(), "twonics", &script),
+        CTR_LIMIT,
+    )?;
+    let served = server.join().map_err(|_| "server panicked".to_string())?;
+    let ctx = format!("{out:?}\n{}", c.diagnostics());
+    assert!(out.status.success(), "{ctx}");
+    let line_of = |name: &str| {
+        out.stdout.lines().find(|l| l.contains(&format!(": {name}:")) && l.contains("link/ether")).unwrap_or("").to_string()
+    };
+    assert!(line_of("eth0").contains(&format!("link/ether {}", net.mac)), "eth0 has the wrong MAC\n{ctx}");
+    assert!(line_of("net1").contains(&format!("link/ether {mac1}")), "net1 has the wrong MAC\n{ctx}");
+    assert!(out.stdout.contains(&format!("inet {}/24", net.pod_ip)), "{ctx}");
+    assert!(out.stdout.contains(&format!("inet {pod1}/24")), "{ctx}");
+    let served = served.map_err(|e| format!("pod -> net1 peer: {e}\n{ctx}"))?;
+    assert!(served.contains(&pod1.to_string()), "traffic to {host1} did not leave through net1: {served}");
+    assert!(out.stdout.contains("pong-from-host"), "{ctx}");
+    c.assert_clean()?;
+    let left = bulwark_e2e::process::poll(Duration::from_secs(20), || net.leftovers().ok().filter(|l| l.is_empty()));
+    if left.is_none() {
+        return Err(format!("left in the pod netns: {:?}", net.leftovers()));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_host_netns_is_refused_and_the_host_is_untouched() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    // The host's own interfaces (other tests may add and remove bridges and veths meanwhile).
+    let route = iproute("ip", &["-4", "route", "show", "default"])?.stdout;
+    let uplink = route.split_whitespace().skip_while(|w| *w != "dev").nth(1).unwrap_or("lo").to_string();
+    let host_qdiscs = || -> Result<String, String> {
+        Ok(iproute("tc", &["qdisc", "show", "dev", "lo"])?.stdout + &iproute("tc", &["qdisc", "show", "dev", &uplink])?.stdout)
+    };
+    let qdiscs_before = host_qdiscs()?;
+    // This test process lives in the host netns; its /proc path passes the path check.
+    let host_ns = format!("/proc/{}/ns/net", std::process::id());
+    let out = bulwark_e2e::process::run(&mut ctr_run_in_netns(&c, &host_ns, "hostnet", "echo should-not-run"), CTR_LIMIT)?;
+    assert!(!out.status.success(), "ran attached to the host network: {out:?}");
+    assert!(out.stderr.contains("host's own network namespace"), "unclear error: {}", out.stderr);
+    let _ = c.ctr(&["container", "rm", "hostnet"]);
+    c.assert_clean()?;
+    let links = iproute("ip", &["-o", "link"])?.stdout;
+    assert!(!links.contains("_bwk"), "a tap was made in the host netns: {links}");
+    assert_eq!(host_qdiscs()?, qdiscs_before, "qdiscs of lo / {uplink} changed");
     Ok(())
 }

@@ -235,6 +235,22 @@ mod tests {
     }
 
     #[test]
+    fn address_selection() {
+        let mut m = AddressMessage::default();
+        m.header.index = 3;
+        m.header.prefix_len = 24;
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 5));
+        m.attributes.push(AddressAttribute::Address(ip));
+        assert_eq!(address_from(&m), Some((3, ip, 24)));
+        // IFA_LOCAL wins (point-to-point peers put the peer in IFA_ADDRESS)
+        let local = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 6));
+        m.attributes.push(AddressAttribute::Local(local));
+        assert_eq!(address_from(&m), Some((3, local, 24)));
+        m.header.scope = AddressScope::Link;
+        assert_eq!(address_from(&m), None, "link-local addresses are the guest's own");
+    }
+
+    #[test]
     fn route_selection() {
         let gw = IpAddr::V4(Ipv4Addr::new(10, 88, 0, 1));
         let r = route_from(&route_msg(RouteProtocol::Boot, None, Some(gw))).unwrap();

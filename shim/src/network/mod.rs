@@ -35,7 +35,7 @@ pub const TAP_SUFFIX: &str = "_bwk";
 pub enum NetworkError {
     #[error("network namespace path {path:?} in the OCI spec is not accepted: {why}")]
     InvalidNetnsPath { path: String, why: String },
-    #[error("opening the pod network namespace {path}: {source} (was it deleted, or is the CNI setup incomplete?)")]
+    #[error("opening the pod network namespace {path}: {source} (check that CNI created it and that it still exists)")]
     NetnsOpen { path: PathBuf, source: std::io::Error },
     #[error("{0} is the host's own network namespace; refusing to attach a VM to the host network")]
     HostNetns(PathBuf),
