@@ -103,9 +103,6 @@ pub fn rewrite_spec(
     }
 
     if let Some(process) = obj.get_mut("process").and_then(Value::as_object_mut) {
-        if process.get("terminal").and_then(Value::as_bool) == Some(true) {
-            return Err(ContainerError::Spec("process.terminal=true is not supported yet".into()));
-        }
         for key in ["apparmorProfile", "selinuxLabel"] {
             if process.remove(key).is_some() {
                 notes.push(format!("dropped process.{key} (no LSM profiles in the guest)"));
@@ -188,24 +185,29 @@ fn lc(op: &'static str, id: &str) -> impl FnOnce(libcontainer::error::Libcontain
     move |source| ContainerError::Libcontainer { op, id, source: Box::new(source) }
 }
 
+/// The child's side of a process's stdio: pipe ends, or a console socket libcontainer sends
+/// the pty master to (process.rs).
+pub enum ChildStdio {
+    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+    Console(PathBuf),
+}
+
+fn with_stdio(builder: ContainerBuilder, stdio: ChildStdio) -> ContainerBuilder {
+    match stdio {
+        ChildStdio::Pipes { stdin, stdout, stderr } => builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
+        ChildStdio::Console(path) => builder.with_console_socket(Some(path)),
+    }
+}
+
 /// Creates (does not start) the container. Blocking; hold the reaper lock around it.
 /// Returns the init pid.
-pub fn create(
-    id: &str,
-    bundle: &Path,
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    no_pivot: bool,
-) -> Result<i32, ContainerError> {
+pub fn create(id: &str, bundle: &Path, stdio: ChildStdio, no_pivot: bool) -> Result<i32, ContainerError> {
     std::fs::create_dir_all(STATE_DIR)
         .map_err(|source| ContainerError::Io { what: "creating", path: STATE_DIR.into(), source })?;
-    let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(STATE_DIR)
-        .map_err(lc("create", id))?
-        .with_stdin(stdin)
-        .with_stdout(stdout)
-        .with_stderr(stderr)
+        .map_err(lc("create", id))?;
+    let container = with_stdio(builder, stdio)
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -216,6 +218,29 @@ pub fn create(
         .pid()
         .map(|p| p.as_raw())
         .ok_or_else(|| ContainerError::Spec(format!("libcontainer created {id} but reported no pid")))
+}
+
+/// Creates and starts an exec process in the running container `id` (libcontainer's tenant
+/// builder: the init process's namespaces, the container's cgroup), running the OCI process
+/// in `process_json`. `seccomp` is the container's profile (exec.rs installs it, since the
+/// tenant builder does not). Blocking; hold the reaper lock around it. Returns the pid.
+pub fn exec(
+    id: &str,
+    process_json: &Path,
+    stdio: ChildStdio,
+    seccomp: Option<libcontainer::oci_spec::runtime::LinuxSeccomp>,
+) -> Result<i32, ContainerError> {
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(STATE_DIR)
+        .map_err(lc("exec", id))?
+        .with_executor(crate::exec::ExecExecutor::new(seccomp));
+    let pid = with_stdio(builder, stdio)
+        .as_tenant()
+        .with_detach(true)
+        .with_process(Some(process_json))
+        .build()
+        .map_err(lc("exec", id))?;
+    Ok(pid.as_raw())
 }
 
 fn load(id: &str) -> Result<Container, ContainerError> {
@@ -307,10 +332,11 @@ mod tests {
     }
 
     #[test]
-    fn terminal_and_garbage_are_rejected() {
+    fn terminal_is_kept_and_garbage_is_rejected() {
         let mut s = ctr_like_spec();
         s["process"]["terminal"] = true.into();
-        assert!(rewrite_spec("c1", &serde_json::to_vec(&s).expect("json"), Path::new("/r"), &|_| true).is_err());
+        let (out, _) = rewrite_spec("c1", &serde_json::to_vec(&s).expect("json"), Path::new("/r"), &|_| true).expect("rewrite");
+        assert_eq!(out["process"]["terminal"], true);
         assert!(rewrite_spec("c1", b"not json", Path::new("/r"), &|_| true).is_err());
         assert!(rewrite_spec("c1", b"[1]", Path::new("/r"), &|_| true).is_err());
     }

@@ -12,8 +12,11 @@ extern crate bulwark_protocol as protocol;
 
 mod boot;
 mod container;
+mod exec;
 mod logging;
 mod modules;
+mod process;
+mod pty;
 mod reaper;
 mod server;
 mod share;
