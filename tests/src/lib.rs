@@ -8,6 +8,7 @@
 pub mod containerd;
 pub mod leftovers;
 pub mod process;
+pub mod pty;
 
 use std::path::{Path, PathBuf};
 
