@@ -118,3 +118,24 @@ fn exec_into_a_stopped_container_fails_cleanly() -> Result<(), String> {
     assert!(del.status.success(), "ctr container delete: {del:?}");
     c.assert_clean()
 }
+
+#[test]
+fn exec_gets_the_containers_seccomp_profile() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    // ctr run --seccomp: containerd's default profile on the init process.
+    let run = c
+        .ctr_command(&["run", "--rm", "--seccomp", "--runtime", RUNTIME, TEST_IMAGE, "sc1", "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting ctr run: {e}"))?;
+    c.wait_running("sc1")?;
+    let out = c.ctr(&["task", "exec", "--exec-id", "s1", "sc1", "sh", "-c", "grep Seccomp: /proc/1/status /proc/self/status"])?;
+    assert!(out.status.success(), "{out:?}\n{}", c.diagnostics());
+    // Mode 2 = filter, for the init process and for the exec.
+    let filtered = out.stdout.lines().filter(|l| l.trim_end().ends_with("Seccomp:\t2")).count();
+    assert_eq!(filtered, 2, "both processes must run under the container's seccomp filter: {out:?}");
+    stop_sleeper(&c, "sc1", run)?;
+    c.assert_clean()
+}
