@@ -27,6 +27,8 @@ use crate::process::{guest_status, Process, Status};
 
 /// Largest OCI process JSON accepted in an Exec request.
 pub const MAX_PROCESS_JSON: usize = 1024 * 1024;
+/// Most execs one container may have at a time (containerd deletes them after use).
+pub const MAX_EXECS: usize = 1024;
 /// How long an exec's exit event waits for its output to reach containerd's FIFOs.
 const IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,11 +65,31 @@ impl Execs {
             .ok_or_else(|| Error::NotFound(format!("exec {exec_id:?} of container {container_id:?} not found")))
     }
 
-    /// Aborts the tasks of every exec (the container is being deleted).
+    /// Aborts the tasks of every exec (the container is being deleted); execs still running
+    /// died with it (SIGKILL), which frees their waiters.
     pub fn abort_all(&self) {
         for e in self.lock().values() {
             e.process.abort_tasks();
+            if e.process.state().status == Status::Running {
+                e.process.mark_exited(137);
+            }
         }
+    }
+}
+
+/// Waits (at most `limit`) until no exec of the container runs. The init process's exit event
+/// waits for this, like containerd's runc shim, so containerd sees the execs' exits first (they
+/// die with the container's PID namespace).
+pub async fn wait_execs_stopped(c: &Container, limit: Duration) {
+    let running: Vec<Arc<ExecProcess>> =
+        c.execs.lock().values().filter(|e| e.process.state().status == Status::Running).cloned().collect();
+    let all = async {
+        for e in running {
+            e.process.wait().await;
+        }
+    };
+    if tokio::time::timeout(limit, all).await.is_err() {
+        tracing::warn!("container {}: execs still running {limit:?} after its init process exited", c.id);
     }
 }
 
@@ -106,6 +128,12 @@ pub async fn add(events: &dyn Publish, c: &Container, req: api::ExecProcessReque
         let mut map = c.execs.lock();
         if map.contains_key(&req.exec_id) {
             return Err(Error::AlreadyExists(format!("exec {} of container {} already exists", req.exec_id, c.id)));
+        }
+        if map.len() >= MAX_EXECS {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has {MAX_EXECS} exec processes already: delete finished ones first",
+                c.id
+            )));
         }
         map.insert(req.exec_id.clone(), exec);
     }
@@ -386,6 +414,12 @@ mod tests {
         let d = delete(&NoEvents, &c, "e1", agent_gone(), 42).await.expect("delete");
         assert_eq!((d.exit_status, d.pid), (3, 42));
         assert!(c.execs.get("c", "e1").is_err());
+        req.exec_id = "e3".into();
+        add(&NoEvents, &c, req.clone()).await.expect("add e3");
+        let e3 = c.execs.get("c", "e3").expect("get");
+        e3.process.set_running();
+        c.abort_tasks();
+        assert_eq!(wait(&c, "e3").await.expect("wait").exit_status, 137, "deleting the container frees exec waiters");
         c.mark_exited(0);
         req.exec_id = "e2".into();
         assert!(matches!(add(&NoEvents, &c, req).await, Err(Error::FailedPrecondition(_))), "no exec into a stopped container");

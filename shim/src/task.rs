@@ -374,6 +374,7 @@ async fn watch_exit(
     if tokio::time::timeout(IO_DRAIN_TIMEOUT, drain).await.is_err() {
         tracing::warn!("container {}: output not drained within {IO_DRAIN_TIMEOUT:?}", c.id);
     }
+    crate::exec::wait_execs_stopped(&c, IO_DRAIN_TIMEOUT).await;
     let _gate = c.start_gate.lock().await;
     if let Some(exit) = c.mark_exited(status) {
         tracing::info!("container {} exited with status {status}", c.id);
