@@ -1,13 +1,14 @@
 //! Running a program on a pseudo-terminal of a chosen size: `ctr run -t` / `ctr task exec -t`
-//! need a terminal on their side, and take the container's terminal size from it.
+//! need a terminal on their side, and take the container's terminal size from it. A test can
+//! drive the program like a user: wait for text, type, resize the terminal (SIGWINCH).
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::process::wait_bounded;
 
@@ -29,9 +30,40 @@ impl PtyOutput {
     }
 }
 
+/// One thing a test does on the terminal, in order.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// Wait until the output so far contains this text.
+    WaitFor(&'a str),
+    /// Type this.
+    Write(&'a [u8]),
+    /// Resize the terminal to rows x cols (the kernel sends SIGWINCH to the program).
+    Resize(u16, u16),
+}
+
+fn set_size(fd: i32, rows: u16, cols: u16) -> Result<(), String> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize through the valid pointer.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(format!("TIOCSWINSZ: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Runs `cmd` with a new pty of `rows` x `cols` as its controlling terminal and stdio;
 /// returns what it wrote. Killed (and an error) past `limit`.
 pub fn run_on_pty(cmd: &mut Command, rows: u16, cols: u16, limit: Duration) -> Result<PtyOutput, String> {
+    run_steps_on_pty(cmd, rows, cols, &[], limit)
+}
+
+/// Like [`run_on_pty`], doing `steps` while the program runs (each bounded by `limit`).
+pub fn run_steps_on_pty(
+    cmd: &mut Command,
+    rows: u16,
+    cols: u16,
+    steps: &[Step<'_>],
+    limit: Duration,
+) -> Result<PtyOutput, String> {
     let (mut master_fd, mut slave_fd) = (-1, -1);
     let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: openpty writes two fds through valid pointers and reads one winsize.
@@ -62,9 +94,11 @@ pub fn run_on_pty(cmd: &mut Command, rows: u16, cols: u16, limit: Duration) -> R
 
     let stop = Arc::new(AtomicBool::new(false));
     let reader_stop = stop.clone();
+    let mut writer = std::fs::File::from(master.try_clone().map_err(|e| format!("dup of the pty master: {e}"))?);
     let mut file = std::fs::File::from(master);
+    let shared = Arc::new(Mutex::new(Vec::new()));
+    let reader_out = shared.clone();
     let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         while !reader_stop.load(Ordering::SeqCst) {
             let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
@@ -74,16 +108,51 @@ pub fn run_on_pty(cmd: &mut Command, rows: u16, cols: u16, limit: Duration) -> R
             }
             match file.read(&mut buf) {
                 Ok(0) | Err(_) => break, // EIO: every slave fd is closed
-                Ok(n) if out.len() < MAX_OUTPUT => out.extend_from_slice(&buf[..n]),
-                Ok(_) => {}
+                Ok(n) => {
+                    let mut out = reader_out.lock().unwrap_or_else(|p| p.into_inner());
+                    if out.len() < MAX_OUTPUT {
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                }
             }
         }
-        String::from_utf8_lossy(&out).into_owned()
     });
+    let output_now = || String::from_utf8_lossy(&shared.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let mut failed = None;
+    for step in steps {
+        let r = match *step {
+            Step::WaitFor(text) => {
+                let start = Instant::now();
+                loop {
+                    if output_now().contains(text) {
+                        break Ok(());
+                    }
+                    if start.elapsed() > limit || matches!(child.try_wait(), Ok(Some(_))) {
+                        break Err(format!("{text:?} never appeared"));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Step::Write(bytes) => {
+                use std::io::Write;
+                writer.write_all(bytes).map_err(|e| format!("typing {bytes:?}: {e}"))
+            }
+            Step::Resize(r, c) => set_size(writer.as_raw_fd(), r, c),
+        };
+        if let Err(e) = r {
+            failed = Some(format!("step {step:?}: {e}"));
+            let _ = child.kill();
+            break;
+        }
+    }
     let status = wait_bounded(&mut child, limit).map_err(|e| format!("{desc}: {e}"));
     // Whatever is still in flight arrives within a moment of the exit.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
-    let output = reader.join().unwrap_or_default();
+    let _ = reader.join();
+    let output = output_now();
+    if let Some(e) = failed {
+        return Err(format!("{desc}: {e}; terminal output: {output:?}"));
+    }
     Ok(PtyOutput { status: status.map_err(|e| format!("{e}; terminal output so far: {output:?}"))?, output })
 }

@@ -7,7 +7,7 @@ use std::process::Child;
 
 use bulwark_e2e::containerd::{Containerd, CTR_LIMIT};
 use bulwark_e2e::process::wait_bounded;
-use bulwark_e2e::pty::run_on_pty;
+use bulwark_e2e::pty::{run_on_pty, run_steps_on_pty, Step};
 use bulwark_e2e::RUNTIME;
 use bulwark_e2e::TEST_IMAGE;
 
@@ -50,6 +50,30 @@ fn tty_exec_has_a_pts_and_ctrs_terminal_size() -> Result<(), String> {
     // The container's init process is untouched by the exec's terminal.
     assert_eq!(c.task_status("tty2").map(|s| s.0), Some("RUNNING".to_string()));
     let kill = c.ctr(&["task", "kill", "--signal", "SIGKILL", "tty2"])?;
+    assert!(kill.status.success(), "ctr task kill: {kill:?}");
+    wait_bounded(&mut run, CTR_LIMIT)?;
+    c.assert_clean()
+}
+
+#[test]
+fn tty_exec_is_interactive_and_follows_resizes() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let mut run: Child = c.spawn_run("tty3", &["sleep", "600"])?;
+    c.wait_running("tty3")?;
+    let mut cmd = c.ctr_command(&["task", "exec", "-t", "--exec-id", "i1", "tty3", "sh"]);
+    // The echo of what is typed never contains the expected text: only the shell's answers do.
+    let steps = [
+        Step::WaitFor("# "),
+        Step::Write(b"echo sum=$((40+2))\n"),
+        Step::WaitFor("sum=42"),
+        Step::Resize(40, 120),
+        Step::Write(b"i=0; while [ $i -lt 100 ] && [ \"$(stty size)\" != '40 120' ]; do i=$((i+1)); sleep 0.1; done; echo now=$(stty size)\n"),
+        Step::WaitFor("now=40 120"),
+        Step::Write(b"exit 5\n"),
+    ];
+    let out = run_steps_on_pty(&mut cmd, ROWS, COLS, &steps, CTR_LIMIT).map_err(|e| format!("{e}\n{}", c.diagnostics()))?;
+    assert_eq!(out.code(), 5, "exit status of the interactive shell: {out:?}");
+    let kill = c.ctr(&["task", "kill", "--signal", "SIGKILL", "tty3"])?;
     assert!(kill.status.success(), "ctr task kill: {kill:?}");
     wait_bounded(&mut run, CTR_LIMIT)?;
     c.assert_clean()
