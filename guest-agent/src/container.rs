@@ -234,13 +234,31 @@ pub fn exec(
         .with_root_path(STATE_DIR)
         .map_err(lc("exec", id))?
         .with_executor(crate::exec::ExecExecutor::new(seccomp));
-    let pid = with_stdio(builder, stdio)
+    let built = with_stdio(builder, stdio)
         .as_tenant()
         .with_detach(true)
         .with_process(Some(process_json))
-        .build()
-        .map_err(lc("exec", id))?;
-    Ok(pid.as_raw())
+        .build();
+    remove_tenant_leftovers(&Path::new(STATE_DIR).join(id));
+    Ok(built.map_err(lc("exec", id))?.as_raw())
+}
+
+/// libcontainer leaves each exec's notify socket and console-socket symlink
+/// (`tenant-notify-*`, `tenant-tty-*`) in the container's state directory. They are only used
+/// while the exec starts, and execs start one at a time (under the reaper lock), so every one
+/// found after a start is stale: remove them, or a container probed by exec for days would
+/// pile them up.
+pub fn remove_tenant_leftovers(container_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(container_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("tenant-notify-") || name.starts_with("tenant-tty-") {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!("removing {}: {e}", entry.path().display());
+            }
+        }
+    }
 }
 
 fn load(id: &str) -> Result<Container, ContainerError> {
@@ -278,6 +296,21 @@ mod tests {
         for bad in ["", "/abs", "..", "../x", "a/../../b", "a/..", ".", "./", "a\0b"] {
             assert!(validate_rootfs_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tenant_leftovers_are_removed_and_state_is_kept() {
+        let dir = std::env::temp_dir().join(format!("bwk-tenant-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in ["state.json", "notify.sock", "tenant-notify-1a2b.sock", "tenant-tty-ff.sock"] {
+            std::fs::write(dir.join(f), b"").expect("write");
+        }
+        remove_tenant_leftovers(&dir);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).expect("read").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["notify.sock", "state.json"]);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
