@@ -123,9 +123,6 @@ pub fn rewrite_spec(
     }
 
     if let Some(process) = obj.get_mut("process").and_then(Value::as_object_mut) {
-        if process.get("terminal").and_then(Value::as_bool) == Some(true) {
-            return Err(ContainerError::Spec("process.terminal=true is not supported yet".into()));
-        }
         for key in ["apparmorProfile", "selinuxLabel"] {
             if process.remove(key).is_some() {
                 notes.push(format!("dropped process.{key} (no LSM profiles in the guest)"));
@@ -196,24 +193,29 @@ fn lc(op: &'static str, id: &str) -> impl FnOnce(libcontainer::error::Libcontain
     move |source| ContainerError::Libcontainer { op, id, source: Box::new(source) }
 }
 
+/// The child's side of a process's stdio: pipe ends, or a console socket libcontainer sends
+/// the pty master to (process.rs).
+pub enum ChildStdio {
+    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+    Console(PathBuf),
+}
+
+fn with_stdio(builder: ContainerBuilder, stdio: ChildStdio) -> ContainerBuilder {
+    match stdio {
+        ChildStdio::Pipes { stdin, stdout, stderr } => builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
+        ChildStdio::Console(path) => builder.with_console_socket(Some(path)),
+    }
+}
+
 /// Creates (does not start) the container. Blocking; hold the reaper lock around it.
 /// Returns the init pid.
-pub fn create(
-    id: &str,
-    bundle: &Path,
-    stdin: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    no_pivot: bool,
-) -> Result<i32, ContainerError> {
+pub fn create(id: &str, bundle: &Path, stdio: ChildStdio, no_pivot: bool) -> Result<i32, ContainerError> {
     std::fs::create_dir_all(STATE_DIR)
         .map_err(|source| ContainerError::Io { what: "creating", path: STATE_DIR.into(), source })?;
-    let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(STATE_DIR)
-        .map_err(lc("create", id))?
-        .with_stdin(stdin)
-        .with_stdout(stdout)
-        .with_stderr(stderr)
+        .map_err(lc("create", id))?;
+    let container = with_stdio(builder, stdio)
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -224,6 +226,47 @@ pub fn create(
         .pid()
         .map(|p| p.as_raw())
         .ok_or_else(|| ContainerError::Spec(format!("libcontainer created {id} but reported no pid")))
+}
+
+/// Creates and starts an exec process in the running container `id` (libcontainer's tenant
+/// builder: the init process's namespaces, the container's cgroup), running the OCI process
+/// in `process_json`. `seccomp` is the container's profile (exec.rs installs it, since the
+/// tenant builder does not). Blocking; hold the reaper lock around it. Returns the pid.
+pub fn exec(
+    id: &str,
+    process_json: &Path,
+    stdio: ChildStdio,
+    seccomp: Option<libcontainer::oci_spec::runtime::LinuxSeccomp>,
+) -> Result<i32, ContainerError> {
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(STATE_DIR)
+        .map_err(lc("exec", id))?
+        .with_executor(crate::exec::ExecExecutor::new(seccomp));
+    let built = with_stdio(builder, stdio)
+        .as_tenant()
+        .with_detach(true)
+        .with_process(Some(process_json))
+        .build();
+    remove_tenant_leftovers(&Path::new(STATE_DIR).join(id));
+    Ok(built.map_err(lc("exec", id))?.as_raw())
+}
+
+/// libcontainer leaves each exec's notify socket and console-socket symlink
+/// (`tenant-notify-*`, `tenant-tty-*`) in the container's state directory. They are only used
+/// while the exec starts, and execs start one at a time (under the reaper lock), so every one
+/// found after a start is stale: remove them, or a container probed by exec for days would
+/// pile them up.
+pub fn remove_tenant_leftovers(container_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(container_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("tenant-notify-") || name.starts_with("tenant-tty-") {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!("removing {}: {e}", entry.path().display());
+            }
+        }
+    }
 }
 
 fn load(id: &str) -> Result<Container, ContainerError> {
@@ -261,6 +304,21 @@ mod tests {
         for bad in ["", "/abs", "..", "../x", "a/../../b", "a/..", ".", "./", "a\0b"] {
             assert!(validate_rootfs_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tenant_leftovers_are_removed_and_state_is_kept() {
+        let dir = std::env::temp_dir().join(format!("bwk-tenant-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in ["state.json", "notify.sock", "tenant-notify-1a2b.sock", "tenant-tty-ff.sock"] {
+            std::fs::write(dir.join(f), b"").expect("write");
+        }
+        remove_tenant_leftovers(&dir);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).expect("read").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["notify.sock", "state.json"]);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
@@ -331,10 +389,11 @@ mod tests {
     }
 
     #[test]
-    fn terminal_and_garbage_are_rejected() {
+    fn terminal_is_kept_and_garbage_is_rejected() {
         let mut s = ctr_like_spec();
         s["process"]["terminal"] = true.into();
-        assert!(rewrite(&serde_json::to_vec(&s).expect("json"), "/r", &|_| true).is_err());
+        let (out, _) = rewrite(&serde_json::to_vec(&s).expect("json"), "/r", &|_| true).expect("rewrite");
+        assert_eq!(out["process"]["terminal"], true);
         assert!(rewrite(b"not json", "/r", &|_| true).is_err());
         assert!(rewrite(b"[1]", "/r", &|_| true).is_err());
     }

@@ -1,5 +1,7 @@
-//! The `Agent` ttrpc service: maps each RPC onto container.rs / stdio.rs / reaper.rs.
-//! Blocking libcontainer calls run on the blocking pool, under the reaper lock.
+//! The `Agent` ttrpc service: maps each RPC onto container.rs / exec.rs / process.rs /
+//! reaper.rs. Processes are found by (container id, exec id): the init process under an empty
+//! exec id, execs in their own table. Blocking libcontainer calls run on the blocking pool,
+//! under the reaper lock.
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,16 +12,16 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use protocol::agent::*;
 use protocol::agent_ttrpc::Agent;
-use tokio::task::JoinHandle;
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
 use crate::cgroups::{CgroupError, Cgroups};
 use crate::container::{self, ContainerError};
+use crate::exec::ExecError;
 use crate::pod;
-use crate::reaper::{ExitReceiver, Reaper};
+use crate::process::{Process as Entry, StdioSetup};
+use crate::reaper::Reaper;
 use crate::share::Share;
-use crate::stdio::{self, OutputStream, Stdin, OUTPUT_BUFFER_CAP};
 
 /// How long RemoveContainer waits for a SIGKILLed container to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -66,13 +68,17 @@ fn join_err(e: tokio::task::JoinError) -> ttrpc::Error {
     status(Code::INTERNAL, format!("internal task failed: {e}"))
 }
 
-struct Entry {
-    pid: i32,
-    exit: ExitReceiver,
-    stdout: Arc<OutputStream>,
-    stderr: Arc<OutputStream>,
-    stdin: Stdin,
-    pumps: Vec<JoinHandle<()>>,
+fn exec_err(e: ExecError) -> ttrpc::Error {
+    if let ExecError::Container(c) = e {
+        return container_err(c);
+    }
+    let code = match &e {
+        ExecError::InvalidProcess(_) | ExecError::NotifySeccomp(_) => Code::INVALID_ARGUMENT,
+        ExecError::NotRunning(_) => Code::FAILED_PRECONDITION,
+        _ => Code::INTERNAL,
+    };
+    tracing::error!("{e}");
+    status(code, e.to_string())
 }
 
 pub struct AgentService {
@@ -81,16 +87,24 @@ pub struct AgentService {
     no_pivot: bool,
     containers: tokio::sync::Mutex<HashMap<String, Arc<Entry>>>,
     cgroups: Arc<Cgroups>,
+    /// Exec processes by (container id, exec id).
+    execs: tokio::sync::Mutex<HashMap<(String, String), Arc<Entry>>>,
 }
 
 impl AgentService {
     pub fn new(reaper: Arc<Reaper>, share: Share, no_pivot: bool) -> Self {
-        Self { reaper, share, no_pivot, containers: Default::default(), cgroups: Cgroups::new() }
+        Self { reaper, share, no_pivot, containers: Default::default(), cgroups: Cgroups::new(), execs: Default::default() }
     }
 
     async fn entry(&self, id: &str, exec_id: &str) -> ttrpc::Result<Arc<Entry>> {
         if !exec_id.is_empty() {
-            return Err(status(Code::UNIMPLEMENTED, format!("exec processes are not supported yet (exec_id {exec_id:?})")));
+            return self
+                .execs
+                .lock()
+                .await
+                .get(&(id.to_string(), exec_id.to_string()))
+                .cloned()
+                .ok_or_else(|| status(Code::NOT_FOUND, format!("exec {exec_id:?} of container {id:?} not found")));
         }
         self.containers
             .lock()
@@ -98,6 +112,18 @@ impl AgentService {
             .get(id)
             .cloned()
             .ok_or_else(|| status(Code::NOT_FOUND, format!("container {id:?} not found")))
+    }
+
+    /// Drops every exec of container `id` (their processes died with the container).
+    async fn forget_execs_of(&self, id: &str) {
+        let gone: Vec<Arc<Entry>> = {
+            let mut execs = self.execs.lock().await;
+            let keys: Vec<_> = execs.keys().filter(|(c, _)| c == id).cloned().collect();
+            keys.iter().filter_map(|k| execs.remove(k)).collect()
+        };
+        for e in gone {
+            e.close().await;
+        }
     }
 
     async fn read(&self, req: ReadStreamRequest, stderr: bool) -> ttrpc::Result<ReadStreamResponse> {
@@ -119,7 +145,7 @@ impl AgentService {
         let sandbox_pid = if sandbox_id == id {
             None
         } else {
-            self.containers.lock().await.get(sandbox_id).filter(|e| e.exit.borrow().is_none()).map(|e| e.pid)
+            self.containers.lock().await.get(sandbox_id).filter(|e| !e.has_exited()).map(|e| e.pid)
         };
         let shm_dir = pod::ensure_shm(sandbox_id).map_err(container_err)?;
         let shared: Vec<(u32, String)> = req.shared_mounts.iter().map(|m| (m.mount_index, m.share_path.clone())).collect();
@@ -136,9 +162,6 @@ impl AgentService {
     async fn do_create(&self, req: &CreateContainerRequest) -> ttrpc::Result<u32> {
         let id = req.container_id.clone();
         container::validate_id(&id).map_err(container_err)?;
-        if req.terminal {
-            return Err(status(Code::UNIMPLEMENTED, "terminal=true is not supported yet"));
-        }
         if self.containers.lock().await.contains_key(&id) {
             return Err(status(Code::ALREADY_EXISTS, format!("container {id:?} already exists")));
         }
@@ -148,22 +171,31 @@ impl AgentService {
         })?;
         let rootfs = container::resolve_rootfs(share, &req.rootfs_path).map_err(container_err)?;
         let spec = self.pod_spec(req, share, &rootfs).await?;
+        // libcontainer wants a console socket exactly when the spec asks for a terminal.
+        let terminal = spec.pointer("/process/terminal").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        if terminal != req.terminal {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("terminal={} in the request but process.terminal={terminal} in the spec", req.terminal),
+            ));
+        }
         let bundle = container::write_bundle(&id, &spec).map_err(container_err)?;
-        let pipes = stdio::make_pipes(req.stdin).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+        let (setup, child_stdio) = StdioSetup::new(terminal, req.stdin).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
 
         let reaper = self.reaper.clone();
         let no_pivot = self.no_pivot;
         let (cid, cbundle) = (id.clone(), bundle.clone());
-        let (child_in, child_out, child_err) = (pipes.child_stdin, pipes.child_stdout, pipes.child_stderr);
         let created = tokio::task::spawn_blocking(move || {
             let guard = reaper.lock();
-            let pid = container::create(&cid, &cbundle, child_in, child_out, child_err, no_pivot)?;
+            let pid = container::create(&cid, &cbundle, child_stdio, no_pivot)?;
             let exit = reaper.watch(&guard, pid);
-            Ok::<_, ContainerError>((pid, exit))
+            drop(guard);
+            let io = setup.receive().map_err(|e| ContainerError::Spec(format!("container terminal: {e}")))?;
+            Ok::<_, ContainerError>((pid, exit, io))
         })
         .await
         .map_err(join_err)?;
-        let (pid, exit) = match created {
+        let (pid, exit, io) = match created {
             Ok(v) => v,
             Err(e) => {
                 let reaper = self.reaper.clone();
@@ -180,26 +212,7 @@ impl AgentService {
             }
         };
 
-        let stdout = OutputStream::new(OUTPUT_BUFFER_CAP);
-        let stderr = OutputStream::new(OUTPUT_BUFFER_CAP);
-        let mut pumps = Vec::new();
-        for (fd, stream, name) in [(pipes.stdout, &stdout, "stdout"), (pipes.stderr, &stderr, "stderr")] {
-            match stdio::receiver(fd) {
-                Ok(r) => pumps.push(tokio::spawn(stream.clone().pump(r, exit.clone(), format!("{id}/{name}")))),
-                Err(e) => {
-                    tracing::error!(container = %id, "{name}: {e}");
-                    stream.close();
-                }
-            }
-        }
-        let stdin = match pipes.stdin.map(stdio::sender).transpose() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(container = %id, "stdin: {e}");
-                None
-            }
-        };
-        let entry = Arc::new(Entry { pid, exit, stdout, stderr, stdin: Stdin::new(stdin), pumps });
+        let entry = Arc::new(io.into_process(&id, pid, exit, req.stdin));
         self.containers.lock().await.insert(id.clone(), entry);
         self.cgroups.track(&id);
         tracing::info!(container = %id, pid, "container created");
@@ -286,7 +299,7 @@ impl Agent for AgentService {
         .await
         .map_err(join_err)?;
         if res.is_ok() {
-            tracing::info!(container = %req.container_id, signal = signo, all, "signalled");
+            tracing::info!(container = %req.container_id, exec = %req.exec_id, signal = signo, all, "signalled");
         }
         res.map(|_| Empty::default())
     }
@@ -320,12 +333,8 @@ impl Agent for AgentService {
         .await
         .map_err(join_err)?;
         // Forget the container even if libcontainer failed, so the id can be reused; report it.
-        e.stdout.close();
-        e.stderr.close();
-        e.stdin.close().await;
-        for p in &e.pumps {
-            p.abort();
-        }
+        e.close().await;
+        self.forget_execs_of(&id).await;
         self.containers.lock().await.remove(&id);
         container::remove_bundle(&id);
         // The pod's guest state goes with its sandbox container (the last one CRI removes).
@@ -385,5 +394,52 @@ impl Agent for AgentService {
 
     async fn wait_oom_event(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<OomEvent> {
         Ok(OomEvent { container_id: self.cgroups.next_oom().await, ..Default::default() })
+    }
+
+    async fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<ExecProcessResponse> {
+        let (id, exec_id) = (req.container_id.clone(), req.exec_id.clone());
+        let init = self.entry(&id, "").await?;
+        if self.execs.lock().await.contains_key(&(id.clone(), exec_id.clone())) {
+            return Err(status(Code::ALREADY_EXISTS, format!("exec {exec_id:?} of container {id:?} already exists")));
+        }
+        let process = crate::exec::start(self.reaper.clone(), &init, &id, &exec_id, &req.process_json, req.stdin, req.terminal)
+            .await
+            .map_err(exec_err)?;
+        let pid = process.pid;
+        let entry = Arc::new(process);
+        let previous = self.execs.lock().await.insert((id.clone(), exec_id.clone()), entry);
+        if let Some(p) = previous {
+            // A concurrent ExecProcess with the same ids won the race; both run, keep the last.
+            p.close().await;
+        }
+        tracing::info!(container = %id, exec = %exec_id, pid, terminal = req.terminal, "exec started");
+        Ok(ExecProcessResponse { pid: pid as u32, ..Default::default() })
+    }
+
+    async fn remove_process(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        if req.exec_id.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "RemoveProcess takes an exec id; use RemoveContainer for the init process"));
+        }
+        let e = self.entry(&req.container_id, &req.exec_id).await?;
+        if !e.has_exited() {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("exec {:?} of container {:?} is still running: signal it first", req.exec_id, req.container_id),
+            ));
+        }
+        e.close().await;
+        self.execs.lock().await.remove(&(req.container_id.clone(), req.exec_id.clone()));
+        tracing::info!(container = %req.container_id, exec = %req.exec_id, "exec removed");
+        Ok(Empty::default())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        let e = self.entry(&req.container_id, &req.exec_id).await?;
+        match &e.pty {
+            Some(master) => crate::pty::set_window_size(master, req.width, req.height)
+                .map_err(|err| status(Code::INTERNAL, err.to_string()))?,
+            None => tracing::debug!(container = %req.container_id, exec = %req.exec_id, "ResizePty without a terminal: ignored"),
+        }
+        Ok(Empty::default())
     }
 }

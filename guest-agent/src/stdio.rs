@@ -1,4 +1,5 @@
-//! Container stdio: pipes, and bounded per-stream output buffers.
+//! Container stdio: pipes, and bounded per-stream output buffers (fed from a pipe or a pty
+//! master, see pty.rs).
 //!
 //! A pump task reads a container's stdout/stderr pipe into a buffer of at most `cap` bytes.
 //! When the buffer is full the pump stops reading, the pipe fills, and the container blocks on
@@ -9,7 +10,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use nix::fcntl::OFlag;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
@@ -111,9 +112,9 @@ impl OutputStream {
         self.readable.notify_waiters();
     }
 
-    /// Reads `pipe` into the buffer until EOF, then waits for the process to exit before
-    /// reporting EOF to readers.
-    pub async fn pump(self: Arc<Self>, mut pipe: pipe::Receiver, mut exited: ExitReceiver, name: String) {
+    /// Reads `pipe` (a pipe or a pty master) into the buffer until EOF, then waits for the
+    /// process to exit before reporting EOF to readers.
+    pub async fn pump<R: AsyncRead + Unpin>(self: Arc<Self>, mut pipe: R, mut exited: ExitReceiver, name: String) {
         let mut tmp = vec![0u8; 64 * 1024];
         loop {
             // Wait for free space.
@@ -146,19 +147,23 @@ impl OutputStream {
     }
 }
 
-/// A container's stdin: a pipe write end, or nothing.
+/// Where stdin data goes: a pipe write end or a pty master.
+pub type StdinSink = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A process's stdin: a pipe write end, a pty master, or nothing.
 pub struct Stdin {
-    sender: tokio::sync::Mutex<Option<pipe::Sender>>,
+    sender: tokio::sync::Mutex<Option<StdinSink>>,
 }
 
 impl Stdin {
-    pub fn new(sender: Option<pipe::Sender>) -> Self {
+    pub fn new(sender: Option<StdinSink>) -> Self {
         Self { sender: tokio::sync::Mutex::new(sender) }
     }
     pub async fn write(&self, data: &[u8]) -> Result<usize, StdioError> {
         let mut guard = self.sender.lock().await;
         let s = guard.as_mut().ok_or(StdioError::StdinClosed)?;
         s.write_all(data).await.map_err(StdioError::Write)?;
+        s.flush().await.map_err(StdioError::Write)?;
         Ok(data.len())
     }
     pub async fn close(&self) {

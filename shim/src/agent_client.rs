@@ -151,15 +151,22 @@ impl Agent {
         Ok(())
     }
 
-    /// Blocks until the process exits (or the VM dies). Returns the guest's (untrusted) status.
-    pub async fn wait_process(&self, id: &str) -> Result<i32> {
-        let req = ProcessRequest { container_id: id.to_string(), ..Default::default() };
+    /// Blocks until the process (`exec_id` empty: the init process) exits, or the VM dies.
+    /// Returns the guest's (untrusted) status.
+    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32> {
+        let req = ProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
         let r = self.bounded("WaitProcess", None, self.client.wait_process(ctx_long(), &req)).await?;
         Ok(r.exit_status)
     }
 
-    pub async fn signal_process(&self, id: &str, signal: u32, all: bool) -> Result<()> {
-        let req = SignalProcessRequest { container_id: id.to_string(), signal, all, ..Default::default() };
+    pub async fn signal_process(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let req = SignalProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal,
+            all,
+            ..Default::default()
+        };
         self.bounded("SignalProcess", Some(CALL_TIMEOUT), self.client.signal_process(ctx_short(), &req))
             .await?;
         Ok(())
@@ -174,9 +181,10 @@ impl Agent {
 
     /// Next chunk of output (long poll); empty at end of stream. At most MAX_READ_CHUNK bytes
     /// are kept even if the guest sends more.
-    pub async fn read(&self, id: &str, stream: Stream) -> Result<Vec<u8>> {
+    pub async fn read(&self, id: &str, exec_id: &str, stream: Stream) -> Result<Vec<u8>> {
         let req = ReadStreamRequest {
             container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
             max_len: MAX_READ_CHUNK,
             ..Default::default()
         };
@@ -189,16 +197,58 @@ impl Agent {
     }
 
     /// Writes stdin data; returns how much the agent took.
-    pub async fn write_stdin(&self, id: &str, data: Vec<u8>) -> Result<usize> {
+    pub async fn write_stdin(&self, id: &str, exec_id: &str, data: Vec<u8>) -> Result<usize> {
         let len = data.len();
-        let req = WriteStreamRequest { container_id: id.to_string(), data, ..Default::default() };
+        let req =
+            WriteStreamRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), data, ..Default::default() };
         let r = self.bounded("WriteStdin", Some(CALL_TIMEOUT), self.client.write_stdin(ctx_short(), &req)).await?;
         Ok((r.len as usize).min(len))
     }
 
-    pub async fn close_stdin(&self, id: &str) -> Result<()> {
-        let req = ProcessRequest { container_id: id.to_string(), ..Default::default() };
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = ProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
         self.bounded("CloseStdin", Some(CALL_TIMEOUT), self.client.close_stdin(ctx_short(), &req)).await?;
+        Ok(())
+    }
+
+    /// Creates and starts exec `exec_id` in container `id`; returns its guest pid.
+    pub async fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process_json: Vec<u8>,
+        stdin: bool,
+        terminal: bool,
+    ) -> Result<u32> {
+        let req = ExecProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            process_json,
+            stdin,
+            terminal,
+            ..Default::default()
+        };
+        let r = self.bounded("ExecProcess", Some(CALL_TIMEOUT), self.client.exec_process(ctx_short(), &req)).await?;
+        Ok(r.pid)
+    }
+
+    /// Forgets an exited exec in the guest.
+    pub async fn remove_process(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = ProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
+        self.bounded("RemoveProcess", Some(CALL_TIMEOUT), self.client.remove_process(ctx_short(), &req)).await?;
+        Ok(())
+    }
+
+    /// Sets the terminal size of a process's pty.
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = ResizePtyRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.bounded("ResizePty", Some(CALL_TIMEOUT), self.client.resize_pty(ctx_short(), &req)).await?;
         Ok(())
     }
 }

@@ -5,15 +5,14 @@
 //! Nothing host-specific goes to the guest except the JSON spec and the relative rootfs path.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use containerd_shim::protos::types::mount::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use oci_spec::runtime::Spec;
-use tokio::sync::watch;
-
 use crate::error::{Error, Result};
-use crate::process::{now, Exit, ProcState, Status};
+use crate::process::Process;
+#[cfg(test)]
+use crate::process::Status;
 
 /// Largest config.json accepted.
 const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
@@ -193,24 +192,17 @@ pub struct Stdio {
     pub terminal: bool,
 }
 
-/// One container of the sandbox, as the task service tracks it.
+/// One container of the sandbox, as the task service tracks it. Derefs to its init process
+/// (process.rs), so `c.state()`, `c.tasks`, ... are the init process's.
 pub struct Container {
     pub id: String,
     pub bundle: String,
     pub sandbox_id: String,
     pub stdio: Stdio,
     pub mounts: RootfsMounts,
-    state: Mutex<ProcState>,
-    exit_tx: watch::Sender<Option<Exit>>,
-    /// Tasks working for this container (exit watcher, stdio copiers), aborted on Delete.
-    pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
-    /// Tells the stdin copier to finish (CloseIO).
-    pub stdin_close: Arc<tokio::sync::Notify>,
-    /// containerd's stdin FIFO, if any (kept to free a blocked open on Delete).
-    pub stdin_fifo: Mutex<Option<Arc<crate::io::StdinFifo>>>,
-    /// Held by Start across StartContainer + TaskStart, and by the exit watcher before it
-    /// records the exit, so TaskExit never precedes TaskStart.
-    pub start_gate: tokio::sync::Mutex<()>,
+    pub init: Process,
+    /// Exec processes (containerd Exec), by exec id.
+    pub execs: crate::exec::Execs,
     /// OOM kills published as /tasks/oom (watcher events and the exit check).
     pub oom: crate::oom::OomCount,
 }
@@ -223,75 +215,23 @@ impl Container {
             sandbox_id,
             stdio,
             mounts,
-            state: Mutex::new(ProcState { status: Status::Created, guest_pid, exit: None }),
-            exit_tx: watch::channel(None).0,
-            tasks: Mutex::new(Vec::new()),
-            stdin_close: Arc::new(tokio::sync::Notify::new()),
-            stdin_fifo: Mutex::new(None),
-            start_gate: tokio::sync::Mutex::new(()),
+            init: Process::new(guest_pid),
+            execs: Default::default(),
             oom: Default::default(),
         }
     }
 
-    pub fn state(&self) -> ProcState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Created → Running (no-op otherwise).
-    pub fn set_running(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.status == Status::Created {
-            s.status = Status::Running;
-        }
-    }
-
-    /// Running → Paused (`paused`) or Paused → Running; returns whether it changed.
-    pub fn set_paused(&self, paused: bool) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (from, to) = if paused { (Status::Running, Status::Paused) } else { (Status::Paused, Status::Running) };
-        if s.status != from {
-            return false;
-        }
-        s.status = to;
-        true
-    }
-
-    /// Records the exit. Returns it if this call made the transition (so only one caller
-    /// publishes TaskExit).
-    pub fn mark_exited(&self, status: u32) -> Option<Exit> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.status == Status::Stopped {
-            return None;
-        }
-        let exit = Exit { status, at: now() };
-        s.status = Status::Stopped;
-        s.exit = Some(exit.clone());
-        drop(s);
-        self.exit_tx.send_replace(Some(exit.clone()));
-        Some(exit)
-    }
-
-    /// Waits for the exit.
-    pub async fn wait(&self) -> Exit {
-        let mut rx = self.exit_tx.subscribe();
-        loop {
-            if let Some(e) = rx.borrow_and_update().clone() {
-                return e;
-            }
-            if rx.changed().await.is_err() {
-                // Sender lives in self: cannot happen while we hold &self.
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
+    /// Stops every task working for the container: its init process's and its execs'.
     pub fn abort_tasks(&self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            t.abort();
-        }
-        if let Some(f) = self.stdin_fifo.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            f.unblock();
-        }
+        self.init.abort_tasks();
+        self.execs.abort_all();
+    }
+}
+
+impl std::ops::Deref for Container {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.init
     }
 }
 

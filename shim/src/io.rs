@@ -1,6 +1,8 @@
-//! Container stdio: copies ReadStdout/ReadStderr chunks from the agent into containerd's
-//! stdout/stderr FIFOs (empty path: output is drained and discarded), and containerd's
-//! stdin FIFO into WriteStdin.
+//! Process stdio (a container's init process, `exec_id` empty, or an exec): copies
+//! ReadStdout/ReadStderr chunks from the agent into containerd's stdout/stderr FIFOs (empty
+//! path: output is drained and discarded), and containerd's stdin FIFO into WriteStdin.
+//! With a terminal the guest's stdout stream is the tty and its stderr stream is empty
+//! (containerd gives no stderr FIFO then).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,11 +36,19 @@ pub async fn open_output(path: &str) -> Result<Option<pipe::Sender>> {
     }
 }
 
-/// Copies one output stream of container `id` until end of stream or VM death.
-pub fn spawn_output(agent: Arc<Agent>, id: String, stream: Stream, mut sink: Option<pipe::Sender>) -> tokio::task::JoinHandle<()> {
+/// Copies one output stream of process `exec_id` of container `id` until end of stream or
+/// VM death.
+pub fn spawn_output(
+    agent: Arc<Agent>,
+    id: String,
+    exec_id: String,
+    stream: Stream,
+    mut sink: Option<pipe::Sender>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let id = label(&id, &exec_id);
         loop {
-            let data = match agent.read(&id, stream).await {
+            let data = match agent.read(&id.container, &exec_id, stream).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::debug!("{stream:?} of {id} ends: {e}");
@@ -96,8 +106,15 @@ impl StdinFifo {
 /// closes the container's stdin. The FIFO is opened blocking (read-only, so the writer's
 /// close reads as EOF) on a blocking thread; [`StdinFifo::unblock`] frees that thread if the
 /// writer never comes.
-pub fn spawn_stdin(agent: Arc<Agent>, id: String, fifo: Arc<StdinFifo>, close: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_stdin(
+    agent: Arc<Agent>,
+    id: String,
+    exec_id: String,
+    fifo: Arc<StdinFifo>,
+    close: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let id = label(&id, &exec_id);
         let f = fifo.clone();
         let file = match tokio::task::spawn_blocking(move || std::fs::File::open(f.proc_path())).await {
             Ok(Ok(f)) => f,
@@ -134,7 +151,7 @@ pub fn spawn_stdin(agent: Arc<Agent>, id: String, fifo: Arc<StdinFifo>, close: A
             };
             let mut off = 0;
             while off < n {
-                match agent.write_stdin(&id, buf[off..n].to_vec()).await {
+                match agent.write_stdin(&id.container, &exec_id, buf[off..n].to_vec()).await {
                     Ok(0) => {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
@@ -146,8 +163,25 @@ pub fn spawn_stdin(agent: Arc<Agent>, id: String, fifo: Arc<StdinFifo>, close: A
                 }
             }
         }
-        if let Err(e) = agent.close_stdin(&id).await {
+        if let Err(e) = agent.close_stdin(&id.container, &exec_id).await {
             tracing::debug!("closing stdin of {id}: {e}");
         }
     })
+}
+
+/// A process named in logs: `<container>` or `<container>/<exec>`.
+struct Label {
+    container: String,
+    shown: String,
+}
+
+fn label(id: &str, exec_id: &str) -> Label {
+    let shown = if exec_id.is_empty() { id.to_string() } else { format!("{id}/{exec_id}") };
+    Label { container: id.to_string(), shown }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
 }

@@ -15,6 +15,7 @@ mod child;
 mod config;
 mod container;
 mod error;
+mod exec;
 mod hypervisor;
 mod io;
 mod network;

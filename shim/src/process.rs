@@ -1,12 +1,15 @@
-//! The state of one container's process as containerd sees it (status, exit status,
-//! exit time), and the mapping of exits to shell-style statuses.
+//! The state of one process as containerd sees it (a container's init process or an exec):
+//! status, exit status, exit time, the tasks copying its stdio and watching its exit; and the
+//! mapping of exits to shell-style statuses.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
 
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use tokio::sync::watch;
 
-/// Lifecycle of the container's init process.
+/// Lifecycle of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Created,
@@ -24,13 +27,112 @@ pub struct Exit {
     pub at: Timestamp,
 }
 
-/// Status + exit, guarded by the container's mutex.
+/// Status + exit, guarded by the process's mutex.
 #[derive(Debug, Clone)]
 pub struct ProcState {
     pub status: Status,
     /// PID in the guest (informational; the task pid containerd sees is QEMU's host pid).
     pub guest_pid: u32,
     pub exit: Option<Exit>,
+}
+
+/// One process (init or exec) as the task service tracks it.
+pub struct Process {
+    state: Mutex<ProcState>,
+    exit_tx: watch::Sender<Option<Exit>>,
+    /// Tasks working for this process (exit watcher, stdio copiers), aborted on Delete.
+    pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Tells the stdin copier to finish (CloseIO).
+    pub stdin_close: Arc<tokio::sync::Notify>,
+    /// containerd's stdin FIFO, if any (kept to free a blocked open on Delete).
+    pub stdin_fifo: Mutex<Option<Arc<crate::io::StdinFifo>>>,
+    /// Held by Start across the agent call + the start event, and by the exit watcher before
+    /// it records the exit, so the exit event never precedes the start event.
+    pub start_gate: tokio::sync::Mutex<()>,
+}
+
+impl Process {
+    pub fn new(guest_pid: u32) -> Self {
+        Process {
+            state: Mutex::new(ProcState { status: Status::Created, guest_pid, exit: None }),
+            exit_tx: watch::channel(None).0,
+            tasks: Mutex::new(Vec::new()),
+            stdin_close: Arc::new(tokio::sync::Notify::new()),
+            stdin_fifo: Mutex::new(None),
+            start_gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, ProcState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> ProcState {
+        self.st().clone()
+    }
+
+    /// Created → Running (no-op otherwise).
+    pub fn set_running(&self) {
+        let mut s = self.st();
+        if s.status == Status::Created {
+            s.status = Status::Running;
+        }
+    }
+
+    /// Running → Paused (`paused`) or Paused → Running; returns whether it changed.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let mut s = self.st();
+        let (from, to) = if paused { (Status::Running, Status::Paused) } else { (Status::Paused, Status::Running) };
+        if s.status != from {
+            return false;
+        }
+        s.status = to;
+        true
+    }
+
+    /// Records the guest pid once the process exists (execs get it at start).
+    pub fn set_guest_pid(&self, pid: u32) {
+        self.st().guest_pid = pid;
+    }
+
+    /// Records the exit. Returns it if this call made the transition (so only one caller
+    /// publishes the exit event).
+    pub fn mark_exited(&self, status: u32) -> Option<Exit> {
+        let mut s = self.st();
+        if s.status == Status::Stopped {
+            return None;
+        }
+        let exit = Exit { status, at: now() };
+        s.status = Status::Stopped;
+        s.exit = Some(exit.clone());
+        drop(s);
+        self.exit_tx.send_replace(Some(exit.clone()));
+        Some(exit)
+    }
+
+    /// Waits for the exit.
+    pub async fn wait(&self) -> Exit {
+        let mut rx = self.exit_tx.subscribe();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                // Sender lives in self: cannot happen while we hold &self.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Aborts the tasks and frees a stdin copier blocked in open(2).
+    pub fn abort_tasks(&self) {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+        if let Some(f) = self.stdin_fifo.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            f.unblock();
+        }
+    }
 }
 
 /// Now, as a protobuf timestamp.

@@ -2,7 +2,8 @@
 //! first container (sandbox.rs) and creates the container through the agent; Start, Kill,
 //! Wait, State, Delete follow one container; events go to containerd in order:
 //! /tasks/create, /tasks/start, /tasks/exit (after stdout/stderr drained), /tasks/delete.
-//! The task pid containerd sees is the QEMU process's host pid.
+//! The task pid containerd sees is the QEMU process's host pid. Requests naming an exec
+//! process go to exec.rs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,15 +50,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Exec processes are not supported yet: any request naming one finds nothing.
-fn no_exec(exec_id: &str) -> Result<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::NotFound(format!("exec {exec_id} not found (exec is not supported yet)")))
-    }
-}
-
 impl TaskService {
     pub fn new(namespace: String, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
         TaskService {
@@ -70,6 +62,13 @@ impl TaskService {
                 lifecycle: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+}
+
+#[async_trait]
+impl crate::exec::Publish for Inner {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        Inner::publish(self, topic, event).await
     }
 }
 
@@ -176,8 +175,8 @@ impl Inner {
         };
         let c = Arc::new(Container::new(req.id.clone(), req.bundle.clone(), sid, stdio, mounts, guest_pid));
         let outputs = vec![
-            crate::io::spawn_output(agent.clone(), req.id.clone(), Stream::Stdout, stdout),
-            crate::io::spawn_output(agent.clone(), req.id.clone(), Stream::Stderr, stderr),
+            crate::io::spawn_output(agent.clone(), req.id.clone(), String::new(), Stream::Stdout, stdout),
+            crate::io::spawn_output(agent.clone(), req.id.clone(), String::new(), Stream::Stderr, stderr),
         ];
         let mut handles: Vec<tokio::task::AbortHandle> = outputs.iter().map(|h| h.abort_handle()).collect();
         if !req.stdin.is_empty() {
@@ -185,7 +184,7 @@ impl Inner {
                 Ok(fifo) => {
                     let fifo = Arc::new(fifo);
                     *lock(&c.stdin_fifo) = Some(fifo.clone());
-                    let h = crate::io::spawn_stdin(agent.clone(), req.id.clone(), fifo, c.stdin_close.clone());
+                    let h = crate::io::spawn_stdin(agent.clone(), req.id.clone(), String::new(), fifo, c.stdin_close.clone());
                     handles.push(h.abort_handle());
                 }
                 Err(e) => tracing::warn!("container {}: {e}; stdin not connected", req.id),
@@ -254,9 +253,12 @@ impl Inner {
         Ok((agent, guest_pid, stdout, stderr))
     }
 
-    async fn start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
-        no_exec(&req.exec_id)?;
+    async fn start(self: &Arc<Self>, req: api::StartRequest) -> Result<api::StartResponse> {
         let c = self.container(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let pid = crate::exec::start(self.clone(), &c, &req.exec_id, self.agent_of(&c)?, self.pid_of(&c)).await?;
+            return Ok(api::StartResponse { pid, ..Default::default() });
+        }
         let _gate = c.start_gate.lock().await;
         if c.state().status != Status::Created {
             return Err(Error::FailedPrecondition(format!("container {} is not in the created state", req.id)));
@@ -271,18 +273,23 @@ impl Inner {
     }
 
     async fn kill(&self, req: api::KillRequest) -> Result<()> {
-        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return crate::exec::kill(&c, &req.exec_id, req.signal, req.all, self.agent_of(&c)).await;
+        }
         if c.state().status == Status::Stopped {
             return Err(Error::NotFound(format!("process of container {} already finished", req.id)));
         }
         let agent = self.agent_of(&c)?;
         tracing::debug!("signal {} to container {} (guest pid {})", req.signal, req.id, c.state().guest_pid);
-        agent.signal_process(&req.id, req.signal, req.all).await
+        agent.signal_process(&req.id, "", req.signal, req.all).await
     }
 
     async fn delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
-        no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            let c = self.container(&req.id)?;
+            return crate::exec::delete(self, &c, &req.exec_id, self.agent_of(&c), self.pid_of(&c)).await;
+        }
         let _g = self.lifecycle.lock().await;
         let c = self.container(&req.id)?;
         if matches!(c.state().status, Status::Running | Status::Paused) {
@@ -330,8 +337,10 @@ impl Inner {
     }
 
     fn state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
-        no_exec(&req.exec_id)?;
         let c = self.container(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return crate::exec::state(&c, &req.exec_id, self.pid_of(&c));
+        }
         let st = c.state();
         let status = match st.status {
             Status::Created => api::Status::CREATED,
@@ -367,7 +376,7 @@ async fn watch_exit(
     agent: Arc<Agent>,
     outputs: Vec<tokio::task::JoinHandle<()>>,
 ) {
-    let status = match agent.wait_process(&c.id).await {
+    let status = match agent.wait_process(&c.id, "").await {
         Ok(code) => guest_status(code),
         Err(e) => {
             let vm = match sandbox.vm_exit() {
@@ -388,6 +397,7 @@ async fn watch_exit(
         tracing::warn!("container {}: output not drained within {IO_DRAIN_TIMEOUT:?}", c.id);
     }
     inner.publish_oom_before_exit(&c, &agent).await;
+    crate::exec::wait_execs_stopped(&c, IO_DRAIN_TIMEOUT).await;
     let _gate = c.start_gate.lock().await;
     if let Some(exit) = c.mark_exited(status) {
         tracing::info!("container {} exited with status {status}", c.id);
@@ -424,8 +434,10 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        no_exec(&req.exec_id)?;
         let c = self.inner.container(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(crate::exec::wait(&c, &req.exec_id).await?);
+        }
         let exit = c.wait().await;
         Ok(api::WaitResponse { exit_status: exit.status, exited_at: MessageField::some(exit.at), ..Default::default() })
     }
@@ -446,17 +458,10 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        tracing::info!("CloseIO {} stdin {}", req.id, req.stdin);
+        tracing::info!("CloseIO {} {} stdin {}", req.id, req.exec_id, req.stdin);
         let c = self.inner.container(&req.id)?;
         if req.stdin {
-            if c.stdio.stdin.is_empty() {
-                if let Ok(agent) = self.inner.agent_of(&c) {
-                    let _ = agent.close_stdin(&c.id).await;
-                }
-            } else {
-                // The stdin copier drains the FIFO, then closes the container's stdin.
-                c.stdin_close.notify_one();
-            }
+            crate::exec::close_io(&c, &req.exec_id, self.inner.agent_of(&c)).await?;
         }
         Ok(api::Empty::default())
     }
@@ -501,12 +506,18 @@ impl Task for TaskService {
         Err(unimplemented("Checkpoint"))
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        tracing::info!("Exec {} {} (terminal {})", req.id, req.exec_id, req.terminal);
+        let c = self.inner.container(&req.id)?;
+        crate::exec::add(&*self.inner, &c, req).await?;
+        Ok(api::Empty::default())
     }
 
-    async fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
-        Err(unimplemented("ResizePty"))
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        tracing::debug!("ResizePty {} {} {}x{}", req.id, req.exec_id, req.width, req.height);
+        let c = self.inner.container(&req.id)?;
+        crate::exec::resize_pty(&c, &req.exec_id, req.width, req.height, self.inner.agent_of(&c)).await?;
+        Ok(api::Empty::default())
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {

@@ -146,6 +146,13 @@ impl Containerd {
         Ok(c)
     }
 
+    /// A `ctr` command against this containerd, in the test namespace, not started.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a").arg(&self.socket).arg("-n").arg(NAMESPACE).args(args);
+        cmd
+    }
+
     /// Runs `ctr` against this containerd, in the test namespace.
     pub fn ctr(&self, args: &[&str]) -> Result<Output, String> {
         process::run(

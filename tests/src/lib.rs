@@ -16,6 +16,7 @@ pub mod cri_stream;
 pub mod leftovers;
 pub mod podnet;
 pub mod process;
+pub mod pty;
 
 use std::path::{Path, PathBuf};
 

@@ -414,7 +414,7 @@ mod tests {
         let text = render_state(Path::new("/var/run/netns/cni-1"), &pairs);
         assert_eq!(parse_state(&text), Some((PathBuf::from("/var/run/netns/cni-1"), pairs)));
         assert_eq!(parse_state("link 3 tap0_bwk\n"), None, "no netns line");
-        assert_eq!(parse_state("netns /etc/passwd\nlink 3 tap0_bwk\n"), None);
+        assert_eq!(parse_state("netns /etc/../passwd\nlink 3 tap0_bwk\n"), None);
         let (_, p) = parse_state("netns /run/netns/x\nlink 3 eth0\nlink x tap0_bwk\nlink 5 tap9_bwk\n").unwrap();
         assert_eq!(p, vec![(5, "tap9_bwk".to_string())], "only our taps with numeric indexes");
     }
