@@ -64,6 +64,13 @@ fn exec_output_status_stdin_signals_and_events() -> Result<(), String> {
     assert!(status.success(), "cat exec failed: {status:?} {stdout:?}\n{}", c.diagnostics());
     assert_eq!(stdout, "hi from stdin\n");
 
+    // An exec that cannot start fails with the reason, and the container goes on.
+    let out = c.ctr(&["task", "exec", "--exec-id", "bad", "ex1", "/no/such/binary"])?;
+    assert!(!out.status.success(), "exec of a missing binary succeeded: {out:?}");
+    assert!(out.stderr.contains("/no/such/binary"), "the error should name the binary: {out:?}");
+    let out = c.ctr(&["task", "exec", "--exec-id", "after-bad", "ex1", "echo", "still-here"])?;
+    assert_eq!(out.stdout, "still-here\n", "{out:?}");
+
     // A signal to one exec ends it (143 = SIGTERM), and only it.
     let mut sleeper = c
         .ctr_command(&["task", "exec", "--exec-id", "k1", "ex1", "sleep", "600"])
