@@ -9,6 +9,7 @@
 //!   `[vm.min_*, vm.max_*]` from the node config.
 //! - Without a value (no limits set, or containerd 1.6, which does not pass these
 //!   annotations), `vm.vcpus` / `vm.memory_mib` apply.
+//!
 //! The VM is sized once, at boot: containers added later are limited by their own cgroups
 //! inside the VM.
 //!

@@ -150,7 +150,7 @@ impl Inner {
             }
         };
 
-        let res = self.create_in_vm(&cfg, &req, raw_spec, &sandbox, new_sandbox.then_some(size), &sid, &mounts.shared).await;
+        let res = self.create_in_vm(&cfg, &req, raw_spec, &sandbox, new_sandbox.then_some(size), &mounts.shared).await;
         let (agent, guest_pid, stdout, stderr) = match res {
             Ok(x) => x,
             Err(e) => {
@@ -226,11 +226,10 @@ impl Inner {
         raw_spec: Vec<u8>,
         sandbox: &Arc<Sandbox>,
         boot: Option<(VmSize, String)>,
-        sandbox_id: &str,
         shared_mounts: &[crate::volumes::SharedMount],
     ) -> Result<(Arc<Agent>, u32, Option<tokio::net::unix::pipe::Sender>, Option<tokio::net::unix::pipe::Sender>)> {
         if let Some((size, why)) = boot {
-            tracing::info!("sandbox {sandbox_id}: {why}");
+            tracing::info!("sandbox {}: {why}", sandbox.id);
             let accel = crate::hypervisor::accel::resolve(cfg).await;
             sandbox.boot(accel, size, Duration::from_secs(cfg.vm.boot_timeout_secs)).await?;
         }
@@ -242,7 +241,7 @@ impl Inner {
         let guest_pid = agent
             .create_container(NewContainer {
                 id: &req.id,
-                sandbox_id,
+                sandbox_id: &sandbox.id,
                 spec_json: raw_spec,
                 rootfs_path: &container::guest_rootfs_path(&req.id),
                 stdin: !req.stdin.is_empty(),
