@@ -16,7 +16,6 @@ mod container;
 mod exec;
 mod logging;
 mod modules;
-mod netlink;
 mod network;
 mod pod;
 mod process;

@@ -14,7 +14,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, Rou
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use protocol::agent::SetupSandboxRequest;
 
-use crate::netlink::Netlink;
+use bulwark_rtnl::Netlink;
 
 pub const MAX_INTERFACES: usize = 8;
 pub const MAX_ADDRESSES: usize = 32;

@@ -9,7 +9,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMe
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::netlink::Netlink;
+use bulwark_rtnl::Netlink;
 use super::TAP_SUFFIX;
 
 /// At most this many pod interfaces are passed to the VM.

@@ -10,7 +10,6 @@
 //! CNI set up), tap.rs (tap devices), tc.rs (the redirects), netlink.rs (rtnetlink socket).
 
 pub mod links;
-pub mod netlink;
 pub mod netns;
 pub mod tap;
 pub mod tc;
@@ -25,7 +24,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::Error;
 use links::{format_mac, Interface};
-use netlink::Netlink;
+use bulwark_rtnl::Netlink;
 
 /// Name suffix of the taps Bulwark creates (`tap0_bwk`, ...).
 pub const TAP_SUFFIX: &str = "_bwk";

@@ -15,7 +15,7 @@ use netlink_packet_route::tc::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::netlink::Netlink;
+use bulwark_rtnl::Netlink;
 
 /// ETH_P_ALL in network byte order, as `tc ... protocol all` sends it.
 const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();

@@ -1,7 +1,10 @@
 //! A blocking rtnetlink socket: one request at a time, acknowledged (`request`) or dumped
-//! (`dump`). The socket belongs to the network namespace of the thread that opened it, so
-//! it is opened inside the pod netns and dropped before that thread ends (an open socket
-//! keeps its namespace alive).
+//! (`dump`). Shared by the shim (tap and tc plumbing inside the pod's network namespace) and
+//! the guest agent (the VM's NIC setup).
+//!
+//! The socket belongs to the network namespace of the thread that opened it: the shim opens
+//! it inside the pod netns and drops it before that thread ends (an open socket keeps its
+//! namespace alive).
 
 use std::io;
 
