@@ -92,7 +92,8 @@ pub fn parse_cpu_khz(cpuinfo: &str) -> Option<u64> {
     Some((mhz * 1000.0).round() as u64)
 }
 
-fn host_tsc_khz() -> Option<u64> {
+/// The host's TSC frequency in kHz, from /proc/cpuinfo.
+pub fn host_tsc_khz() -> Option<u64> {
     parse_cpu_khz(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
 }
 

@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulwark_e2e::containerd::Containerd;
+use bulwark_shim::hypervisor::{qemu, Accel, VmSpec};
 use bulwark_e2e::cri::{ContainerdVersion, CriContainerd, HANDLER_BULWARK, HANDLER_RUNC};
 use bulwark_e2e::cri_client::{read_cri_log, ContainerSpec, CriClient};
 use bulwark_e2e::leftovers;
@@ -231,28 +232,24 @@ fn plain_boot(a: &Artifacts, dir: &Path) -> Result<f64, String> {
         .spawn()
         .map_err(|e| format!("starting vhost-device-vsock: {e}"))?;
     poll(Duration::from_secs(10), || vhost.exists().then_some(()));
-    let khz = host_khz();
+    // The shim's own QEMU command line (VM of 1 vCPU / 256 MiB, TCG, no share, no NIC).
+    let spec = VmSpec {
+        vcpus: 1,
+        memory_mib: 256,
+        accel: Accel::Tcg,
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+        extra_kernel_params: String::new(),
+        vsock_socket: vhost.clone(),
+        fs_socket: None,
+        console_log: dir.join("console.log"),
+        log: dir.join("qemu.log"),
+        nics: Vec::new(),
+    };
+    let args = qemu::build_args(&spec, qemu::host_tsc_khz());
     let start = Instant::now();
     let mut qemu = Command::new(&a.qemu)
-        .args(["-M", "microvm,x-option-roms=off,memory-backend=mem", "-accel", "tcg", "-cpu", "max"])
-        .args(["-smp", "1", "-m", "256M"])
-        .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .arg("-kernel")
-        .arg(&a.kernel)
-        .arg("-initrd")
-        .arg(&a.initrd)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 reboot=t panic=-1 quiet mitigations=off nokaslr i8042.noaux i8042.nomux \
-             i8042.nopnp i8042.dumbkbd cryptomgr.notests random.trust_cpu=on no_timer_check \
-             tsc_early_khz={khz} tsc=reliable"
-        ))
-        .arg("-serial")
-        .arg(format!("file:{}", dir.join("console.log").display()))
-        .arg("-chardev")
-        .arg(format!("socket,id=vsock,path={}", vhost.display()))
-        .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -268,14 +265,3 @@ fn plain_boot(a: &Artifacts, dir: &Path) -> Result<f64, String> {
         .map(|d| d.as_secs_f64())
         .ok_or_else(|| "the agent never connected to the host in a plain QEMU boot".to_string())
 }
-
-fn host_khz() -> u64 {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines()
-        .find(|l| l.starts_with("cpu MHz"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|mhz| (mhz * 1000.0) as u64)
-        .unwrap_or(2_000_000)
-}
-
