@@ -326,7 +326,9 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
         });
     }
     checks.run("a container allocating past its memory limit ends OOMKilled", || {
-        let mut hog = ContainerSpec::new("hog", TEST_IMAGE, &["sh", "-c", "echo hog-ready; exec tail /dev/zero"]);
+        // The second's pause lets containerd arm its OOM watch before the kill: with runc on
+        // this cgroup v1 host, containerd 2.x misses an OOM that comes right at start.
+        let mut hog = ContainerSpec::new("hog", TEST_IMAGE, &["sh", "-c", "echo hog-ready; sleep 1; exec tail /dev/zero"]);
         hog.memory_limit = Some(32 * MIB);
         let id = cl.create_container(&pod, &pod_config, &hog)?;
         cl.start_container(&id)?;
