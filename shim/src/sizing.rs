@@ -7,7 +7,7 @@
 //!   `-cpu-period` and `io.kubernetes.cri.sandbox-memory` (bytes).
 //! - vCPUs = ceil(quota / period), memory = ceil(bytes / MiB), each clamped to
 //!   `[vm.min_*, vm.max_*]` from the node config.
-//! - Without a value (no limits set, or containerd 1.6, which does not pass these
+//! - Without a value (no limits set, or a containerd that does not pass these
 //!   annotations), `vm.vcpus` / `vm.memory_mib` apply.
 //!
 //! The VM is sized once, at boot: containers added later are limited by their own cgroups

@@ -23,6 +23,8 @@ pub const K8S_NAMESPACE: &str = "k8s.io";
 /// Runtime handler names registered in the CRI config.
 pub const HANDLER_BULWARK: &str = "bulwark";
 pub const HANDLER_RUNC: &str = "runc";
+/// Where libcni caches each attachment's result, as `<network>-<container>-<ifname>`.
+const CNI_RESULTS: &str = "/var/lib/cni/results";
 
 /// Which containerd to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +200,11 @@ impl CriContainerd {
         // remove the directory: the guard cleans up like Drop does.
         let mut early = EarlyGuard { child: None, dir: dir.clone(), armed: true };
         let net = Network::claim()?;
+        // The subnet (and its network name) is ours now: cached CNI results under that name
+        // are what an earlier, crashed run of a test left.
+        for stale in leftovers::entries(Path::new(CNI_RESULTS)).into_iter().filter(|e| e.starts_with(&format!("{}-", net.name))) {
+            let _ = std::fs::remove_file(Path::new(CNI_RESULTS).join(stale));
+        }
         let cni_conf_dir = dir.join("cni");
         let log_root = dir.join("logs");
         for d in [&cni_conf_dir, &log_root] {
@@ -311,10 +318,10 @@ impl CriContainerd {
         found.extend(self.net.bridge_ports().into_iter().map(|p| format!("bridge {} port {p}", self.net.bridge)));
         // libcni caches each attachment's result as <network>-<container>-<ifname>.
         found.extend(
-            leftovers::entries(Path::new("/var/lib/cni/results"))
+            leftovers::entries(Path::new(CNI_RESULTS))
                 .into_iter()
                 .filter(|e| e.starts_with(&format!("{}-", self.net.name)))
-                .map(|e| format!("CNI result cache /var/lib/cni/results/{e}")),
+                .map(|e| format!("CNI result cache {CNI_RESULTS}/{e}")),
         );
         found
     }
@@ -401,6 +408,13 @@ impl Drop for CriContainerd {
                 let _ = self.client.stop_pod(&pod);
                 let _ = self.client.remove_pod(&pod);
             }
+        }
+        // BULWARK_E2E_KEEP_LOGS=<dir>: keep containerd's log (with the shim's and the agents'
+        // lines) for a look after the run.
+        if let Some(keep) = std::env::var_os("BULWARK_E2E_KEEP_LOGS") {
+            let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(self.dir.join("containerd.log"), Path::new(&keep).join(format!("{name}.log")));
         }
         teardown(&mut self.child, &self.dir);
         // `net` is dropped after this: it deletes the bridge.

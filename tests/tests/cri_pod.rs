@@ -354,6 +354,43 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
         }
         Ok(())
     });
+    if in_vm {
+        // containerd (Debian's 1.6.20 too) passes LinuxPodSandboxConfig.resources to the shim
+        // as annotations (io.kubernetes.cri.sandbox-cpu-quota/-period, -memory).
+        let (want_cpus, want_mib) = (2u32, 320u32);
+        checks.run(&format!("the VM is sized from the pod's resources ({want_cpus} vCPU, {want_mib} MiB)"), || {
+            let sized_log_dir = c.pod_log_dir("sized")?;
+            let mut sized_config = CriClient::pod_config("sized", "bwk-sized", &sized_log_dir);
+            if let Some(linux) = sized_config.linux.as_mut() {
+                linux.resources = Some(k8s_cri::v1::LinuxContainerResources {
+                    cpu_period: 100_000,
+                    cpu_quota: 200_000,
+                    memory_limit_in_bytes: 320 * MIB,
+                    ..Default::default()
+                });
+            }
+            let sized = cl.run_pod_sandbox(&sized_config, handler)?;
+            if let Ok(ns) = cl.pod_netns(&sized) {
+                netns.push(ns);
+            }
+            let script = "echo cpus=$(grep -c ^processor /proc/cpuinfo) memkib=$(awk '/MemTotal/ {print $2}' /proc/meminfo)";
+            let result = run_probe(cl, &sized, &sized_config, &sized_log_dir, "sizeprobe", script).and_then(|log| {
+                let field = |k: &str| {
+                    log.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<u64>().ok())
+                };
+                let (cpus, memkib) = (field("cpus="), field("memkib="));
+                // MemTotal is the VM's RAM less what the kernel keeps (some tens of MiB).
+                let mem_ok = memkib.is_some_and(|k| k <= u64::from(want_mib) * 1024 && k > u64::from(want_mib) * 1024 * 3 / 4);
+                if cpus == Some(u64::from(want_cpus)) && mem_ok {
+                    Ok(())
+                } else {
+                    Err(format!("the guest reports {log:?}, expected {want_cpus} CPUs and a MemTotal just under {want_mib} MiB"))
+                }
+            });
+            let stop = cl.stop_pod(&sized).and_then(|_| cl.remove_pod(&sized));
+            result.and(stop)
+        });
+    }
     checks.run("StopPodSandbox and RemovePodSandbox leave nothing behind", || {
         cl.stop_pod(&pod)?;
         cl.remove_pod(&pod)?;
