@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::api;
-use containerd_shim::protos::events::task::{TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit};
+use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, TaskExit};
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 
 use crate::agent_client::{Agent, Stream};
@@ -310,14 +310,7 @@ pub async fn delete(events: &dyn Publish, c: &Container, exec_id: &str, agent: R
     events
         .publish(
             "/tasks/delete",
-            Box::new(TaskDelete {
-                container_id: c.id.clone(),
-                id: exec_id.to_string(),
-                pid,
-                exit_status: status,
-                exited_at: at.clone(),
-                ..Default::default()
-            }),
+            crate::process::delete_event(&c.id, exec_id, pid, status, at.clone()),
         )
         .await;
     tracing::info!("exec {exec_id} of container {} deleted (exit status {status})", c.id);

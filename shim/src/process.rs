@@ -135,6 +135,25 @@ impl Process {
     }
 }
 
+/// The /tasks/delete event of a process (`id` = container id for the init process, else the
+/// exec id).
+pub fn delete_event(
+    container_id: &str,
+    id: &str,
+    pid: u32,
+    exit_status: u32,
+    exited_at: containerd_shim::protos::protobuf::MessageField<Timestamp>,
+) -> Box<containerd_shim::protos::events::task::TaskDelete> {
+    Box::new(containerd_shim::protos::events::task::TaskDelete {
+        container_id: container_id.to_string(),
+        id: id.to_string(),
+        pid,
+        exit_status,
+        exited_at,
+        ..Default::default()
+    })
+}
+
 /// Now, as a protobuf timestamp.
 pub fn now() -> Timestamp {
     Timestamp::now()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::api;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
@@ -321,14 +321,7 @@ impl Inner {
         };
         self.publish(
             "/tasks/delete",
-            Box::new(TaskDelete {
-                container_id: req.id.clone(),
-                id: req.id.clone(),
-                pid,
-                exit_status: status,
-                exited_at: at.clone(),
-                ..Default::default()
-            }),
+            crate::process::delete_event(&req.id, &req.id, pid, status, at.clone()),
         )
         .await;
         tracing::info!("container {} deleted (exit status {status})", req.id);

@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod cri;
 pub mod cri_client;
 pub mod cri_stream;
+pub mod kubelet;
 pub mod leftovers;
 pub mod podnet;
 pub mod process;

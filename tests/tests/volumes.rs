@@ -4,28 +4,13 @@
 //! is readable and not writable; a read-write file takes the container's writes; nothing
 //! stays mounted afterwards.
 
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bulwark_e2e::containerd::Containerd;
+use bulwark_e2e::kubelet::write_configmap;
 use bulwark_e2e::process::wait_bounded;
 
-/// kubelet's AtomicWriter layout: `<dir>/..<ts>/key`, `..data -> ..<ts>`, `key -> ..data/key`.
-fn write_configmap(dir: &Path, version: &str, value: &str) -> Result<(), String> {
-    let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
-    let ts = format!("..{version}");
-    std::fs::create_dir_all(dir.join(&ts)).map_err(|e| io("mkdir", e))?;
-    std::fs::write(dir.join(&ts).join("key"), value).map_err(|e| io("write", e))?;
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&ts, &tmp).map_err(|e| io("symlink", e))?;
-    std::fs::rename(&tmp, dir.join("..data")).map_err(|e| io("rename", e))?;
-    if !dir.join("key").exists() {
-        std::os::unix::fs::symlink("..data/key", dir.join("key")).map_err(|e| io("symlink key", e))?;
-    }
-    Ok(())
-}
 
 fn wait_line(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, want: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -51,7 +36,7 @@ fn wait_line(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, want: &str, li
 fn configmap_updates_and_file_binds_reach_the_vm() -> Result<(), String> {
     let c = Containerd::start(|_| {})?;
     let cm = c.dir.join("vol-configmap");
-    write_configmap(&cm, "2026_11_25_v1", "one")?;
+    write_configmap(&cm, "one")?;
     let hosts = c.dir.join("hosts");
     std::fs::write(&hosts, "10.9.8.7 bulwark-hosts-entry\n").map_err(|e| e.to_string())?;
     let rw = c.dir.join("rw-file");
@@ -87,7 +72,7 @@ fn configmap_updates_and_file_binds_reach_the_vm() -> Result<(), String> {
         if host_view.trim() != "written-in-vm" {
             return Err(format!("the container's write to the rw file did not reach the host: {host_view:?}"));
         }
-        write_configmap(&cm, "2026_11_25_v2", "two")?;
+        write_configmap(&cm, "two")?;
         if !wait_line(&rx, &mut seen, "cfg=two", Duration::from_secs(10)) {
             return Err(format!("the configMap update was not seen within 10 s: {:?}", &seen[seen.len().saturating_sub(5)..]));
         }

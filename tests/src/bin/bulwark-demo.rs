@@ -35,7 +35,7 @@ fn demo() -> Result<(), String> {
     let c = CriContainerd::start(ContainerdVersion::V1)?;
     let cl = &c.client;
     let (name, version) = cl.version()?;
-    println!("containerd: {name} {version} (CRI), CNI bridge {}", format!("{}/24 ({})", c.net.subnet, c.net.bridge));
+    println!("containerd: {name} {version} (CRI), CNI bridge {}/24 ({})", c.net.subnet, c.net.bridge);
     println!("host kernel: {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
 
     let log_dir = c.pod_log_dir("demo")?;
