@@ -75,7 +75,7 @@ fn rpc_err(what: &str, e: ttrpc::Error) -> Error {
                 c => Error::Agent(format!("{what}: {c:?}: {msg}")),
             }
         }
-        other => Error::Agent(format!("{what}: {other}")),
+        other => Error::AgentUnreachable(format!("{what}: {other}")),
     }
 }
 
@@ -98,7 +98,7 @@ impl Agent {
             match timeout {
                 Some(t) => tokio::time::timeout(t, fut)
                     .await
-                    .map_err(|_| Error::Timeout(format!("{what}: the guest agent did not answer within {t:?}")))?
+                    .map_err(|_| Error::AgentUnreachable(format!("{what}: the guest agent did not answer within {t:?}")))?
                     .map_err(|e| rpc_err(what, e)),
                 None => fut.await.map_err(|e| rpc_err(what, e)),
             }

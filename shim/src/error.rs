@@ -58,6 +58,10 @@ pub enum Error {
     #[error("guest agent: {0}")]
     Agent(String),
 
+    /// The guest agent did not answer in time, or its connection broke.
+    #[error("guest agent unreachable: {0}")]
+    AgentUnreachable(String),
+
     /// A deadline passed.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -85,7 +89,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Timeout(_) => Code::DEADLINE_EXCEEDED,
-            Error::Agent(_) => Code::UNAVAILABLE,
+            Error::Agent(_) | Error::AgentUnreachable(_) => Code::UNAVAILABLE,
             Error::Spawn { .. } | Error::Io { .. } | Error::Boot(_) | Error::Mount(_) => {
                 Code::INTERNAL
             }

@@ -319,6 +319,15 @@ impl Sandbox {
         }
     }
 
+    /// SIGKILLs the hypervisor: for a guest that no longer answers. The VM-death supervisor
+    /// then stops the helpers, and every container's watcher reports exit status 137.
+    pub async fn kill_vm(&self) {
+        let procs = self.procs.lock().await;
+        if let Some(c) = procs.hv.process() {
+            c.stop(Duration::ZERO).await;
+        }
+    }
+
     /// Stops the VM and helpers, unmounts the share and removes the state directory.
     /// Idempotent; logs what it could not do.
     pub async fn teardown(&self) {

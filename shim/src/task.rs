@@ -281,7 +281,19 @@ impl Inner {
         }
         let agent = self.agent_of(&c)?;
         tracing::debug!("signal {} to container {} (guest pid {})", req.signal, req.id, c.state().guest_pid);
-        agent.signal_process(&req.id, "", req.signal, req.all).await
+        match agent.signal_process(&req.id, "", req.signal, req.all).await {
+            // StopPodSandbox must be able to end a pod whose guest no longer answers: a SIGKILL
+            // for the sandbox container that cannot reach the agent kills the VM instead (every
+            // container of the pod then exits with 137).
+            Err(e @ Error::AgentUnreachable(_)) if req.signal == libc::SIGKILL as u32 && c.id == c.sandbox_id => {
+                tracing::error!("SIGKILL for sandbox container {}: {e}; killing its VM", c.id);
+                if let Some(sb) = self.sandbox(&c.sandbox_id) {
+                    sb.kill_vm().await;
+                }
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     async fn delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {

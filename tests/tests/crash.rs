@@ -1,6 +1,7 @@
 //! A process of the sandbox dies under a running container: when QEMU dies, the task must exit
 //! non-zero, TaskExit must be published, and the helpers, sockets and mounts cleaned up; when
-//! the shim itself dies, containerd's `containerd-shim-bulwark-v2 delete` must clean up.
+//! the shim itself dies, containerd's `containerd-shim-bulwark-v2 delete` must clean up; when
+//! the VM freezes, a SIGKILL for the sandbox must still end it.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -41,5 +42,27 @@ fn killing_the_shim_is_cleaned_up_by_the_delete_subcommand() -> Result<(), Strin
     // bundle, and reports the task as exited; ctr run then returns non-zero.
     let status = kill_mid_run(&c, "shimcrash", "containerd-shim-bulwark-v2")?;
     assert!(!status.success(), "the task must exit non-zero when its shim dies: {status:?}");
+    c.assert_clean()
+}
+
+#[test]
+fn a_frozen_vm_does_not_keep_its_sandbox_from_being_killed() -> Result<(), String> {
+    // A guest that stops answering (here: QEMU stopped with SIGSTOP) must not leave a pod that
+    // cannot be stopped: SIGKILL for the sandbox container kills the VM once the agent call
+    // times out (30 s), and everything is cleaned up.
+    let c = Containerd::start(|_| {})?;
+    let mut run = c.spawn_run("frozen", &["sleep", "600"])?;
+    c.wait_running("frozen")?;
+    let qemu: Vec<_> = vm_processes(&c.dir.to_string_lossy())
+        .into_iter()
+        .filter(|p| p.cmdline.contains("qemu-system"))
+        .collect();
+    assert_eq!(qemu.len(), 1, "expected one QEMU for the sandbox: {qemu:?}");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is this test's QEMU.
+    assert_eq!(unsafe { libc::kill(qemu[0].pid, libc::SIGSTOP) }, 0);
+    let kill = c.ctr(&["task", "kill", "-s", "SIGKILL", "frozen"])?;
+    assert!(kill.status.success(), "ctr task kill failed on a frozen VM: {kill:?}\n{}", c.diagnostics());
+    let status = wait_bounded(&mut run, CTR_LIMIT)?;
+    assert_eq!(status.code(), Some(137), "ctr run of a killed frozen VM: {status:?}\n{}", c.diagnostics());
     c.assert_clean()
 }
