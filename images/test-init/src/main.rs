@@ -118,11 +118,13 @@ fn main() {
     if fd < 0 {
         kmsg(&format!("socket(AF_VSOCK): {}", std::io::Error::last_os_error()));
     } else {
+        // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
         let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
         addr.svm_family = libc::AF_VSOCK as u16;
         addr.svm_cid = libc::VMADDR_CID_HOST;
         addr.svm_port = port;
         for _ in 0..100 {
+            // SAFETY: fd is our socket; addr is a valid sockaddr_vm and the length is its size.
             let r = unsafe {
                 libc::connect(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_vm>() as u32)
             };
