@@ -14,7 +14,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, Rou
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use protocol::agent::SetupSandboxRequest;
 
-use bulwark_rtnl::Netlink;
+use bulwark_rtnl::{valid_ifname, Netlink};
 
 pub const MAX_INTERFACES: usize = 8;
 pub const MAX_ADDRESSES: usize = 32;
@@ -79,14 +79,6 @@ fn valid_hostname(h: &str) -> bool {
         })
 }
 
-/// Linux interface names: 1..15 bytes, printable, no '/', ':', not "." / ".." (pure).
-pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < libc::IFNAMSIZ
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
-}
 
 /// "aa:bb:cc:dd:ee:ff" (pure).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {

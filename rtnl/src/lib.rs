@@ -107,3 +107,34 @@ impl Netlink {
         Ok(out)
     }
 }
+
+/// Longest interface name the kernel accepts, without the trailing NUL (IFNAMSIZ - 1).
+pub const MAX_IFNAME: usize = 15;
+
+/// Whether `name` is usable as a Linux interface name: 1..15 bytes, printable, no '/', ':'
+/// or whitespace, not "." or ".." (pure).
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IFNAME
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_ifname;
+
+    #[test]
+    fn interface_names() {
+        assert!(valid_ifname("eth0"));
+        assert!(valid_ifname("tap0_bwk"));
+        assert!(valid_ifname(&"a".repeat(15)));
+        assert!(!valid_ifname(&"a".repeat(16)));
+        assert!(!valid_ifname(""));
+        assert!(!valid_ifname(".."));
+        assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname("a b"));
+        assert!(!valid_ifname("eth0:1"));
+    }
+}

@@ -258,12 +258,7 @@ pub async fn wait(c: &Container, exec_id: &str) -> Result<api::WaitResponse> {
 pub fn state(c: &Container, exec_id: &str, pid: u32) -> Result<api::StateResponse> {
     let e = c.execs.get(&c.id, exec_id)?;
     let st = e.process.state();
-    let status = match st.status {
-        Status::Created => api::Status::CREATED,
-        Status::Running => api::Status::RUNNING,
-        Status::Paused => api::Status::PAUSED,
-        Status::Stopped => api::Status::STOPPED,
-    };
+    let status = st.status.to_api();
     let mut r = api::StateResponse {
         id: exec_id.to_string(),
         bundle: c.bundle.clone(),

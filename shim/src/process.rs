@@ -19,6 +19,19 @@ pub enum Status {
     Stopped,
 }
 
+impl Status {
+    /// The status as the task API reports it.
+    pub fn to_api(self) -> containerd_shim::api::Status {
+        use containerd_shim::api::Status as Api;
+        match self {
+            Status::Created => Api::CREATED,
+            Status::Running => Api::RUNNING,
+            Status::Paused => Api::PAUSED,
+            Status::Stopped => Api::STOPPED,
+        }
+    }
+}
+
 /// How the process ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exit {

@@ -134,7 +134,8 @@ impl Inner {
             }
         }
 
-        let size = sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default()));
+        // The VM is sized once, by the container that boots it.
+        let boot = new_sandbox.then(|| sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default())));
         let mounts = {
             let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.share.clone(), req.rootfs.clone());
             match tokio::task::spawn_blocking(move || container::mount_rootfs(&id, &b, &spec, &rootfs, &share)).await {
@@ -150,7 +151,7 @@ impl Inner {
             }
         };
 
-        let res = self.create_in_vm(&cfg, &req, raw_spec, &sandbox, new_sandbox.then_some(size), &mounts.shared).await;
+        let res = self.create_in_vm(&cfg, &req, raw_spec, &sandbox, boot, &mounts.shared).await;
         let (agent, guest_pid, stdout, stderr) = match res {
             Ok(x) => x,
             Err(e) => {
@@ -346,12 +347,7 @@ impl Inner {
             return crate::exec::state(&c, &req.exec_id, self.pid_of(&c));
         }
         let st = c.state();
-        let status = match st.status {
-            Status::Created => api::Status::CREATED,
-            Status::Running => api::Status::RUNNING,
-            Status::Paused => api::Status::PAUSED,
-            Status::Stopped => api::Status::STOPPED,
-        };
+        let status = st.status.to_api();
         let mut r = api::StateResponse {
             id: c.id.clone(),
             bundle: c.bundle.clone(),

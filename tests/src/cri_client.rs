@@ -175,12 +175,7 @@ impl CriClient {
             labels: HashMap::from([("bulwark-e2e".to_string(), "cri".to_string())]),
             linux: Some(cri::LinuxPodSandboxConfig {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Pod as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -280,12 +275,7 @@ impl CriClient {
                     ..Default::default()
                 }),
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Pod as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
                 }),
             }),
@@ -419,6 +409,16 @@ pub fn read_cri_log(path: &Path) -> Vec<(String, String)> {
     lines
 }
 
+/// kubelet's defaults: pod-wide network and IPC namespaces, a PID namespace per container.
+fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,3 +446,4 @@ mod tests {
         );
     }
 }
+

@@ -7,19 +7,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use bulwark_rtnl::valid_ifname;
+
 /// TUNSETIFF = _IOW('T', 202, int).
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUN_DEVICE: &str = "/dev/net/tun";
 
-/// Whether `name` is usable as a Linux interface name: 1..15 bytes, no '/', ':' or
-/// whitespace, not "." or ".." (pure).
-pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() < libc::IFNAMSIZ
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
-}
 
 /// Creates tap device `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, what QEMU's virtio-net
 /// backend expects) and returns its fd (close-on-exec).
@@ -46,22 +39,4 @@ pub fn create(name: &str) -> io::Result<OwnedFd> {
         return Err(io::Error::new(e.kind(), format!("creating tap {name} (TUNSETIFF): {e}")));
     }
     Ok(OwnedFd::from(file))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interface_names() {
-        assert!(valid_ifname("eth0"));
-        assert!(valid_ifname("tap0_bwk"));
-        assert!(valid_ifname(&"a".repeat(15)));
-        assert!(!valid_ifname(&"a".repeat(16)));
-        assert!(!valid_ifname(""));
-        assert!(!valid_ifname(".."));
-        assert!(!valid_ifname("a/b"));
-        assert!(!valid_ifname("a b"));
-        assert!(!valid_ifname("eth0:1"));
-    }
 }
