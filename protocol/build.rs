@@ -18,7 +18,8 @@ fn main() {
     for file in ["agent.rs", "agent_ttrpc.rs"] {
         let path = std::path::Path::new(&out).join(file);
         let text = std::fs::read_to_string(&path).expect("reading generated code");
-        let kept: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with("#![") && !l.trim_start().starts_with("//!")).collect();
+        let kept: Vec<&str> =
+            text.lines().filter(|l| !l.trim_start().starts_with("#![") && !l.trim_start().starts_with("//!")).collect();
         std::fs::write(&path, kept.join("\n")).expect("writing generated code");
     }
 }

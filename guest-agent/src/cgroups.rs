@@ -143,10 +143,7 @@ pub fn parse_resources(json: &[u8]) -> Result<LinuxResources, CgroupError> {
     let r: LinuxResources = serde_json::from_slice(json).map_err(|e| CgroupError::InvalidResources(e.to_string()))?;
     if let Some(u) = r.unified() {
         for key in u.keys() {
-            let ok = !key.is_empty()
-                && !key.starts_with('.')
-                && !key.contains('/')
-                && !key.starts_with("cgroup.");
+            let ok = !key.is_empty() && !key.starts_with('.') && !key.contains('/') && !key.starts_with("cgroup.");
             if !ok {
                 return Err(CgroupError::InvalidResources(format!(
                     "unified key {key:?} is not a controller file name (like memory.high)"
@@ -391,7 +388,16 @@ mod tests {
         let dir = root.join("bulwark/c1");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(root.join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma misc\n").unwrap();
-        for f in ["memory.max", "memory.low", "memory.swap.max", "cpu.weight", "cpu.max", "cpuset.cpus", "cpuset.mems", "pids.max"] {
+        for f in [
+            "memory.max",
+            "memory.low",
+            "memory.swap.max",
+            "cpu.weight",
+            "cpu.max",
+            "cpuset.cpus",
+            "cpuset.mems",
+            "pids.max",
+        ] {
             std::fs::write(dir.join(f), "").unwrap();
         }
         (root, dir)
@@ -423,7 +429,8 @@ mod tests {
         assert_eq!(read(&dir.join("pids.max")), "64");
 
         let (root2, dir2) = fake_cgroup("conv2");
-        let r = parse_resources(br#"{"memory":{"limit":-1},"cpu":{"quota":-1,"period":100000},"pids":{"limit":-1}}"#).unwrap();
+        let r = parse_resources(br#"{"memory":{"limit":-1},"cpu":{"quota":-1,"period":100000},"pids":{"limit":-1}}"#)
+            .unwrap();
         apply_resources(&root2, Path::new("bulwark/c1"), &r).unwrap();
         assert_eq!(read(&dir2.join("memory.max")), "max");
         assert_eq!(read(&dir2.join("cpu.max")), "max 100000");

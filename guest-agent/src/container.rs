@@ -105,7 +105,11 @@ pub fn rewrite_spec(
     exists: &dyn Fn(&Path) -> bool,
 ) -> Result<GuestSpec, ContainerError> {
     if spec_json.len() > protocol::MAX_SPEC_JSON {
-        return Err(ContainerError::Spec(format!("spec is {} bytes, over {}", spec_json.len(), protocol::MAX_SPEC_JSON)));
+        return Err(ContainerError::Spec(format!(
+            "spec is {} bytes, over {}",
+            spec_json.len(),
+            protocol::MAX_SPEC_JSON
+        )));
     }
     let mut spec: Value = serde_json::from_slice(spec_json).map_err(|e| ContainerError::Spec(e.to_string()))?;
     let mut notes = Vec::new();
@@ -113,10 +117,7 @@ pub fn rewrite_spec(
     let vm_sysctls = crate::pod::rewrite(obj, pod, &mut notes)?;
 
     let readonly = obj.get("root").and_then(|r| r.get("readonly")).and_then(Value::as_bool).unwrap_or(false);
-    obj.insert(
-        "root".into(),
-        serde_json::json!({ "path": rootfs.to_string_lossy(), "readonly": readonly }),
-    );
+    obj.insert("root".into(), serde_json::json!({ "path": rootfs.to_string_lossy(), "readonly": readonly }));
 
     if obj.remove("hooks").is_some() {
         notes.push("dropped hooks (host binaries do not exist in the guest)".into());
@@ -150,9 +151,9 @@ pub fn rewrite_spec(
     if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
         mounts.retain(|m| {
             let is_bind = m.get("type").and_then(Value::as_str) == Some("bind")
-                || m.get("options").and_then(Value::as_array).is_some_and(|o| {
-                    o.iter().any(|x| matches!(x.as_str(), Some("bind") | Some("rbind")))
-                });
+                || m.get("options")
+                    .and_then(Value::as_array)
+                    .is_some_and(|o| o.iter().any(|x| matches!(x.as_str(), Some("bind") | Some("rbind"))));
             let source = m.get("source").and_then(Value::as_str).unwrap_or("");
             if is_bind && !exists(Path::new(source)) {
                 notes.push(format!(
@@ -202,7 +203,9 @@ pub enum ChildStdio {
 
 fn with_stdio(builder: ContainerBuilder, stdio: ChildStdio) -> ContainerBuilder {
     match stdio {
-        ChildStdio::Pipes { stdin, stdout, stderr } => builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr),
+        ChildStdio::Pipes { stdin, stdout, stderr } => {
+            builder.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr)
+        }
         ChildStdio::Console(path) => builder.with_console_socket(Some(path)),
     }
 }
@@ -210,8 +213,11 @@ fn with_stdio(builder: ContainerBuilder, stdio: ChildStdio) -> ContainerBuilder 
 /// Creates (does not start) the container. Blocking; hold the reaper lock around it.
 /// Returns the init pid.
 pub fn create(id: &str, bundle: &Path, stdio: ChildStdio, no_pivot: bool) -> Result<i32, ContainerError> {
-    std::fs::create_dir_all(STATE_DIR)
-        .map_err(|source| ContainerError::Io { what: "creating", path: STATE_DIR.into(), source })?;
+    std::fs::create_dir_all(STATE_DIR).map_err(|source| ContainerError::Io {
+        what: "creating",
+        path: STATE_DIR.into(),
+        source,
+    })?;
     let builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(STATE_DIR)
         .map_err(lc("create", id))?;
@@ -242,11 +248,7 @@ pub fn exec(
         .with_root_path(STATE_DIR)
         .map_err(lc("exec", id))?
         .with_executor(crate::exec::ExecExecutor::new(seccomp));
-    let built = with_stdio(builder, stdio)
-        .as_tenant()
-        .with_detach(true)
-        .with_process(Some(process_json))
-        .build();
+    let built = with_stdio(builder, stdio).as_tenant().with_detach(true).with_process(Some(process_json)).build();
     remove_tenant_leftovers(&Path::new(STATE_DIR).join(id));
     Ok(built.map_err(lc("exec", id))?.as_raw())
 }
@@ -314,8 +316,11 @@ mod tests {
             std::fs::write(dir.join(f), b"").expect("write");
         }
         remove_tenant_leftovers(&dir);
-        let mut left: Vec<String> =
-            std::fs::read_dir(&dir).expect("read").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         left.sort();
         assert_eq!(left, ["notify.sock", "state.json"]);
         std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -359,7 +364,11 @@ mod tests {
         }
     }
 
-    fn rewrite(input: &[u8], rootfs: &str, exists: &dyn Fn(&Path) -> bool) -> Result<(Value, Vec<String>), ContainerError> {
+    fn rewrite(
+        input: &[u8],
+        rootfs: &str,
+        exists: &dyn Fn(&Path) -> bool,
+    ) -> Result<(Value, Vec<String>), ContainerError> {
         rewrite_spec("c1", input, Path::new(rootfs), &lone_pod(), exists).map(|g| (g.spec, g.notes))
     }
 
@@ -373,9 +382,11 @@ mod tests {
         assert!(out.get("hooks").is_none());
         assert!(out["process"].get("apparmorProfile").is_none());
         assert_eq!(out["linux"]["cgroupsPath"], "/bulwark/c1");
-        let types: Vec<&str> = out["linux"]["namespaces"].as_array().expect("nss").iter().filter_map(|n| n["type"].as_str()).collect();
+        let types: Vec<&str> =
+            out["linux"]["namespaces"].as_array().expect("nss").iter().filter_map(|n| n["type"].as_str()).collect();
         assert_eq!(types, ["pid", "cgroup"], "the network namespace is the VM's");
-        let dests: Vec<&str> = out["mounts"].as_array().expect("mounts").iter().filter_map(|m| m["destination"].as_str()).collect();
+        let dests: Vec<&str> =
+            out["mounts"].as_array().expect("mounts").iter().filter_map(|m| m["destination"].as_str()).collect();
         assert_eq!(dests, ["/proc", "/data"]);
         assert!(notes.len() >= 5, "{notes:?}");
     }

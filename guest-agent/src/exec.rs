@@ -70,7 +70,8 @@ pub fn prepare_process(json: &[u8], terminal: bool) -> Result<(Value, Vec<String
 
 /// The seccomp profile in a container's bundle (the spec the container was created with).
 pub fn container_seccomp(id: &str, config_json: &Path) -> Result<Option<LinuxSeccomp>, ExecError> {
-    let spec = Spec::load(config_json).map_err(|e| ExecError::InvalidProcess(format!("{}: {e}", config_json.display())))?;
+    let spec =
+        Spec::load(config_json).map_err(|e| ExecError::InvalidProcess(format!("{}: {e}", config_json.display())))?;
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     if seccomp.as_ref().is_some_and(libcontainer::seccomp::is_notify) {
         return Err(ExecError::NotifySeccomp(id.to_string()));
@@ -131,8 +132,9 @@ pub async fn start(
     terminal: bool,
 ) -> Result<Process, ExecError> {
     container::validate_id(id)?;
-    container::validate_id(exec_id)
-        .map_err(|_| ExecError::InvalidProcess(format!("exec id {exec_id:?}: use 1-128 characters from [A-Za-z0-9_.-]")))?;
+    container::validate_id(exec_id).map_err(|_| {
+        ExecError::InvalidProcess(format!("exec id {exec_id:?}: use 1-128 characters from [A-Za-z0-9_.-]"))
+    })?;
     if init.has_exited() {
         return Err(ExecError::NotRunning(id.to_string()));
     }
@@ -144,7 +146,11 @@ pub async fn start(
     let seccomp = container_seccomp(id, &bundle.join("config.json"))?;
     let path = process_path(id, exec_id);
     let bytes = serde_json::to_vec(&process).map_err(|e| ExecError::InvalidProcess(e.to_string()))?;
-    std::fs::write(&path, bytes).map_err(|source| ExecError::File { what: "writing", path: path.display().to_string(), source })?;
+    std::fs::write(&path, bytes).map_err(|source| ExecError::File {
+        what: "writing",
+        path: path.display().to_string(),
+        source,
+    })?;
 
     let res = async {
         let (setup, child) = StdioSetup::new(terminal, with_stdin)?;

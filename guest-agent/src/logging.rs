@@ -120,11 +120,7 @@ pub fn level_from_cmdline(cmdline: &str) -> Level {
 /// Installs the global subscriber. Returns the queue the vsock forwarder drains.
 pub fn init() -> LogReceiver {
     let (tx, rx) = mpsc::channel(QUEUE_LINES);
-    let console = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/console")
-        .map(|f| f.into_raw_fd())
-        .unwrap_or(-1);
+    let console = std::fs::OpenOptions::new().write(true).open("/dev/console").map(|f| f.into_raw_fd()).unwrap_or(-1);
     let sink = Arc::new(Sink {
         console,
         pid: std::process::id(),
@@ -135,7 +131,9 @@ pub fn init() -> LogReceiver {
     let _ = SINK.set(sink);
     let level = level_from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     // libcgroups warns about every controller it does not implement (rdma, misc) on each create.
-    let filter = Targets::new().with_default(level).with_target("libcgroups::v2::util", if level >= Level::DEBUG { level } else { Level::ERROR });
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target("libcgroups::v2::util", if level >= Level::DEBUG { level } else { Level::ERROR });
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())

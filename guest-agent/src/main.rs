@@ -56,7 +56,12 @@ fn main() {
         boot::setup_console_fds();
     }
     let log_lines = logging::init();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), pid1 = is_pid1, tmpfs_root = switched, "bulwark-agent starting");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid1 = is_pid1,
+        tmpfs_root = switched,
+        "bulwark-agent starting"
+    );
     for e in mount_errors {
         tracing::error!("boot mount: {e}");
     }

@@ -48,7 +48,9 @@ pub fn load_all(dir: &Path) -> (Vec<String>, Vec<ModuleError>) {
         };
         match finit_module(&file, c"", ModuleInitFlags::empty()) {
             Ok(()) | Err(Errno::EEXIST) => loaded.push(name.to_string()),
-            Err(source) => errors.push(ModuleError::Load { name: name.to_string(), path: path.display().to_string(), source }),
+            Err(source) => {
+                errors.push(ModuleError::Load { name: name.to_string(), path: path.display().to_string(), source })
+            }
         }
     }
     (loaded, errors)

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use protocol::agent::SetupSandboxRequest;
 
@@ -79,7 +81,6 @@ fn valid_hostname(h: &str) -> bool {
         })
 }
 
-
 /// "aa:bb:cc:dd:ee:ff" (pure).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<&str> = s.split(':').collect();
@@ -124,7 +125,8 @@ pub fn plan(req: &SetupSandboxRequest) -> Result<Plan, NetworkError> {
     }
     let mut nics: Vec<NicPlan> = Vec::new();
     for i in &req.interfaces {
-        let mac = parse_mac(&i.mac).ok_or_else(|| invalid(format!("MAC {:?} is not aa:bb:cc:dd:ee:ff", show(&i.mac))))?;
+        let mac =
+            parse_mac(&i.mac).ok_or_else(|| invalid(format!("MAC {:?} is not aa:bb:cc:dd:ee:ff", show(&i.mac))))?;
         if !valid_ifname(&i.name) || i.name == "lo" {
             return Err(invalid(format!("interface name {:?} is not usable", show(&i.name))));
         }
@@ -137,12 +139,18 @@ pub fn plan(req: &SetupSandboxRequest) -> Result<Plan, NetworkError> {
             m => return Err(invalid(format!("MTU {m} of {} out of range 68..65535", show(&i.name)))),
         };
         if i.addresses.len() > MAX_ADDRESSES {
-            return Err(invalid(format!("{} addresses on {} (at most {MAX_ADDRESSES})", i.addresses.len(), show(&i.name))));
+            return Err(invalid(format!(
+                "{} addresses on {} (at most {MAX_ADDRESSES})",
+                i.addresses.len(),
+                show(&i.name)
+            )));
         }
         let mut addresses = Vec::new();
         for a in &i.addresses {
-            let ip: IpAddr =
-                a.address.parse().map_err(|_| invalid(format!("address {:?} is not an IP address", show(&a.address))))?;
+            let ip: IpAddr = a
+                .address
+                .parse()
+                .map_err(|_| invalid(format!("address {:?} is not an IP address", show(&a.address))))?;
             if a.prefix_len > max_prefix(&ip) {
                 return Err(invalid(format!("prefix length {} too long for {ip}", a.prefix_len)));
             }
@@ -343,16 +351,19 @@ pub fn apply(plan: &Plan) -> Result<(), NetworkError> {
         set_link(&mut sock, *index, false, attrs)
             .map_err(nl(format!("renaming {current} ({mac}) to {} and setting its MTU", nic.name)))?;
         for (ip, prefix) in &nic.addresses {
-            add_address(&mut sock, *index, *ip, *prefix).map_err(nl(format!("adding {ip}/{prefix} to {}", nic.name)))?;
+            add_address(&mut sock, *index, *ip, *prefix)
+                .map_err(nl(format!("adding {ip}/{prefix} to {}", nic.name)))?;
         }
         set_link(&mut sock, *index, true, vec![]).map_err(nl(format!("bringing {} up", nic.name)))?;
         indexes.push((nic.name.clone(), *index));
         tracing::info!(nic = %nic.name, mac = %mac, mtu = ?nic.mtu, addresses = ?nic.addresses, "network interface configured");
     }
     for r in &plan.routes {
-        let oif = indexes.iter().find(|(n, _)| *n == r.device).map(|(_, i)| *i).ok_or_else(|| {
-            invalid(format!("route device {} is not configured", r.device))
-        })?;
+        let oif = indexes
+            .iter()
+            .find(|(n, _)| *n == r.device)
+            .map(|(_, i)| *i)
+            .ok_or_else(|| invalid(format!("route device {} is not configured", r.device)))?;
         add_route(&mut sock, r, oif)
             .map_err(nl(format!("adding route {:?} via {:?} dev {}", r.destination, r.gateway, r.device)))?;
     }
@@ -380,8 +391,18 @@ mod tests {
                 ..Default::default()
             }],
             routes: vec![
-                Route { destination: "".into(), gateway: "10.88.0.1".into(), device: "eth0".into(), ..Default::default() },
-                Route { destination: "10.99.0.0/16".into(), gateway: "".into(), device: "eth0".into(), ..Default::default() },
+                Route {
+                    destination: "".into(),
+                    gateway: "10.88.0.1".into(),
+                    device: "eth0".into(),
+                    ..Default::default()
+                },
+                Route {
+                    destination: "10.99.0.0/16".into(),
+                    gateway: "".into(),
+                    device: "eth0".into(),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         }

@@ -50,8 +50,11 @@ pub fn ensure_shm(sandbox_id: &str) -> Result<PathBuf, ContainerError> {
     if crate::boot::is_mountpoint(&dir) {
         return Ok(dir);
     }
-    std::fs::create_dir_all(&dir)
-        .map_err(|source| ContainerError::Io { what: "creating", path: dir.display().to_string(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| ContainerError::Io {
+        what: "creating",
+        path: dir.display().to_string(),
+        source,
+    })?;
     nix::mount::mount(
         Some("shm"),
         &dir,
@@ -59,7 +62,11 @@ pub fn ensure_shm(sandbox_id: &str) -> Result<PathBuf, ContainerError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some(format!("mode=1777,{SHM_SIZE}").as_str()),
     )
-    .map_err(|e| ContainerError::Io { what: "mounting tmpfs on", path: dir.display().to_string(), source: e.into() })?;
+    .map_err(|e| ContainerError::Io {
+        what: "mounting tmpfs on",
+        path: dir.display().to_string(),
+        source: e.into(),
+    })?;
     Ok(dir)
 }
 
@@ -77,7 +84,11 @@ pub fn release(sandbox_id: &str) {
 
 /// Rewrites namespaces, hostname, sysctls and mounts of `spec` for the pod. Returns the
 /// network sysctls to apply VM-wide (see [`apply_sysctls`]).
-pub fn rewrite(spec: &mut Map<String, Value>, pod: &PodView, notes: &mut Vec<String>) -> Result<Vec<(String, String)>, ContainerError> {
+pub fn rewrite(
+    spec: &mut Map<String, Value>,
+    pod: &PodView,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, String)>, ContainerError> {
     let mut vm_sysctls = Vec::new();
     if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
         rewrite_namespaces(linux, pod, notes)?;
@@ -94,7 +105,11 @@ pub fn rewrite(spec: &mut Map<String, Value>, pod: &PodView, notes: &mut Vec<Str
     Ok(vm_sysctls)
 }
 
-fn rewrite_namespaces(linux: &mut Map<String, Value>, pod: &PodView, notes: &mut Vec<String>) -> Result<(), ContainerError> {
+fn rewrite_namespaces(
+    linux: &mut Map<String, Value>,
+    pod: &PodView,
+    notes: &mut Vec<String>,
+) -> Result<(), ContainerError> {
     let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) else {
         return Ok(());
     };
@@ -138,12 +153,17 @@ fn rewrite_namespaces(linux: &mut Map<String, Value>, pod: &PodView, notes: &mut
 fn valid_sysctl_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.split('.').all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')))
+        && name
+            .split('.')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')))
 }
 
 /// Takes `net.*` sysctls out of the spec (they apply to the VM's network namespace, which the
 /// containers share) and drops `kernel.hostname`/`kernel.domainname` (the VM's UTS).
-fn split_sysctls(linux: &mut Map<String, Value>, notes: &mut Vec<String>) -> Result<Vec<(String, String)>, ContainerError> {
+fn split_sysctls(
+    linux: &mut Map<String, Value>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, String)>, ContainerError> {
     let Some(sysctls) = linux.get_mut("sysctl").and_then(Value::as_object_mut) else {
         return Ok(Vec::new());
     };
@@ -168,8 +188,11 @@ fn split_sysctls(linux: &mut Map<String, Value>, notes: &mut Vec<String>) -> Res
 pub fn apply_sysctls(sysctls: &[(String, String)]) -> Result<(), ContainerError> {
     for (name, value) in sysctls {
         let path = Path::new("/proc/sys").join(name.replace('.', "/"));
-        std::fs::write(&path, value.as_bytes())
-            .map_err(|source| ContainerError::Io { what: "writing sysctl", path: path.display().to_string(), source })?;
+        std::fs::write(&path, value.as_bytes()).map_err(|source| ContainerError::Io {
+            what: "writing sysctl",
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -231,7 +254,14 @@ mod tests {
     }
 
     fn view<'a>(cid: &'a str, pid: Option<i32>, share: &'a Path, shared: &'a [(u32, String)]) -> PodView<'a> {
-        PodView { container_id: cid, sandbox_id: "pod", sandbox_pid: pid, share, shared_mounts: shared, shm_dir: Path::new("/run/bulwark/pods/pod/shm") }
+        PodView {
+            container_id: cid,
+            sandbox_id: "pod",
+            sandbox_pid: pid,
+            share,
+            shared_mounts: shared,
+            shm_dir: Path::new("/run/bulwark/pods/pod/shm"),
+        }
     }
 
     fn share_with_file(test: &str) -> PathBuf {
@@ -282,16 +312,20 @@ mod tests {
     #[test]
     fn hostile_shared_mounts_are_refused() {
         let share = share_with_file("hostile");
-        for (idx, rel) in [(0, "c1/mounts/1"), (9, "c1/mounts/1"), (1, "../etc"), (1, "/etc/passwd"), (1, "c1/mounts/none")] {
+        for (idx, rel) in
+            [(0, "c1/mounts/1"), (9, "c1/mounts/1"), (1, "../etc"), (1, "/etc/passwd"), (1, "c1/mounts/none")]
+        {
             let mut spec = cri_container_spec();
             let shared = [(idx, rel.to_string())];
-            let r = rewrite(spec.as_object_mut().expect("object"), &view("c1", Some(1), &share, &shared), &mut Vec::new());
+            let r =
+                rewrite(spec.as_object_mut().expect("object"), &view("c1", Some(1), &share, &shared), &mut Vec::new());
             assert!(r.is_err(), "{idx} {rel}");
         }
         std::os::unix::fs::symlink("/etc", share.join("c1/mounts/esc")).expect("symlink");
         let mut spec = cri_container_spec();
         let shared = [(1, "c1/mounts/esc".to_string())];
-        assert!(rewrite(spec.as_object_mut().expect("object"), &view("c1", Some(1), &share, &shared), &mut Vec::new()).is_err());
+        assert!(rewrite(spec.as_object_mut().expect("object"), &view("c1", Some(1), &share, &shared), &mut Vec::new())
+            .is_err());
         let _ = std::fs::remove_dir_all(&share);
     }
 

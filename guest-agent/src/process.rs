@@ -99,7 +99,9 @@ impl ReceivedStdio {
             ReceivedStdio::Pipes { stdin, stdout: out, stderr: err } => {
                 for (fd, stream, name) in [(out, &stdout, "stdout"), (err, &stderr, "stderr")] {
                     match stdio::receiver(fd) {
-                        Ok(r) => pumps.push(tokio::spawn(stream.clone().pump(r, exit.clone(), format!("{label}/{name}")))),
+                        Ok(r) => {
+                            pumps.push(tokio::spawn(stream.clone().pump(r, exit.clone(), format!("{label}/{name}"))))
+                        }
                         Err(e) => {
                             tracing::error!(process = %label, "{name}: {e}");
                             stream.close();

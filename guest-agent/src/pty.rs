@@ -138,7 +138,8 @@ impl PtyMaster {
     /// Duplicates `master` (non-blocking) and registers the copy with the runtime.
     pub fn new(master: &OwnedFd) -> Result<PtyMaster, PtyError> {
         let dup = master.try_clone().map_err(PtyError::Register)?;
-        let flags = nix::fcntl::fcntl(dup.as_raw_fd(), nix::fcntl::F_GETFL).map_err(|e| PtyError::Register(e.into()))?;
+        let flags =
+            nix::fcntl::fcntl(dup.as_raw_fd(), nix::fcntl::F_GETFL).map_err(|e| PtyError::Register(e.into()))?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(dup.as_raw_fd(), nix::fcntl::F_SETFL(flags)).map_err(|e| PtyError::Register(e.into()))?;
         // SAFETY: `dup` is an open fd owned by the AsyncFd for its whole lifetime.
@@ -215,7 +216,10 @@ mod tests {
         drop(pty.slave);
         // The line discipline echoed the input; after it, closing the slave reads as EOF.
         let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await.expect("eof in time").expect("read");
+        tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest))
+            .await
+            .expect("eof in time")
+            .expect("read");
         assert_eq!(rest, b"in\r\n");
     }
 

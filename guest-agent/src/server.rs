@@ -32,7 +32,9 @@ fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
 
 fn container_err(e: ContainerError) -> ttrpc::Error {
     let code = match &e {
-        ContainerError::InvalidId(_) | ContainerError::InvalidRootfsPath(_) | ContainerError::Spec(_) => Code::INVALID_ARGUMENT,
+        ContainerError::InvalidId(_) | ContainerError::InvalidRootfsPath(_) | ContainerError::Spec(_) => {
+            Code::INVALID_ARGUMENT
+        }
         ContainerError::Rootfs { .. } => Code::FAILED_PRECONDITION,
         _ => Code::INTERNAL,
     };
@@ -93,7 +95,14 @@ pub struct AgentService {
 
 impl AgentService {
     pub fn new(reaper: Arc<Reaper>, share: Share, no_pivot: bool) -> Self {
-        Self { reaper, share, no_pivot, containers: Default::default(), cgroups: Cgroups::new(), execs: Default::default() }
+        Self {
+            reaper,
+            share,
+            no_pivot,
+            containers: Default::default(),
+            cgroups: Cgroups::new(),
+            execs: Default::default(),
+        }
     }
 
     async fn entry(&self, id: &str, exec_id: &str) -> ttrpc::Result<Arc<Entry>> {
@@ -138,7 +147,12 @@ impl AgentService {
     }
 
     /// Rewrites the spec for the guest and the pod (pod.rs) and sets up what the pod shares.
-    async fn pod_spec(&self, req: &CreateContainerRequest, share: &Path, rootfs: &Path) -> ttrpc::Result<serde_json::Value> {
+    async fn pod_spec(
+        &self,
+        req: &CreateContainerRequest,
+        share: &Path,
+        rootfs: &Path,
+    ) -> ttrpc::Result<serde_json::Value> {
         let id = &req.container_id;
         let sandbox_id = if req.sandbox_id.is_empty() { id.as_str() } else { req.sandbox_id.as_str() };
         container::validate_id(sandbox_id).map_err(container_err)?;
@@ -148,8 +162,16 @@ impl AgentService {
             self.containers.lock().await.get(sandbox_id).filter(|e| !e.has_exited()).map(|e| e.pid)
         };
         let shm_dir = pod::ensure_shm(sandbox_id).map_err(container_err)?;
-        let shared: Vec<(u32, String)> = req.shared_mounts.iter().map(|m| (m.mount_index, m.share_path.clone())).collect();
-        let view = pod::PodView { container_id: id, sandbox_id, sandbox_pid, share, shared_mounts: &shared, shm_dir: &shm_dir };
+        let shared: Vec<(u32, String)> =
+            req.shared_mounts.iter().map(|m| (m.mount_index, m.share_path.clone())).collect();
+        let view = pod::PodView {
+            container_id: id,
+            sandbox_id,
+            sandbox_pid,
+            share,
+            shared_mounts: &shared,
+            shm_dir: &shm_dir,
+        };
         let guest = container::rewrite_spec(id, &req.oci_spec_json, rootfs, &view, &|p: &Path| p.exists())
             .map_err(container_err)?;
         for n in guest.notes {
@@ -180,7 +202,8 @@ impl AgentService {
             ));
         }
         let bundle = container::write_bundle(&id, &spec).map_err(container_err)?;
-        let (setup, child_stdio) = StdioSetup::new(terminal, req.stdin).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+        let (setup, child_stdio) =
+            StdioSetup::new(terminal, req.stdin).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
 
         let reaper = self.reaper.clone();
         let no_pivot = self.no_pivot;
@@ -226,9 +249,8 @@ impl Agent for AgentService {
         if req.shim_protocol_version != protocol::PROTOCOL_VERSION {
             tracing::warn!("shim speaks protocol {}, agent {}", req.shim_protocol_version, protocol::PROTOCOL_VERSION);
         }
-        let kernel_release = nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let kernel_release =
+            nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         Ok(CheckResponse {
             agent_protocol_version: protocol::PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -237,7 +259,11 @@ impl Agent for AgentService {
         })
     }
 
-    async fn create_container(&self, _ctx: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
         let pid = self.do_create(&req).await?;
         Ok(CreateContainerResponse { pid, ..Default::default() })
     }
@@ -360,7 +386,10 @@ impl Agent for AgentService {
 
     async fn setup_sandbox(&self, _ctx: &TtrpcContext, req: SetupSandboxRequest) -> ttrpc::Result<Empty> {
         let plan = crate::network::plan(&req).map_err(network_err)?;
-        tokio::task::spawn_blocking(move || crate::network::apply(&plan)).await.map_err(join_err)?.map_err(network_err)?;
+        tokio::task::spawn_blocking(move || crate::network::apply(&plan))
+            .await
+            .map_err(join_err)?
+            .map_err(network_err)?;
         Ok(Empty::default())
     }
 
@@ -402,9 +431,10 @@ impl Agent for AgentService {
         if self.execs.lock().await.contains_key(&(id.clone(), exec_id.clone())) {
             return Err(status(Code::ALREADY_EXISTS, format!("exec {exec_id:?} of container {id:?} already exists")));
         }
-        let process = crate::exec::start(self.reaper.clone(), &init, &id, &exec_id, &req.process_json, req.stdin, req.terminal)
-            .await
-            .map_err(exec_err)?;
+        let process =
+            crate::exec::start(self.reaper.clone(), &init, &id, &exec_id, &req.process_json, req.stdin, req.terminal)
+                .await
+                .map_err(exec_err)?;
         let pid = process.pid;
         let entry = Arc::new(process);
         let previous = self.execs.lock().await.insert((id.clone(), exec_id.clone()), entry);
@@ -418,7 +448,10 @@ impl Agent for AgentService {
 
     async fn remove_process(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
         if req.exec_id.is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "RemoveProcess takes an exec id; use RemoveContainer for the init process"));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "RemoveProcess takes an exec id; use RemoveContainer for the init process",
+            ));
         }
         let e = self.entry(&req.container_id, &req.exec_id).await?;
         if !e.has_exited() {
@@ -438,7 +471,9 @@ impl Agent for AgentService {
         match &e.pty {
             Some(master) => crate::pty::set_window_size(master, req.width, req.height)
                 .map_err(|err| status(Code::INTERNAL, err.to_string()))?,
-            None => tracing::debug!(container = %req.container_id, exec = %req.exec_id, "ResizePty without a terminal: ignored"),
+            None => {
+                tracing::debug!(container = %req.container_id, exec = %req.exec_id, "ResizePty without a terminal: ignored")
+            }
         }
         Ok(Empty::default())
     }

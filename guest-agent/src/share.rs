@@ -7,7 +7,9 @@ use nix::mount::MsFlags;
 pub const SHARE_DIR: &str = "/run/bulwark/share";
 
 #[derive(Debug, thiserror::Error)]
-#[error("mounting virtio-fs tag {tag} on {dir}: {source} (is the share attached to the VM and the virtiofs module loaded?)")]
+#[error(
+    "mounting virtio-fs tag {tag} on {dir}: {source} (is the share attached to the VM and the virtiofs module loaded?)"
+)]
 pub struct ShareError {
     tag: &'static str,
     dir: &'static str,
@@ -29,8 +31,14 @@ impl Share {
         if !*mounted {
             let _ = std::fs::create_dir_all(SHARE_DIR);
             if !crate::boot::is_mountpoint(Path::new(SHARE_DIR)) {
-                nix::mount::mount(Some(protocol::SHARE_TAG), SHARE_DIR, Some("virtiofs"), MsFlags::MS_NODEV, None::<&str>)
-                    .map_err(|source| ShareError { tag: protocol::SHARE_TAG, dir: SHARE_DIR, source })?;
+                nix::mount::mount(
+                    Some(protocol::SHARE_TAG),
+                    SHARE_DIR,
+                    Some("virtiofs"),
+                    MsFlags::MS_NODEV,
+                    None::<&str>,
+                )
+                .map_err(|source| ShareError { tag: protocol::SHARE_TAG, dir: SHARE_DIR, source })?;
                 tracing::info!("mounted virtio-fs share {} on {SHARE_DIR}", protocol::SHARE_TAG);
             }
             *mounted = true;

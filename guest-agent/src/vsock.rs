@@ -24,7 +24,12 @@ async fn connect() -> Option<VsockStream> {
             Ok(s) => return Some(s),
             Err(e) => {
                 if start.elapsed() >= CONNECT_DEADLINE {
-                    tracing::error!("cannot reach the host on vsock {}:{} after {:?}: {e}; giving up (logs stay on the console)", protocol::HOST_CID, protocol::LOG_PORT, CONNECT_DEADLINE);
+                    tracing::error!(
+                        "cannot reach the host on vsock {}:{} after {:?}: {e}; giving up (logs stay on the console)",
+                        protocol::HOST_CID,
+                        protocol::LOG_PORT,
+                        CONNECT_DEADLINE
+                    );
                     return None;
                 }
                 if attempt == 0 {

@@ -17,14 +17,36 @@
 //! Everything the host reads from the guest is untrusted: the host bounds sizes and times.
 
 /// The agent API's messages (generated from `proto/agent.proto`).
-#[allow(clippy::all, unused_mut, unused_imports, unused_results, non_camel_case_types, non_snake_case, non_upper_case_globals, missing_docs, dead_code, unknown_lints)]
+#[allow(
+    clippy::all,
+    unused_mut,
+    unused_imports,
+    unused_results,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    missing_docs,
+    dead_code,
+    unknown_lints
+)]
 pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }
 
 /// The async ttrpc client ([`agent_ttrpc::AgentClient`]) and server trait
 /// ([`agent_ttrpc::Agent`], registered with [`agent_ttrpc::create_agent`]).
-#[allow(clippy::all, unused_mut, unused_imports, unused_results, non_camel_case_types, non_snake_case, non_upper_case_globals, missing_docs, dead_code, unknown_lints)]
+#[allow(
+    clippy::all,
+    unused_mut,
+    unused_imports,
+    unused_results,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    missing_docs,
+    dead_code,
+    unknown_lints
+)]
 pub mod agent_ttrpc {
     use super::agent;
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));

@@ -79,7 +79,9 @@ impl Netlink {
                     NetlinkPayload::InnerMessage(m) => {
                         count += 1;
                         if count > MAX_DUMP_MESSAGES {
-                            return Err(io::Error::other(format!("netlink dump longer than {MAX_DUMP_MESSAGES} messages")));
+                            return Err(io::Error::other(format!(
+                                "netlink dump longer than {MAX_DUMP_MESSAGES} messages"
+                            )));
                         }
                         each(m);
                         if !multipart {

@@ -98,7 +98,9 @@ impl Agent {
             match timeout {
                 Some(t) => tokio::time::timeout(t, fut)
                     .await
-                    .map_err(|_| Error::AgentUnreachable(format!("{what}: the guest agent did not answer within {t:?}")))?
+                    .map_err(|_| {
+                        Error::AgentUnreachable(format!("{what}: the guest agent did not answer within {t:?}"))
+                    })?
                     .map_err(|e| rpc_err(what, e)),
                 None => fut.await.map_err(|e| rpc_err(what, e)),
             }
@@ -146,8 +148,7 @@ impl Agent {
 
     pub async fn start_container(&self, id: &str) -> Result<()> {
         let req = ContainerRequest { container_id: id.to_string(), ..Default::default() };
-        self.bounded("StartContainer", Some(CALL_TIMEOUT), self.client.start_container(ctx_short(), &req))
-            .await?;
+        self.bounded("StartContainer", Some(CALL_TIMEOUT), self.client.start_container(ctx_short(), &req)).await?;
         Ok(())
     }
 
@@ -167,15 +168,13 @@ impl Agent {
             all,
             ..Default::default()
         };
-        self.bounded("SignalProcess", Some(CALL_TIMEOUT), self.client.signal_process(ctx_short(), &req))
-            .await?;
+        self.bounded("SignalProcess", Some(CALL_TIMEOUT), self.client.signal_process(ctx_short(), &req)).await?;
         Ok(())
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<()> {
         let req = ContainerRequest { container_id: id.to_string(), ..Default::default() };
-        self.bounded("RemoveContainer", Some(CALL_TIMEOUT), self.client.remove_container(ctx_short(), &req))
-            .await?;
+        self.bounded("RemoveContainer", Some(CALL_TIMEOUT), self.client.remove_container(ctx_short(), &req)).await?;
         Ok(())
     }
 
@@ -199,8 +198,12 @@ impl Agent {
     /// Writes stdin data; returns how much the agent took.
     pub async fn write_stdin(&self, id: &str, exec_id: &str, data: Vec<u8>) -> Result<usize> {
         let len = data.len();
-        let req =
-            WriteStreamRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), data, ..Default::default() };
+        let req = WriteStreamRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            data,
+            ..Default::default()
+        };
         let r = self.bounded("WriteStdin", Some(CALL_TIMEOUT), self.client.write_stdin(ctx_short(), &req)).await?;
         Ok((r.len as usize).min(len))
     }

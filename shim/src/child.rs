@@ -49,15 +49,9 @@ impl Child {
             .append(true)
             .open(log)
             .map_err(|e| Error::io(format!("creating log file {}", log.display()), e))?;
-        let logf2 = logf
-            .try_clone()
-            .map_err(|e| Error::io(format!("duplicating log file {}", log.display()), e))?;
+        let logf2 = logf.try_clone().map_err(|e| Error::io(format!("duplicating log file {}", log.display()), e))?;
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(logf))
-            .stderr(Stdio::from(logf2))
-            .kill_on_drop(false);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(logf)).stderr(Stdio::from(logf2)).kill_on_drop(false);
         let keep = keep.to_vec();
         // SAFETY: the closure runs in the forked child before exec and only calls prctl(2)
         // and fcntl(2), which are async-signal-safe; it reads `keep` (allocated before the
@@ -75,12 +69,8 @@ impl Child {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| Error::Spawn { what: name, path: exe.to_path_buf(), source })?;
-        let pid = child
-            .id()
-            .ok_or_else(|| Error::Boot(format!("{name} exited before its pid was known")))?;
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { what: name, path: exe.to_path_buf(), source })?;
+        let pid = child.id().ok_or_else(|| Error::Boot(format!("{name} exited before its pid was known")))?;
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let status = match child.wait().await {

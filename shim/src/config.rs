@@ -143,10 +143,7 @@ impl Config {
                 e.span()
                     .map(|s| format!(
                         " (line {})",
-                        1 + text.as_bytes()[..s.start.min(text.len())]
-                            .iter()
-                            .filter(|&&b| b == b'\n')
-                            .count()
+                        1 + text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count()
                     ))
                     .unwrap_or_default()
             ),
@@ -184,10 +181,7 @@ impl Config {
             return Err(err(format!("vm.vcpus = {} must be between 1 and 64", vm.vcpus)));
         }
         if !(64..=262_144).contains(&vm.memory_mib) {
-            return Err(err(format!(
-                "vm.memory_mib = {} must be between 64 and 262144",
-                vm.memory_mib
-            )));
+            return Err(err(format!("vm.memory_mib = {} must be between 64 and 262144", vm.memory_mib)));
         }
         for (key, v) in [("vm.min_vcpus", vm.min_vcpus), ("vm.max_vcpus", vm.max_vcpus)] {
             if !(1..=64).contains(&v) {
@@ -203,17 +197,11 @@ impl Config {
             return Err(err("vm.min_vcpus/min_memory_mib must not exceed vm.max_vcpus/max_memory_mib".to_string()));
         }
         if !(1..=3600).contains(&vm.boot_timeout_secs) {
-            return Err(err(format!(
-                "vm.boot_timeout_secs = {} must be between 1 and 3600",
-                vm.boot_timeout_secs
-            )));
+            return Err(err(format!("vm.boot_timeout_secs = {} must be between 1 and 3600", vm.boot_timeout_secs)));
         }
-        if vm.kernel_params.len() > 1024
-            || vm.kernel_params.chars().any(|c| c.is_control() || c == '"')
-        {
+        if vm.kernel_params.len() > 1024 || vm.kernel_params.chars().any(|c| c.is_control() || c == '"') {
             return Err(err(
-                "vm.kernel_params must be at most 1024 bytes of printable characters without '\"'"
-                    .to_string(),
+                "vm.kernel_params must be at most 1024 bytes of printable characters without '\"'".to_string()
             ));
         }
         Ok(())
@@ -281,7 +269,10 @@ mod tests {
             ("[vm]\nacceleration = \"fast\"\n", "fast"),
             ("[vm]\nkernel_params = \"a\\nb\"\n", "kernel_params"),
             ("[paths]\nkernel = \"relative/vmlinux\"\n", "paths.kernel"),
-            ("[paths]\nruntime_dir = \"/a/very/long/runtime/directory/that/leaves/no/room/for/sockets\"\n", "runtime_dir"),
+            (
+                "[paths]\nruntime_dir = \"/a/very/long/runtime/directory/that/leaves/no/room/for/sockets\"\n",
+                "runtime_dir",
+            ),
             ("[vm]\nvcpus = \"two\"\n", "line 2"),
         ] {
             let e = parse(text).unwrap_err().to_string();

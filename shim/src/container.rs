@@ -6,13 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
-use containerd_shim::protos::types::mount::Mount;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use oci_spec::runtime::Spec;
 use crate::error::{Error, Result};
 use crate::process::Process;
 #[cfg(test)]
 use crate::process::Status;
+use containerd_shim::protos::types::mount::Mount;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use oci_spec::runtime::Spec;
 
 /// Largest config.json accepted.
 const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
@@ -65,9 +65,8 @@ pub fn load_spec(bundle: &Path) -> Result<(Spec, Vec<u8>)> {
         )));
     }
     let raw = std::fs::read(&path).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-    let spec: Spec = serde_json::from_slice(&raw).map_err(|e| {
-        Error::InvalidArgument(format!("{} is not a valid OCI runtime spec: {e}", path.display()))
-    })?;
+    let spec: Spec = serde_json::from_slice(&raw)
+        .map_err(|e| Error::InvalidArgument(format!("{} is not a valid OCI runtime spec: {e}", path.display())))?;
     if spec.process().is_none() {
         return Err(Error::InvalidArgument(format!("{}: no \"process\": nothing to run", path.display())));
     }
@@ -208,7 +207,14 @@ pub struct Container {
 }
 
 impl Container {
-    pub fn new(id: String, bundle: String, sandbox_id: String, stdio: Stdio, mounts: RootfsMounts, guest_pid: u32) -> Self {
+    pub fn new(
+        id: String,
+        bundle: String,
+        sandbox_id: String,
+        stdio: Stdio,
+        mounts: RootfsMounts,
+        guest_pid: u32,
+    ) -> Self {
         Container {
             id,
             bundle,

@@ -90,9 +90,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Timeout(_) => Code::DEADLINE_EXCEEDED,
             Error::Agent(_) | Error::AgentUnreachable(_) => Code::UNAVAILABLE,
-            Error::Spawn { .. } | Error::Io { .. } | Error::Boot(_) | Error::Mount(_) => {
-                Code::INTERNAL
-            }
+            Error::Spawn { .. } | Error::Io { .. } | Error::Boot(_) | Error::Mount(_) => Code::INTERNAL,
         }
     }
 }

@@ -120,7 +120,12 @@ pub async fn add(events: &dyn Publish, c: &Container, req: api::ExecProcessReque
     check_process_json(&json)?;
     let exec = Arc::new(ExecProcess {
         exec_id: req.exec_id.clone(),
-        stdio: Stdio { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal },
+        stdio: Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        },
         process_json: json,
         process: Process::new(0),
     });
@@ -155,13 +160,15 @@ pub async fn start(events: Arc<dyn Publish>, c: &Container, exec_id: &str, agent
         return Err(Error::FailedPrecondition(format!("exec {exec_id} of container {} was already started", c.id)));
     }
     if c.state().status != Status::Running {
-        return Err(Error::FailedPrecondition(format!("container {} is not running: cannot start an exec in it", c.id)));
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is not running: cannot start an exec in it",
+            c.id
+        )));
     }
     let stdout = crate::io::open_output(&e.stdio.stdout).await?;
     let stderr = crate::io::open_output(&e.stdio.stderr).await?;
-    let guest_pid = agent
-        .exec_process(&c.id, exec_id, e.process_json.clone(), !e.stdio.stdin.is_empty(), e.stdio.terminal)
-        .await?;
+    let guest_pid =
+        agent.exec_process(&c.id, exec_id, e.process_json.clone(), !e.stdio.stdin.is_empty(), e.stdio.terminal).await?;
     e.process.set_guest_pid(guest_pid);
 
     let outputs = vec![
@@ -174,7 +181,13 @@ pub async fn start(events: Arc<dyn Publish>, c: &Container, exec_id: &str, agent
             Ok(fifo) => {
                 let fifo = Arc::new(fifo);
                 *e.process.stdin_fifo.lock().unwrap_or_else(|p| p.into_inner()) = Some(fifo.clone());
-                let h = crate::io::spawn_stdin(agent.clone(), c.id.clone(), exec_id.to_string(), fifo, e.process.stdin_close.clone());
+                let h = crate::io::spawn_stdin(
+                    agent.clone(),
+                    c.id.clone(),
+                    exec_id.to_string(),
+                    fifo,
+                    e.process.stdin_close.clone(),
+                );
                 handles.push(h.abort_handle());
             }
             Err(err) => tracing::warn!("exec {exec_id} of container {}: {err}; stdin not connected", c.id),
@@ -188,7 +201,12 @@ pub async fn start(events: Arc<dyn Publish>, c: &Container, exec_id: &str, agent
     events
         .publish(
             "/tasks/exec-started",
-            Box::new(TaskExecStarted { container_id: c.id.clone(), exec_id: exec_id.to_string(), pid, ..Default::default() }),
+            Box::new(TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: exec_id.to_string(),
+                pid,
+                ..Default::default()
+            }),
         )
         .await;
     Ok(pid)
@@ -216,7 +234,10 @@ async fn watch_exit(
         }
     };
     if tokio::time::timeout(IO_DRAIN_TIMEOUT, drain).await.is_err() {
-        tracing::warn!("exec {} of container {container_id}: output not drained within {IO_DRAIN_TIMEOUT:?}", e.exec_id);
+        tracing::warn!(
+            "exec {} of container {container_id}: output not drained within {IO_DRAIN_TIMEOUT:?}",
+            e.exec_id
+        );
     }
     let _gate = e.process.start_gate.lock().await;
     if let Some(exit) = e.process.mark_exited(status) {
@@ -241,7 +262,9 @@ async fn watch_exit(
 pub async fn kill(c: &Container, exec_id: &str, signal: u32, all: bool, agent: Result<Arc<Agent>>) -> Result<()> {
     let e = c.execs.get(&c.id, exec_id)?;
     match e.process.state().status {
-        Status::Created => Err(Error::FailedPrecondition(format!("exec {exec_id} of container {} was not started", c.id))),
+        Status::Created => {
+            Err(Error::FailedPrecondition(format!("exec {exec_id} of container {} was not started", c.id)))
+        }
         Status::Stopped => Err(Error::NotFound(format!("exec {exec_id} of container {} already finished", c.id))),
         Status::Running | Status::Paused => agent?.signal_process(&c.id, exec_id, signal, all).await,
     }
@@ -280,11 +303,20 @@ pub fn state(c: &Container, exec_id: &str, pid: u32) -> Result<api::StateRespons
 
 /// Delete of an exec: refused while it runs; forgets it here and in the guest; publishes
 /// /tasks/delete (as runc-shim does for execs too).
-pub async fn delete(events: &dyn Publish, c: &Container, exec_id: &str, agent: Result<Arc<Agent>>, pid: u32) -> Result<api::DeleteResponse> {
+pub async fn delete(
+    events: &dyn Publish,
+    c: &Container,
+    exec_id: &str,
+    agent: Result<Arc<Agent>>,
+    pid: u32,
+) -> Result<api::DeleteResponse> {
     let e = c.execs.get(&c.id, exec_id)?;
     let st = e.process.state();
     if st.status == Status::Running {
-        return Err(Error::FailedPrecondition(format!("exec {exec_id} of container {} is still running: kill it first", c.id)));
+        return Err(Error::FailedPrecondition(format!(
+            "exec {exec_id} of container {} is still running: kill it first",
+            c.id
+        )));
     }
     if st.status == Status::Stopped {
         match agent {
@@ -302,12 +334,7 @@ pub async fn delete(events: &dyn Publish, c: &Container, exec_id: &str, agent: R
         Some(x) => (x.status, MessageField::some(x.at)),
         None => (0, MessageField::none()),
     };
-    events
-        .publish(
-            "/tasks/delete",
-            crate::process::delete_event(&c.id, exec_id, pid, status, at.clone()),
-        )
-        .await;
+    events.publish("/tasks/delete", crate::process::delete_event(&c.id, exec_id, pid, status, at.clone())).await;
     tracing::info!("exec {exec_id} of container {} deleted (exit status {status})", c.id);
     Ok(api::DeleteResponse { pid, exit_status: status, exited_at: at, ..Default::default() })
 }
@@ -336,7 +363,13 @@ pub async fn close_io(c: &Container, exec_id: &str, agent: Result<Arc<Agent>>) -
 
 /// ResizePty for the init process (`exec_id` empty) or an exec. A process without a terminal
 /// (or an exec not started yet) ignores it, like runc-shim.
-pub async fn resize_pty(c: &Container, exec_id: &str, width: u32, height: u32, agent: Result<Arc<Agent>>) -> Result<()> {
+pub async fn resize_pty(
+    c: &Container,
+    exec_id: &str,
+    width: u32,
+    height: u32,
+    agent: Result<Arc<Agent>>,
+) -> Result<()> {
     let terminal = if exec_id.is_empty() {
         c.stdio.terminal
     } else {
@@ -411,6 +444,9 @@ mod tests {
         assert_eq!(wait(&c, "e3").await.expect("wait").exit_status, 137, "deleting the container frees exec waiters");
         c.mark_exited(0);
         req.exec_id = "e2".into();
-        assert!(matches!(add(&NoEvents, &c, req).await, Err(Error::FailedPrecondition(_))), "no exec into a stopped container");
+        assert!(
+            matches!(add(&NoEvents, &c, req).await, Err(Error::FailedPrecondition(_))),
+            "no exec into a stopped container"
+        );
     }
 }

@@ -33,4 +33,3 @@ mod vsock;
 
 /// The runtime type containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.bulwark.v2";
-

@@ -78,7 +78,10 @@ where
             match res {
                 Ok(container_id) => {
                     failures = 0;
-                    tracing::info!("sandbox {}: the guest reports an OOM kill in container {container_id:?}", id.unwrap_or_default());
+                    tracing::info!(
+                        "sandbox {}: the guest reports an OOM kill in container {container_id:?}",
+                        id.unwrap_or_default()
+                    );
                     on_oom(container_id).await;
                 }
                 Err(_) if gone => {
@@ -88,7 +91,10 @@ where
                 Err(e) => {
                     failures += 1;
                     if failures >= MAX_FAILURES {
-                        tracing::error!("OOM watcher of sandbox {}: {e}; giving up after {failures} failures", id.unwrap_or_default());
+                        tracing::error!(
+                            "OOM watcher of sandbox {}: {e}; giving up after {failures} failures",
+                            id.unwrap_or_default()
+                        );
                         return;
                     }
                     tracing::warn!("OOM watcher of sandbox {}: {e}; retrying", id.unwrap_or_default());

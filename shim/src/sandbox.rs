@@ -19,10 +19,10 @@ use tokio::sync::{watch, Mutex};
 use crate::agent_client::Agent;
 use crate::child::Child;
 use crate::config::Config;
-use crate::sizing::VmSize;
 use crate::error::{Error, Result};
 use crate::hypervisor::{self, Accel, Hypervisor, VmSpec};
 use crate::network::{self, HostNetwork, PodConfig};
+use crate::sizing::VmSize;
 use crate::{virtiofsd, vsock};
 
 /// Unix socket paths are limited to 107 bytes (sun_path minus NUL).
@@ -181,7 +181,8 @@ impl Sandbox {
         let vs_exit = vs.exit_watch();
         procs.vsock = Some(vs);
         self.write_pid_file(&procs);
-        wait_for_socket(&vsock::backend_socket(&self.dir), &vs_exit, "vhost-device-vsock", &self.dir.join("vsock.log")).await?;
+        wait_for_socket(&vsock::backend_socket(&self.dir), &vs_exit, "vhost-device-vsock", &self.dir.join("vsock.log"))
+            .await?;
 
         let listener = vsock::bind_log_listener(&self.dir)?;
 
@@ -249,7 +250,7 @@ impl Sandbox {
                     timeout.as_secs(),
                     self.dir.join("console.log").display(),
                     tail(&self.dir.join("console.log"))
-                )))
+                )));
             }
         };
         drop(listener);
@@ -392,7 +393,11 @@ async fn wait_for_socket(
             return Ok(());
         }
         if let Some(st) = *exit.borrow() {
-            return Err(Error::Boot(format!("{what} exited ({st}) at start. Its log {}: {}", log.display(), tail(log))));
+            return Err(Error::Boot(format!(
+                "{what} exited ({st}) at start. Its log {}: {}",
+                log.display(),
+                tail(log)
+            )));
         }
         if Instant::now() > deadline {
             return Err(Error::Timeout(format!("{what} did not create {} within 10s", path.display())));
@@ -410,7 +415,15 @@ pub fn tail(path: &Path) -> String {
     let start = data.len().saturating_sub(1536);
     let s: String = String::from_utf8_lossy(&data[start..])
         .chars()
-        .map(|c| if c == '\n' { '|' } else if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if c == '\n' {
+                '|'
+            } else if c.is_control() {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     if s.trim().is_empty() {
         "(empty)".into()
@@ -549,7 +562,9 @@ mod tests {
 
     #[test]
     fn pid_file_parsing() {
-        let v = parse_pid_file("qemu 123 /usr/bin/qemu-system-x86_64\nvirtiofsd 1 /x\ngarbage\nvsock x /y\nv 7 rel\nv 9 /a b/c\n");
+        let v = parse_pid_file(
+            "qemu 123 /usr/bin/qemu-system-x86_64\nvirtiofsd 1 /x\ngarbage\nvsock x /y\nv 7 rel\nv 9 /a b/c\n",
+        );
         assert_eq!(v.len(), 2);
         assert_eq!(v[0], ("qemu".into(), 123, PathBuf::from("/usr/bin/qemu-system-x86_64")));
         assert_eq!(v[1].2, PathBuf::from("/a b/c"));

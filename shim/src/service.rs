@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api::DeleteResponse, spawn, ExitSignal, Flags, Shim, StartOpts};
-use containerd_shim::protos::protobuf::MessageField;
 
 use crate::config::Config;
 use crate::container;

@@ -65,7 +65,14 @@ pub fn size_vm(vm: &Vm, annotations: &HashMap<String, String>) -> (VmSize, Strin
     let size = VmSize { vcpus: vcpus.0, memory_mib: memory.0 };
     let why = format!(
         "VM size: {} vCPU ({}; bounds {}..={}), {} MiB ({}; bounds {}..={})",
-        size.vcpus, vcpus.1, vm.min_vcpus, vm.max_vcpus, size.memory_mib, memory.1, vm.min_memory_mib, vm.max_memory_mib
+        size.vcpus,
+        vcpus.1,
+        vm.min_vcpus,
+        vm.max_vcpus,
+        size.memory_mib,
+        memory.1,
+        vm.min_memory_mib,
+        vm.max_memory_mib
     );
     (size, why)
 }
@@ -79,7 +86,15 @@ mod tests {
     }
 
     fn vm() -> Vm {
-        Vm { vcpus: 1, memory_mib: 512, min_vcpus: 1, max_vcpus: 4, min_memory_mib: 128, max_memory_mib: 4096, ..Vm::default() }
+        Vm {
+            vcpus: 1,
+            memory_mib: 512,
+            min_vcpus: 1,
+            max_vcpus: 4,
+            min_memory_mib: 128,
+            max_memory_mib: 4096,
+            ..Vm::default()
+        }
     }
 
     #[test]
@@ -91,9 +106,17 @@ mod tests {
 
     #[test]
     fn pod_limits_round_up_and_clamp() {
-        let a = ann(&[(CPU_QUOTA_ANNOTATION, "150000"), (CPU_PERIOD_ANNOTATION, "100000"), (MEMORY_ANNOTATION, "314572801")]);
+        let a = ann(&[
+            (CPU_QUOTA_ANNOTATION, "150000"),
+            (CPU_PERIOD_ANNOTATION, "100000"),
+            (MEMORY_ANNOTATION, "314572801"),
+        ]);
         assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 2, memory_mib: 301 });
-        let a = ann(&[(CPU_QUOTA_ANNOTATION, "9000000"), (CPU_PERIOD_ANNOTATION, "100000"), (MEMORY_ANNOTATION, "1048576")]);
+        let a = ann(&[
+            (CPU_QUOTA_ANNOTATION, "9000000"),
+            (CPU_PERIOD_ANNOTATION, "100000"),
+            (MEMORY_ANNOTATION, "1048576"),
+        ]);
         assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 4, memory_mib: 128 });
     }
 
@@ -109,7 +132,11 @@ mod tests {
             let a = ann(&[(CPU_QUOTA_ANNOTATION, q), (CPU_PERIOD_ANNOTATION, p), (MEMORY_ANNOTATION, m)]);
             assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 1, memory_mib: 512 }, "{q} {p} {m}");
         }
-        let a = ann(&[(CPU_QUOTA_ANNOTATION, "9223372036854775807"), (CPU_PERIOD_ANNOTATION, "1"), (MEMORY_ANNOTATION, "9223372036854775807")]);
+        let a = ann(&[
+            (CPU_QUOTA_ANNOTATION, "9223372036854775807"),
+            (CPU_PERIOD_ANNOTATION, "1"),
+            (MEMORY_ANNOTATION, "9223372036854775807"),
+        ]);
         assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 4, memory_mib: 4096 });
     }
 }

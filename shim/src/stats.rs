@@ -251,7 +251,10 @@ mod tests {
         assert_eq!(m.pids.current, 2);
         assert_eq!(m.pids.limit, u64::MAX);
         assert_eq!(m.io.usage.len(), 2);
-        assert_eq!((m.io.usage[1].major, m.io.usage[1].minor, m.io.usage[1].wbytes, m.io.usage[1].wios), (8, 16, 8192, 2));
+        assert_eq!(
+            (m.io.usage[1].major, m.io.usage[1].minor, m.io.usage[1].wbytes, m.io.usage[1].wios),
+            (8, 16, 8192, 2)
+        );
     }
 
     #[test]
@@ -267,7 +270,10 @@ mod tests {
     fn garbage_is_ignored_without_panics() {
         let junk: Vec<u8> = (0..=255u8).cycle().take(3 * MAX_FILE).collect();
         let mut f = files(&[
-            ("cpu.stat", "usage_usec\nusage_usec -5\nusage_usec 1 2\nuser_usec 99999999999999999999999\nsystem_usec 4\n"),
+            (
+                "cpu.stat",
+                "usage_usec\nusage_usec -5\nusage_usec 1 2\nuser_usec 99999999999999999999999\nsystem_usec 4\n",
+            ),
             ("memory.current", "lots\n"),
             ("memory.max", ""),
             ("memory.events", "oom_kill=3\n\n\n"),

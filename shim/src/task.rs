@@ -135,7 +135,8 @@ impl Inner {
         }
 
         // The VM is sized once, by the container that boots it.
-        let boot = new_sandbox.then(|| sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default())));
+        let boot =
+            new_sandbox.then(|| sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default())));
         let mounts = {
             let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.share.clone(), req.rootfs.clone());
             match tokio::task::spawn_blocking(move || container::mount_rootfs(&id, &b, &spec, &rootfs, &share)).await {
@@ -185,7 +186,13 @@ impl Inner {
                 Ok(fifo) => {
                     let fifo = Arc::new(fifo);
                     *lock(&c.stdin_fifo) = Some(fifo.clone());
-                    let h = crate::io::spawn_stdin(agent.clone(), req.id.clone(), String::new(), fifo, c.stdin_close.clone());
+                    let h = crate::io::spawn_stdin(
+                        agent.clone(),
+                        req.id.clone(),
+                        String::new(),
+                        fifo,
+                        c.stdin_close.clone(),
+                    );
                     handles.push(h.abort_handle());
                 }
                 Err(e) => tracing::warn!("container {}: {e}; stdin not connected", req.id),
@@ -197,7 +204,11 @@ impl Inner {
         lock(&self.containers).insert(req.id.clone(), c.clone());
 
         let pid = sandbox.pid();
-        tracing::info!("container {} created in sandbox {} (QEMU pid {pid}, guest pid {guest_pid})", req.id, sandbox.id);
+        tracing::info!(
+            "container {} created in sandbox {} (QEMU pid {pid}, guest pid {guest_pid})",
+            req.id,
+            sandbox.id
+        );
         self.publish(
             "/tasks/create",
             Box::new(TaskCreate {
@@ -234,9 +245,8 @@ impl Inner {
             let accel = crate::hypervisor::accel::resolve(cfg).await;
             sandbox.boot(accel, size, Duration::from_secs(cfg.vm.boot_timeout_secs)).await?;
         }
-        let agent = sandbox
-            .agent()
-            .ok_or_else(|| Error::FailedPrecondition(format!("sandbox {} has no agent", sandbox.id)))?;
+        let agent =
+            sandbox.agent().ok_or_else(|| Error::FailedPrecondition(format!("sandbox {} has no agent", sandbox.id)))?;
         let stdout = crate::io::open_output(&req.stdout).await?;
         let stderr = crate::io::open_output(&req.stderr).await?;
         let guest_pid = agent
@@ -332,11 +342,7 @@ impl Inner {
             Some(e) => (e.status, MessageField::some(e.at)),
             None => (137, MessageField::some(crate::process::now())),
         };
-        self.publish(
-            "/tasks/delete",
-            crate::process::delete_event(&req.id, &req.id, pid, status, at.clone()),
-        )
-        .await;
+        self.publish("/tasks/delete", crate::process::delete_event(&req.id, &req.id, pid, status, at.clone())).await;
         tracing::info!("container {} deleted (exit status {status})", req.id);
         Ok(api::DeleteResponse { pid, exit_status: status, exited_at: at, ..Default::default() })
     }
@@ -530,4 +536,3 @@ impl Task for TaskService {
         Ok(self.inner.stats(req).await?)
     }
 }
-

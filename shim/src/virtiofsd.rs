@@ -30,8 +30,7 @@ pub fn spawn(cfg: &Config, dir: &Path, share: &Path) -> Result<Child> {
         return Err(Error::Missing {
             what: "virtiofsd binary",
             path: exe.clone(),
-            hint: "install it (cargo install virtiofsd) or set paths.virtiofsd in the bulwark config"
-                .into(),
+            hint: "install it (cargo install virtiofsd) or set paths.virtiofsd in the bulwark config".into(),
         });
     }
     Child::spawn("virtiofsd", exe, &args(dir, share), &dir.join("virtiofsd.log"))

@@ -92,12 +92,8 @@ pub fn share(id: &str, spec: &Spec, share_dir: &Path) -> Result<Vec<SharedMount>
         }
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let target = dir.join(index.to_string());
-        if md.is_dir() {
-            std::fs::create_dir(&target)
-        } else {
-            std::fs::File::create(&target).map(drop)
-        }
-        .map_err(|e| Error::io(format!("creating mount point {}", target.display()), e))?;
+        if md.is_dir() { std::fs::create_dir(&target) } else { std::fs::File::create(&target).map(drop) }
+            .map_err(|e| Error::io(format!("creating mount point {}", target.display()), e))?;
         let rec = if has_option(m, "rbind") { MsFlags::MS_REC } else { MsFlags::empty() };
         mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
             .map_err(|e| Error::Mount(format!("binding {} to {}: {e}", source.display(), target.display())))?;

@@ -86,13 +86,11 @@ async fn read_line_bounded<R: AsyncReadExt + Unpin>(r: &mut R, max: usize) -> Op
 /// version and the connection (which then carries log lines).
 pub async fn accept_ready(listener: &UnixListener, timeout: Duration) -> Result<(u32, UnixStream)> {
     let fut = async {
-        let (mut stream, _) = listener
-            .accept()
+        let (mut stream, _) =
+            listener.accept().await.map_err(|e| Error::io("accepting the agent's log connection", e))?;
+        let line = read_line_bounded(&mut stream, MAX_HANDSHAKE_LINE)
             .await
-            .map_err(|e| Error::io("accepting the agent's log connection", e))?;
-        let line = read_line_bounded(&mut stream, MAX_HANDSHAKE_LINE).await.ok_or_else(|| {
-            Error::Agent("the agent's log connection closed or sent an overlong first line".into())
-        })?;
+            .ok_or_else(|| Error::Agent("the agent's log connection closed or sent an overlong first line".into()))?;
         let text = String::from_utf8_lossy(&line);
         let version = parse_ready_line(&text).ok_or_else(|| {
             Error::Agent(format!("expected READY <version> from the agent, got {:?}", text.trim_end()))
@@ -118,15 +116,14 @@ pub fn parse_ok_line(line: &[u8]) -> Option<u32> {
 pub async fn connect(dir: &Path, port: u32, timeout: Duration) -> Result<UnixStream> {
     let path = uds_path(dir);
     let fut = async {
-        let mut s = UnixStream::connect(&path)
-            .await
-            .map_err(|e| Error::io(format!("connecting to {}", path.display()), e))?;
+        let mut s =
+            UnixStream::connect(&path).await.map_err(|e| Error::io(format!("connecting to {}", path.display()), e))?;
         s.write_all(format!("CONNECT {port}\n").as_bytes())
             .await
             .map_err(|e| Error::io(format!("writing CONNECT to {}", path.display()), e))?;
-        let line = read_line_bounded(&mut s, MAX_HANDSHAKE_LINE).await.ok_or_else(|| {
-            Error::Agent(format!("vsock port {port}: connection refused or closed during CONNECT"))
-        })?;
+        let line = read_line_bounded(&mut s, MAX_HANDSHAKE_LINE)
+            .await
+            .ok_or_else(|| Error::Agent(format!("vsock port {port}: connection refused or closed during CONNECT")))?;
         parse_ok_line(&line).ok_or_else(|| {
             Error::Agent(format!(
                 "vsock port {port}: expected OK <n>, got {:?}",
@@ -179,10 +176,7 @@ impl LineSplitter {
 }
 
 fn clean(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .chars()
-        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
-        .collect()
+    String::from_utf8_lossy(bytes).chars().map(|c| if c.is_control() && c != '\t' { '?' } else { c }).collect()
 }
 
 /// Forwards the agent's log lines into the shim log (target "bulwark_agent") until EOF.
@@ -217,7 +211,17 @@ mod tests {
     fn ok_lines() {
         assert_eq!(parse_ok_line(b"OK 1024\n"), Some(1024));
         assert_eq!(parse_ok_line(b"OK 1\n"), Some(1));
-        for bad in [&b""[..], b"OK\n", b"OK 1024", b"OK -1\n", b"OK 1x\n", b"NO 1\n", b"OK 99999999999\n", b"\xff\xfe\n", b"OK  1\n"] {
+        for bad in [
+            &b""[..],
+            b"OK\n",
+            b"OK 1024",
+            b"OK -1\n",
+            b"OK 1x\n",
+            b"NO 1\n",
+            b"OK 99999999999\n",
+            b"\xff\xfe\n",
+            b"OK  1\n",
+        ] {
             assert_eq!(parse_ok_line(bad), None, "{bad:?}");
         }
     }

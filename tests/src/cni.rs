@@ -147,10 +147,8 @@ impl Network {
     /// Deletes the bridge if it exists; error if it is still there afterwards.
     pub fn delete_bridge(&self) -> Result<(), String> {
         if self.bridge_exists() {
-            let out = process::run(
-                Command::new("ip").args(["link", "del", "dev", &self.bridge]),
-                Duration::from_secs(10),
-            )?;
+            let out =
+                process::run(Command::new("ip").args(["link", "del", "dev", &self.bridge]), Duration::from_secs(10))?;
             if !out.status.success() {
                 return Err(format!("ip link del {}: {}", self.bridge, out.stderr));
             }

@@ -110,8 +110,8 @@ impl Containerd {
                 d = dir.display()
             ),
         )?;
-        let log = std::fs::File::create(dir.join("containerd.log"))
-            .map_err(|e| format!("creating containerd.log: {e}"))?;
+        let log =
+            std::fs::File::create(dir.join("containerd.log")).map_err(|e| format!("creating containerd.log: {e}"))?;
         let path = shim_search_path(&artifacts, None);
         let child = Command::new("containerd")
             .arg("--config")
@@ -123,15 +123,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting containerd: {e} (apt-get install containerd)"))?;
-        let mut c = Containerd {
-            dir,
-            socket,
-            shim,
-            artifacts,
-            child,
-            events: Arc::default(),
-            events_child: None,
-        };
+        let mut c = Containerd { dir, socket, shim, artifacts, child, events: Arc::default(), events_child: None };
         let up = process::poll(Duration::from_secs(30), || {
             c.socket.exists().then(|| c.ctr(&["version"]).ok().filter(|o| o.status.success()))?
         });
@@ -155,10 +147,7 @@ impl Containerd {
 
     /// Runs `ctr` against this containerd, in the test namespace.
     pub fn ctr(&self, args: &[&str]) -> Result<Output, String> {
-        process::run(
-            Command::new("ctr").arg("-a").arg(&self.socket).arg("-n").arg(NAMESPACE).args(args),
-            CTR_LIMIT,
-        )
+        process::run(Command::new("ctr").arg("-a").arg(&self.socket).arg("-n").arg(NAMESPACE).args(args), CTR_LIMIT)
     }
 
     /// `ctr run --rm --runtime io.containerd.bulwark.v2 <image> <id> <args...>`.
@@ -311,10 +300,8 @@ pub fn shim_search_path(artifacts: &Artifacts, first: Option<&Path>) -> String {
 /// state directories. Empty when all is clean.
 pub fn shim_leftovers(dir: &Path, runtime_dir: &Path) -> Vec<String> {
     let needle = dir.to_string_lossy().to_string();
-    let mut found: Vec<String> = leftovers::vm_processes(&needle)
-        .into_iter()
-        .map(|p| format!("process {}: {}", p.pid, p.cmdline))
-        .collect();
+    let mut found: Vec<String> =
+        leftovers::vm_processes(&needle).into_iter().map(|p| format!("process {}: {}", p.pid, p.cmdline)).collect();
     found.extend(leftovers::mounts_under(runtime_dir).into_iter().map(|m| format!("mount {m}")));
     // The shim keeps sandbox state in <runtime_dir>/<namespace>/<sandbox>; only the
     // per-host acceleration probe cache (accel-probe*) may stay at the top.
@@ -324,9 +311,7 @@ pub fn shim_leftovers(dir: &Path, runtime_dir: &Path) -> Vec<String> {
             continue;
         }
         if path.is_dir() && !entry.starts_with("h-") {
-            found.extend(
-                leftovers::entries(&path).into_iter().map(|s| format!("sandbox state dir {entry}/{s}")),
-            );
+            found.extend(leftovers::entries(&path).into_iter().map(|s| format!("sandbox state dir {entry}/{s}")));
         } else {
             found.push(format!("runtime dir entry {entry}"));
         }

@@ -42,12 +42,14 @@ impl ContainerdVersion {
             ContainerdVersion::V1 => process::which("containerd")
                 .and_then(|p| p.parent().map(Path::to_path_buf))
                 .ok_or("containerd not found on PATH: apt-get install containerd")?,
-            ContainerdVersion::V2 => std::env::var_os("BULWARK_CONTAINERD2_BIN").map(PathBuf::from).unwrap_or_else(|| {
-                let cache = std::env::var_os("BULWARK_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-                    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/bulwark")
-                });
-                cache.join("containerd2/usr/bin")
-            }),
+            ContainerdVersion::V2 => {
+                std::env::var_os("BULWARK_CONTAINERD2_BIN").map(PathBuf::from).unwrap_or_else(|| {
+                    let cache = std::env::var_os("BULWARK_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+                        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/bulwark")
+                    });
+                    cache.join("containerd2/usr/bin")
+                })
+            }
         };
         for b in ["containerd", "ctr", "containerd-shim-runc-v2"] {
             if !dir.join(b).is_file() {
@@ -176,7 +178,10 @@ impl CriContainerd {
     }
 
     /// Like `start`, with the Bulwark shim configuration altered by `adjust` first.
-    pub fn start_with(version: ContainerdVersion, adjust: impl FnOnce(&mut ShimConfig)) -> Result<CriContainerd, String> {
+    pub fn start_with(
+        version: ContainerdVersion,
+        adjust: impl FnOnce(&mut ShimConfig),
+    ) -> Result<CriContainerd, String> {
         let artifacts = Artifacts::locate()?;
         if !artifacts.pause_image.exists() {
             return Err(format!(
@@ -202,7 +207,9 @@ impl CriContainerd {
         let net = Network::claim()?;
         // The subnet (and its network name) is ours now: cached CNI results under that name
         // are what an earlier, crashed run of a test left.
-        for stale in leftovers::entries(Path::new(CNI_RESULTS)).into_iter().filter(|e| e.starts_with(&format!("{}-", net.name))) {
+        for stale in
+            leftovers::entries(Path::new(CNI_RESULTS)).into_iter().filter(|e| e.starts_with(&format!("{}-", net.name)))
+        {
             let _ = std::fs::remove_file(Path::new(CNI_RESULTS).join(stale));
         }
         let cni_conf_dir = dir.join("cni");
@@ -224,8 +231,8 @@ impl CriContainerd {
                 ContainerdVersion::V2 => config_v3(&settings),
             },
         )?;
-        let log = std::fs::File::create(dir.join("containerd.log"))
-            .map_err(|e| format!("creating containerd.log: {e}"))?;
+        let log =
+            std::fs::File::create(dir.join("containerd.log")).map_err(|e| format!("creating containerd.log: {e}"))?;
         let child = Command::new(bin_dir.join("containerd"))
             .arg("--config")
             .arg(&config)
@@ -299,11 +306,15 @@ impl CriContainerd {
         let containerd = self.child.id() as i32;
         let mut found: Vec<String> = leftovers::processes_mentioning(&needle)
             .into_iter()
-            .filter(|p| p.pid != containerd && !p.cmdline.starts_with(&self.bin_dir.join("ctr").to_string_lossy().to_string()))
+            .filter(|p| {
+                p.pid != containerd && !p.cmdline.starts_with(&self.bin_dir.join("ctr").to_string_lossy().to_string())
+            })
             .map(|p| format!("process {}: {}", p.pid, p.cmdline))
             .collect();
         // The VM-side processes are in `found` already; the shim's state dirs and mounts are not.
-        found.extend(shim_leftovers(&self.dir, &self.shim.runtime_dir).into_iter().filter(|l| !l.starts_with("process ")));
+        found.extend(
+            shim_leftovers(&self.dir, &self.shim.runtime_dir).into_iter().filter(|l| !l.starts_with("process ")),
+        );
         found.extend(
             leftovers::mounts_under(&self.dir)
                 .into_iter()
@@ -521,8 +532,13 @@ impl Checks {
         let start = Instant::now();
         let r = f();
         let ok = r.is_ok();
-        eprintln!("[cri check {}] {} {name} ({:.1} s){}", self.label, if ok { "PASS" } else { "FAIL" }, start.elapsed().as_secs_f64(),
-            r.as_ref().err().map(|e| format!(": {e}")).unwrap_or_default());
+        eprintln!(
+            "[cri check {}] {} {name} ({:.1} s){}",
+            self.label,
+            if ok { "PASS" } else { "FAIL" },
+            start.elapsed().as_secs_f64(),
+            r.as_ref().err().map(|e| format!(": {e}")).unwrap_or_default()
+        );
         self.results.push((name.to_string(), r, start.elapsed()));
         ok
     }
@@ -542,11 +558,20 @@ impl Checks {
                 Err(e) => report.push_str(&format!("  FAIL {name} ({:.1} s): {e}\n", t.as_secs_f64())),
             }
         }
-        eprintln!("CRI check results for {} (passed {}, failed {failed}):\n{report}", self.label, self.results.len() - failed);
+        eprintln!(
+            "CRI check results for {} (passed {}, failed {failed}):\n{report}",
+            self.label,
+            self.results.len() - failed
+        );
         if failed == 0 {
             Ok(())
         } else {
-            Err(format!("{}: {failed} of {} CRI checks failed:\n{report}\n{}", self.label, self.results.len(), diagnostics()))
+            Err(format!(
+                "{}: {failed} of {} CRI checks failed:\n{report}\n{}",
+                self.label,
+                self.results.len(),
+                diagnostics()
+            ))
         }
     }
 }

@@ -79,9 +79,7 @@ impl CriClient {
                 Duration::from_secs(20),
                 endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-                    }
+                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
                 })),
             )
             .await
@@ -96,7 +94,12 @@ impl CriClient {
     }
 
     /// Runs `fut` on this client's runtime, failing after `limit`.
-    pub fn block_on<T>(&self, what: &str, limit: Duration, fut: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    pub fn block_on<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
         self.rt.block_on(async {
             tokio::time::timeout(limit, fut).await.map_err(|_| format!("{what}: no answer within {limit:?}"))?
         })
@@ -123,9 +126,10 @@ impl CriClient {
 
     /// CRI Version: the runtime's name and version.
     pub fn version(&self) -> Result<(String, String), String> {
-        let r = self.call("Version", FAST_CALL, cri::VersionRequest { version: "v1".into() }, |mut c, r| async move {
-            c.version(r).await
-        })?;
+        let r =
+            self.call("Version", FAST_CALL, cri::VersionRequest { version: "v1".into() }, |mut c, r| async move {
+                c.version(r).await
+            })?;
         Ok((r.runtime_name, r.runtime_version))
     }
 
@@ -194,7 +198,8 @@ impl CriClient {
     /// PodSandboxStatus (verbose: `info` holds containerd's JSON, e.g. the netns path).
     pub fn pod_status(&self, pod: &str) -> Result<(PodSandboxStatus, HashMap<String, String>), String> {
         let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true };
-        let r = self.call("PodSandboxStatus", FAST_CALL, req, |mut c, r| async move { c.pod_sandbox_status(r).await })?;
+        let r =
+            self.call("PodSandboxStatus", FAST_CALL, req, |mut c, r| async move { c.pod_sandbox_status(r).await })?;
         Ok((r.status.ok_or("PodSandboxStatus without a status")?, r.info))
     }
 
@@ -250,7 +255,12 @@ impl CriClient {
     }
 
     /// CreateContainer in `pod`; the log goes to `<pod log dir>/<name>.log`.
-    pub fn create_container(&self, pod: &str, pod_config: &cri::PodSandboxConfig, spec: &ContainerSpec) -> Result<String, String> {
+    pub fn create_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        spec: &ContainerSpec,
+    ) -> Result<String, String> {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: spec.image.clone(), ..Default::default() }),
@@ -270,10 +280,9 @@ impl CriClient {
                 })
                 .collect(),
             linux: Some(cri::LinuxContainerConfig {
-                resources: spec.memory_limit.map(|m| cri::LinuxContainerResources {
-                    memory_limit_in_bytes: m,
-                    ..Default::default()
-                }),
+                resources: spec
+                    .memory_limit
+                    .map(|m| cri::LinuxContainerResources { memory_limit_in_bytes: m, ..Default::default() }),
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
@@ -397,7 +406,8 @@ pub fn read_cri_log(path: &Path) -> Vec<(String, String)> {
     let mut partial: HashMap<String, String> = HashMap::new();
     for l in text.lines() {
         let mut parts = l.splitn(4, ' ');
-        let (Some(_time), Some(stream), Some(tag), msg) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(_time), Some(stream), Some(tag), msg) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         let buf = partial.entry(stream.to_string()).or_default();
@@ -446,4 +456,3 @@ mod tests {
         );
     }
 }
-

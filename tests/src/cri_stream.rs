@@ -66,13 +66,15 @@ impl Session {
             .strip_prefix("http://")
             .map(|rest| format!("ws://{rest}"))
             .ok_or_else(|| format!("streaming URL {url:?} is not http:// (TLS streaming is not used by the tests)"))?;
-        let mut request = ws_url.as_str().into_client_request().map_err(|e| format!("websocket request for {ws_url}: {e}"))?;
+        let mut request =
+            ws_url.as_str().into_client_request().map_err(|e| format!("websocket request for {ws_url}: {e}"))?;
         request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
         let ws = rt.block_on(async {
-            let (ws, response) = tokio::time::timeout(Duration::from_secs(30), tokio_tungstenite::connect_async(request))
-                .await
-                .map_err(|_| format!("websocket handshake with {ws_url} timed out"))?
-                .map_err(|e| format!("websocket handshake with {ws_url}: {e}"))?;
+            let (ws, response) =
+                tokio::time::timeout(Duration::from_secs(30), tokio_tungstenite::connect_async(request))
+                    .await
+                    .map_err(|_| format!("websocket handshake with {ws_url} timed out"))?
+                    .map_err(|e| format!("websocket handshake with {ws_url}: {e}"))?;
             let proto = response.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
             if proto != PROTOCOL {
                 return Err(format!("streaming server chose subprotocol {proto:?}, expected {PROTOCOL}"));
@@ -107,7 +109,12 @@ impl Session {
 
     /// Reads until `done` holds for what was received, the stream ends, or `limit` passes
     /// (an error naming `what` and showing what came so far).
-    pub fn read_until(&mut self, what: &str, limit: Duration, done: impl Fn(&Received) -> bool) -> Result<&Received, String> {
+    pub fn read_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Received) -> bool,
+    ) -> Result<&Received, String> {
         let start = Instant::now();
         while !done(&self.received) {
             if self.received.closed {

@@ -48,10 +48,7 @@ pub struct Artifacts {
 
 /// The repository root (this crate lives in `<root>/tests`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn env_path(var: &str, default: PathBuf) -> PathBuf {
@@ -74,8 +71,7 @@ impl Artifacts {
         let build = env_path("BULWARK_BUILD", root.join("build"));
         let cache = env_path(
             "BULWARK_CACHE",
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/bulwark"),
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/bulwark"),
         );
         let tools = cache.join("tools/bin");
         let a = Artifacts {

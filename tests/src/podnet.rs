@@ -17,8 +17,8 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `ip`/`tc` (or another iproute2 tool) and fails with its stderr.
 pub fn iproute(tool: &str, args: &[&str]) -> Result<Output, String> {
-    let out = process::run(Command::new(tool).args(args), LIMIT)
-        .map_err(|e| format!("{e} (apt-get install iproute2)"))?;
+    let out =
+        process::run(Command::new(tool).args(args), LIMIT).map_err(|e| format!("{e} (apt-get install iproute2)"))?;
     if !out.status.success() {
         return Err(format!("{tool} {}: {}", args.join(" "), out.stderr.trim()));
     }
@@ -133,7 +133,10 @@ impl PodNet {
         iproute("ip", &["addr", "add", &gw, "dev", &p.bridge])?;
         iproute("ip", &["-6", "addr", "add", &gw6, "dev", &p.bridge, "nodad"])?;
         iproute("ip", &["link", "set", &p.bridge, "up"])?;
-        iproute("ip", &["link", "add", &p.host_veth, "mtu", &mtu_s, "type", "veth", "peer", "name", &pod_veth, "mtu", &mtu_s])?;
+        iproute(
+            "ip",
+            &["link", "add", &p.host_veth, "mtu", &mtu_s, "type", "veth", "peer", "name", &pod_veth, "mtu", &mtu_s],
+        )?;
         iproute("ip", &["link", "set", &p.host_veth, "master", &p.bridge, "up"])?;
         iproute("ip", &["link", "set", &pod_veth, "netns", &ns])?;
         iproute("ip", &["-n", &ns, "link", "set", &pod_veth, "name", "eth0"])?;
@@ -255,7 +258,7 @@ mod tests {
         let n = |a: [u8; 4], l| (u32::from(Ipv4Addr::from(a)), l);
         assert!(overlaps(n([10, 200, 1, 0], 24), n([10, 200, 1, 7], 32)));
         assert!(overlaps(n([10, 0, 0, 0], 8), n([10, 200, 1, 0], 24)));
-        assert!(overlaps(n([0, 0, 0, 0], 0), n([10, 200, 1, 0], 24)) );
+        assert!(overlaps(n([0, 0, 0, 0], 0), n([10, 200, 1, 0], 24)));
         assert!(!overlaps(n([10, 200, 2, 0], 24), n([10, 200, 1, 0], 24)));
         assert!(!overlaps(n([192, 0, 2, 0], 24), n([10, 200, 1, 0], 24)));
     }

@@ -39,11 +39,7 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let out = reader(&mut child, true);
     let err = reader(&mut child, false);
     let status = wait_bounded(&mut child, limit).map_err(|e| format!("{desc}: {e}"))?;
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
+    Ok(Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
 }
 
 fn reader(child: &mut Child, stdout: bool) -> std::thread::JoinHandle<String> {

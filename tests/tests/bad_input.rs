@@ -60,15 +60,7 @@ fn broken_config_json_is_named_and_leaves_nothing() -> Result<(), String> {
     spec["root"] = serde_json::json!({ "path": rootfs.to_string_lossy() });
     let file = c.dir.join("broken-spec.json");
     std::fs::write(&file, spec.to_string()).map_err(|e| e.to_string())?;
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--config",
-        &file.to_string_lossy(),
-        "broken",
-    ])?;
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &file.to_string_lossy(), "broken"])?;
     assert!(!out.status.success(), "ctr run should have failed: {out:?}");
     assert!(out.stderr.contains("config.json"), "the error should name config.json: {}", out.stderr);
     c.assert_clean()?;

@@ -15,10 +15,8 @@ use bulwark_e2e::process::wait_bounded;
 fn kill_mid_run(c: &Containerd, id: &str, program: &str) -> Result<ExitStatus, String> {
     let mut run = c.spawn_run(id, &["sleep", "600"])?;
     c.wait_running(id)?;
-    let victims: Vec<_> = vm_processes(&c.dir.to_string_lossy())
-        .into_iter()
-        .filter(|p| p.cmdline.contains(program))
-        .collect();
+    let victims: Vec<_> =
+        vm_processes(&c.dir.to_string_lossy()).into_iter().filter(|p| p.cmdline.contains(program)).collect();
     assert_eq!(victims.len(), 1, "expected one {program} for the sandbox: {victims:?}");
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is a process this test's
     // containerd started.
@@ -53,10 +51,8 @@ fn a_frozen_vm_does_not_keep_its_sandbox_from_being_killed() -> Result<(), Strin
     let c = Containerd::start(|_| {})?;
     let mut run = c.spawn_run("frozen", &["sleep", "600"])?;
     c.wait_running("frozen")?;
-    let qemu: Vec<_> = vm_processes(&c.dir.to_string_lossy())
-        .into_iter()
-        .filter(|p| p.cmdline.contains("qemu-system"))
-        .collect();
+    let qemu: Vec<_> =
+        vm_processes(&c.dir.to_string_lossy()).into_iter().filter(|p| p.cmdline.contains("qemu-system")).collect();
     assert_eq!(qemu.len(), 1, "expected one QEMU for the sandbox: {qemu:?}");
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is this test's QEMU.
     assert_eq!(unsafe { libc::kill(qemu[0].pid, libc::SIGSTOP) }, 0);

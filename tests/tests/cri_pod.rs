@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use bulwark_e2e::cri::{http_get, Checks, ContainerdVersion, CriContainerd, TestServer, HANDLER_BULWARK, HANDLER_RUNC};
 use bulwark_e2e::cri_client::{read_cri_log, ContainerSpec, CriClient};
-use k8s_cri::v1::PodSandboxConfig;
 use bulwark_e2e::cri_stream::Session;
 use bulwark_e2e::kubelet::write_configmap;
 use bulwark_e2e::process::poll;
 use bulwark_e2e::TEST_IMAGE;
+use k8s_cri::v1::PodSandboxConfig;
 
 const HOSTNAME: &str = "bwk-pod";
 const MIB: i64 = 1024 * 1024;
@@ -28,11 +28,11 @@ fn host_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
 }
 
-
 /// Waits until the container's CRI log has the line `marker`.
 fn wait_log_line(log: &Path, marker: &str, limit: Duration) -> Result<(), String> {
-    poll(limit, || read_cri_log(log).iter().any(|(_, l)| l == marker).then_some(()))
-        .ok_or_else(|| format!("{} never got the line {marker:?} within {limit:?}; it has {:?}", log.display(), read_cri_log(log)))
+    poll(limit, || read_cri_log(log).iter().any(|(_, l)| l == marker).then_some(())).ok_or_else(|| {
+        format!("{} never got the line {marker:?} within {limit:?}; it has {:?}", log.display(), read_cri_log(log))
+    })
 }
 
 fn expect_contains(what: &str, got: &str, want: &str) -> Result<(), String> {
@@ -59,7 +59,14 @@ fn probe_script(host: &str, port: u16, want: &str) -> String {
 }
 
 /// Runs `sh -c script` as a container `name` in `pod` to its end (bounded); returns its log.
-fn run_probe(cl: &CriClient, pod: &str, pod_config: &PodSandboxConfig, log_dir: &Path, name: &str, script: &str) -> Result<String, String> {
+fn run_probe(
+    cl: &CriClient,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    log_dir: &Path,
+    name: &str,
+    script: &str,
+) -> Result<String, String> {
     let id = cl.create_container(pod, pod_config, &ContainerSpec::new(name, TEST_IMAGE, &["sh", "-c", script]))?;
     cl.start_container(&id)?;
     let st = cl.wait_exited(&id, Duration::from_secs(120))?;
@@ -126,7 +133,11 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
         let started = checks.run(&format!("create and start container {}", spec.name), || {
             id = cl.create_container(&pod, &pod_config, spec)?;
             cl.start_container(&id)?;
-            wait_log_line(&log_dir.join(format!("{}.log", spec.name)), &format!("{}-ready", spec.name), Duration::from_secs(120))
+            wait_log_line(
+                &log_dir.join(format!("{}.log", spec.name)),
+                &format!("{}-ready", spec.name),
+                Duration::from_secs(120),
+            )
         });
         if started {
             ids.insert(spec.name.clone(), id);
@@ -140,17 +151,27 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
     // their CRI logs, so they do not depend on exec working.
     if server_id.is_some() {
         checks.run("second container reaches the first over 127.0.0.1", || {
-            let log = run_probe(cl, &pod, &pod_config, &log_dir, "loprobe", &probe_script("127.0.0.1", 8080, "hello-from-server"))?;
+            let log = run_probe(
+                cl,
+                &pod,
+                &pod_config,
+                &log_dir,
+                "loprobe",
+                &probe_script("127.0.0.1", 8080, "hello-from-server"),
+            )?;
             expect_contains("the probe's log", &log, "PROBE-OK")
         });
     } else {
         checks.not_run("second container reaches the first over 127.0.0.1", "the server did not start");
     }
     checks.run("containers see the pod's hostname", || {
-        let log = run_probe(cl, &pod, &pod_config, &log_dir, "hostprobe", "echo HOST=$(hostname); echo KERNEL=$(uname -r)")?;
+        let log =
+            run_probe(cl, &pod, &pod_config, &log_dir, "hostprobe", "echo HOST=$(hostname); echo KERNEL=$(uname -r)")?;
         expect_contains("hostname in the probe", &log, &format!("HOST={HOSTNAME}\n"))?;
         match &server_id {
-            Some(_) => wait_log_line(&log_dir.join("server.log"), &format!("server-host={HOSTNAME}"), Duration::from_secs(5)),
+            Some(_) => {
+                wait_log_line(&log_dir.join("server.log"), &format!("server-host={HOSTNAME}"), Duration::from_secs(5))
+            }
             None => Ok(()),
         }
     });
@@ -200,8 +221,15 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
             if let Ok(ns) = cl.pod_netns(&peer) {
                 netns.push(ns);
             }
-            let result = run_probe(cl, &peer, &peer_config, &peer_log_dir, "peerprobe", &probe_script(ip, 8080, "hello-from-server"))
-                .and_then(|log| expect_contains("the peer probe's log", &log, "PROBE-OK"));
+            let result = run_probe(
+                cl,
+                &peer,
+                &peer_config,
+                &peer_log_dir,
+                "peerprobe",
+                &probe_script(ip, 8080, "hello-from-server"),
+            )
+            .and_then(|log| expect_contains("the peer probe's log", &log, "PROBE-OK"));
             let stop = cl.stop_pod(&peer).and_then(|_| cl.remove_pod(&peer));
             result.and(stop)
         });
@@ -258,7 +286,11 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
                     }
                 };
                 let mem = st.memory.as_ref().map(|m| {
-                    m.working_set_bytes.as_ref().map(|v| v.value).unwrap_or(0).max(m.usage_bytes.as_ref().map(|v| v.value).unwrap_or(0))
+                    m.working_set_bytes
+                        .as_ref()
+                        .map(|v| v.value)
+                        .unwrap_or(0)
+                        .max(m.usage_bytes.as_ref().map(|v| v.value).unwrap_or(0))
                 });
                 let cpu = st.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map(|v| v.value);
                 last = format!("memory {mem:?} cpu {cpu:?}");
@@ -304,7 +336,8 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
     checks.run("a container allocating past its memory limit ends OOMKilled", || {
         // The second's pause lets containerd arm its OOM watch before the kill: with runc on
         // this cgroup v1 host, containerd 2.x misses an OOM that comes right at start.
-        let mut hog = ContainerSpec::new("hog", TEST_IMAGE, &["sh", "-c", "echo hog-ready; sleep 1; exec tail /dev/zero"]);
+        let mut hog =
+            ContainerSpec::new("hog", TEST_IMAGE, &["sh", "-c", "echo hog-ready; sleep 1; exec tail /dev/zero"]);
         hog.memory_limit = Some(32 * MIB);
         let id = cl.create_container(&pod, &pod_config, &hog)?;
         cl.start_container(&id)?;
@@ -312,7 +345,10 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
         if st.reason == "OOMKilled" {
             Ok(())
         } else {
-            Err(format!("reason {:?} exit code {} message {:?}, expected OOMKilled", st.reason, st.exit_code, st.message))
+            Err(format!(
+                "reason {:?} exit code {} message {:?}, expected OOMKilled",
+                st.reason, st.exit_code, st.message
+            ))
         }
     });
     checks.run("a finished container's exit code and output", || {
@@ -349,18 +385,22 @@ fn pod_scenario(version: ContainerdVersion, handler: &str) -> Result<(), String>
             if let Ok(ns) = cl.pod_netns(&sized) {
                 netns.push(ns);
             }
-            let script = "echo cpus=$(grep -c ^processor /proc/cpuinfo) memkib=$(awk '/MemTotal/ {print $2}' /proc/meminfo)";
+            let script =
+                "echo cpus=$(grep -c ^processor /proc/cpuinfo) memkib=$(awk '/MemTotal/ {print $2}' /proc/meminfo)";
             let result = run_probe(cl, &sized, &sized_config, &sized_log_dir, "sizeprobe", script).and_then(|log| {
                 let field = |k: &str| {
                     log.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<u64>().ok())
                 };
                 let (cpus, memkib) = (field("cpus="), field("memkib="));
                 // MemTotal is the VM's RAM less what the kernel keeps (some tens of MiB).
-                let mem_ok = memkib.is_some_and(|k| k <= u64::from(want_mib) * 1024 && k > u64::from(want_mib) * 1024 * 3 / 4);
+                let mem_ok =
+                    memkib.is_some_and(|k| k <= u64::from(want_mib) * 1024 && k > u64::from(want_mib) * 1024 * 3 / 4);
                 if cpus == Some(u64::from(want_cpus)) && mem_ok {
                     Ok(())
                 } else {
-                    Err(format!("the guest reports {log:?}, expected {want_cpus} CPUs and a MemTotal just under {want_mib} MiB"))
+                    Err(format!(
+                        "the guest reports {log:?}, expected {want_cpus} CPUs and a MemTotal just under {want_mib} MiB"
+                    ))
                 }
             });
             let stop = cl.stop_pod(&sized).and_then(|_| cl.remove_pod(&sized));

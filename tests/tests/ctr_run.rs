@@ -31,8 +31,7 @@ fn stdout_stderr_and_exit_status_come_back_separately() -> Result<(), String> {
     assert_eq!(out.code(), 7, "exit status: {out:?}");
     let events = c.wait_event("outerr", "/tasks/delete", Duration::from_secs(10))?;
     let order = ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"];
-    let positions: Vec<Option<usize>> =
-        order.iter().map(|t| events.iter().position(|e| e == t)).collect();
+    let positions: Vec<Option<usize>> = order.iter().map(|t| events.iter().position(|e| e == t)).collect();
     assert!(
         positions.iter().all(Option::is_some) && positions.windows(2).all(|w| w[0] < w[1]),
         "task events out of order or missing: {events:?}"
@@ -43,13 +42,7 @@ fn stdout_stderr_and_exit_status_come_back_separately() -> Result<(), String> {
 /// Starts `args` with `ctr run --rm`, waits until it runs (and, with `ready`, until it has
 /// printed that line), sends `signal` with `ctr task kill`, and returns the exit status
 /// `ctr run` reports.
-fn run_and_kill(
-    c: &Containerd,
-    id: &str,
-    signal: &str,
-    ready: Option<&str>,
-    args: &[&str],
-) -> Result<i32, String> {
+fn run_and_kill(c: &Containerd, id: &str, signal: &str, ready: Option<&str>, args: &[&str]) -> Result<i32, String> {
     let mut run = c.spawn_run(id, args)?;
     c.wait_running(id)?;
     if let Some(marker) = ready {
@@ -108,10 +101,8 @@ fn container_processes_start_with_default_signal_dispositions() -> Result<(), St
     let c = Containerd::start(|_| {})?;
     // With SIGPIPE ignored, `yes` would never die once `head` exits and this would hang.
     // SigIgn in /proc/self/status lists the ignored signals: none, like under runc.
-    let out = c.run_rm(
-        "sigpipe",
-        &["sh", "-c", "yes | head -n 2 >/dev/null; grep SigIgn /proc/self/status; echo END"],
-    )?;
+    let out =
+        c.run_rm("sigpipe", &["sh", "-c", "yes | head -n 2 >/dev/null; grep SigIgn /proc/self/status; echo END"])?;
     assert!(out.status.success(), "ctr run failed: {out:?}\n{}", c.diagnostics());
     assert!(out.stdout.contains("END"), "the pipeline did not finish: {out:?}");
     assert!(

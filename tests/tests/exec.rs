@@ -37,11 +37,23 @@ fn exec_output_status_stdin_signals_and_events() -> Result<(), String> {
     assert_eq!(out.code(), 3, "exit status: {out:?}");
 
     // The exec runs in the container: same PID namespace (the sleeper is PID 1) and cgroup.
-    let out = c.ctr(&["task", "exec", "--exec-id", "e1b", "ex1", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; cat /proc/self/cgroup"])?;
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1b",
+        "ex1",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; cat /proc/self/cgroup",
+    ])?;
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.starts_with("sleep 600"), "PID 1 seen by the exec: {out:?}");
     let init_cgroup = c.ctr(&["task", "exec", "--exec-id", "e1c", "ex1", "cat", "/proc/1/cgroup"])?;
-    assert!(out.stdout.ends_with(&init_cgroup.stdout), "exec cgroup differs from the init's: {out:?} vs {init_cgroup:?}");
+    assert!(
+        out.stdout.ends_with(&init_cgroup.stdout),
+        "exec cgroup differs from the init's: {out:?} vs {init_cgroup:?}"
+    );
 
     // stdin reaches the exec; its EOF ends `cat`.
     let mut cat = c
@@ -138,7 +150,16 @@ fn exec_gets_the_containers_seccomp_profile() -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("starting ctr run: {e}"))?;
     c.wait_running("sc1")?;
-    let out = c.ctr(&["task", "exec", "--exec-id", "s1", "sc1", "sh", "-c", "grep Seccomp: /proc/1/status /proc/self/status"])?;
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "s1",
+        "sc1",
+        "sh",
+        "-c",
+        "grep Seccomp: /proc/1/status /proc/self/status",
+    ])?;
     assert!(out.status.success(), "{out:?}\n{}", c.diagnostics());
     // Mode 2 = filter, for the init process and for the exec.
     let filtered = out.stdout.lines().filter(|l| l.trim_end().ends_with("Seccomp:\t2")).count();

@@ -63,7 +63,10 @@ fn fetch_from_pod(addr: SocketAddr) -> Result<String, String> {
             Ok(mut s) => {
                 s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
                 let mut got = String::new();
-                (&mut s).take(2 * BULK as u64).read_to_string(&mut got).map_err(|e| format!("reading from {addr}: {e}"))?;
+                (&mut s)
+                    .take(2 * BULK as u64)
+                    .read_to_string(&mut got)
+                    .map_err(|e| format!("reading from {addr}: {e}"))?;
                 return Ok(got);
             }
             Err(e) if start.elapsed() > CTR_LIMIT => return Err(format!("connecting to {addr}: {e}")),
@@ -141,9 +144,7 @@ fn pod_gets_the_cni_interface_and_traffic_flows_both_ways() -> Result<(), String
     assert!(out.contains("DONE"), "{ctx}");
 
     c.assert_clean()?;
-    let left = bulwark_e2e::process::poll(Duration::from_secs(20), || {
-        net.leftovers().ok().filter(|l| l.is_empty())
-    });
+    let left = bulwark_e2e::process::poll(Duration::from_secs(20), || net.leftovers().ok().filter(|l| l.is_empty()));
     if left.is_none() {
         return Err(format!("left in the pod netns: {:?}\n{ctx}", net.leftovers()));
     }
@@ -162,11 +163,7 @@ fn missing_netns_fails_clearly_and_leaves_nothing() -> Result<(), String> {
     let out = bulwark_e2e::process::run(&mut ctr_run_in_netns(&c, &path, "nonetns", "echo should-not-run"), CTR_LIMIT)?;
     assert!(!out.status.success(), "ran without its netns: {out:?}");
     assert!(!out.stdout.contains("should-not-run"), "{out:?}");
-    assert!(
-        out.stderr.contains("network namespace") && out.stderr.contains(&path),
-        "unclear error: {}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("network namespace") && out.stderr.contains(&path), "unclear error: {}", out.stderr);
     let _ = c.ctr(&["container", "rm", "nonetns"]);
     c.assert_clean()
 }
@@ -226,9 +223,8 @@ fn two_pod_interfaces_keep_their_names_macs_and_addresses() -> Result<(), String
     let (host1, pod1, mac1) = net.net1.clone().ok_or("net1 missing")?;
     let (port, server) = one_shot_server(host1)?;
     let c = Containerd::start(|_| {})?;
-    let script = format!(
-        "ip -o link; ip -o -4 addr; echo ping | nc {host1} {port} > /tmp/r; head -n1 /tmp/r; echo DONE"
-    );
+    let script =
+        format!("ip -o link; ip -o -4 addr; echo ping | nc {host1} {port} > /tmp/r; head -n1 /tmp/r; echo DONE");
     let out = bulwark_e2e::process::run(
         &mut ctr_run_in_netns(&c, &net.netns_path.to_string_lossy(), "twonics", &script),
         CTR_LIMIT,
@@ -237,7 +233,11 @@ fn two_pod_interfaces_keep_their_names_macs_and_addresses() -> Result<(), String
     let ctx = format!("{out:?}\n{}", c.diagnostics());
     assert!(out.status.success(), "{ctx}");
     let line_of = |name: &str| {
-        out.stdout.lines().find(|l| l.contains(&format!(": {name}:")) && l.contains("link/ether")).unwrap_or("").to_string()
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!(": {name}:")) && l.contains("link/ether"))
+            .unwrap_or("")
+            .to_string()
     };
     assert!(line_of("eth0").contains(&format!("link/ether {}", net.mac)), "eth0 has the wrong MAC\n{ctx}");
     assert!(line_of("net1").contains(&format!("link/ether {mac1}")), "net1 has the wrong MAC\n{ctx}");
@@ -261,12 +261,14 @@ fn the_host_netns_is_refused_and_the_host_is_untouched() -> Result<(), String> {
     let route = iproute("ip", &["-4", "route", "show", "default"])?.stdout;
     let uplink = route.split_whitespace().skip_while(|w| *w != "dev").nth(1).unwrap_or("lo").to_string();
     let host_qdiscs = || -> Result<String, String> {
-        Ok(iproute("tc", &["qdisc", "show", "dev", "lo"])?.stdout + &iproute("tc", &["qdisc", "show", "dev", &uplink])?.stdout)
+        Ok(iproute("tc", &["qdisc", "show", "dev", "lo"])?.stdout
+            + &iproute("tc", &["qdisc", "show", "dev", &uplink])?.stdout)
     };
     let qdiscs_before = host_qdiscs()?;
     // This test process lives in the host netns; its /proc path passes the path check.
     let host_ns = format!("/proc/{}/ns/net", std::process::id());
-    let out = bulwark_e2e::process::run(&mut ctr_run_in_netns(&c, &host_ns, "hostnet", "echo should-not-run"), CTR_LIMIT)?;
+    let out =
+        bulwark_e2e::process::run(&mut ctr_run_in_netns(&c, &host_ns, "hostnet", "echo should-not-run"), CTR_LIMIT)?;
     assert!(!out.status.success(), "ran attached to the host network: {out:?}");
     assert!(out.stderr.contains("host's own network namespace"), "unclear error: {}", out.stderr);
     let _ = c.ctr(&["container", "rm", "hostnet"]);

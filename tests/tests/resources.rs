@@ -74,8 +74,7 @@ fn metric(table: &str, name: &str) -> Option<u64> {
 fn metrics_show_memory_and_cpu_of_a_busy_container_and_pids_lists_guest_processes() -> Result<(), String> {
     let c = Containerd::start(|_| {})?;
     let id = "busy";
-    let (mut run, rx) =
-        spawn_run(&c, &[], id, &["sh", "-c", "echo ready; i=0; while :; do i=$((i+1)); done"])?;
+    let (mut run, rx) = spawn_run(&c, &[], id, &["sh", "-c", "echo ready; i=0; while :; do i=$((i+1)); done"])?;
     c.wait_running(id)?;
     next_line(&rx, CTR_LIMIT, |l| l == "ready").ok_or_else(|| format!("no output\n{}", c.diagnostics()))?;
     // Let it burn some CPU, then ask until the usage is visible.
@@ -83,7 +82,9 @@ fn metrics_show_memory_and_cpu_of_a_busy_container_and_pids_lists_guest_processe
         let out = c.ctr(&["task", "metrics", id]).ok()?;
         (metric(&out.stdout, "cpu.usage_usec").unwrap_or(0) > 100_000).then_some(out.stdout)
     })
-    .ok_or_else(|| format!("ctr task metrics never showed CPU usage: {:?}\n{}", c.ctr(&["task", "metrics", id]), c.diagnostics()))?;
+    .ok_or_else(|| {
+        format!("ctr task metrics never showed CPU usage: {:?}\n{}", c.ctr(&["task", "metrics", id]), c.diagnostics())
+    })?;
     let mem = metric(&table, "memory.usage").unwrap_or(0);
     assert!(mem > 0, "memory.usage is zero:\n{table}");
     assert!(metric(&table, "cpu.user_usec").unwrap_or(0) > 0, "cpu.user_usec is zero:\n{table}");
@@ -135,7 +136,8 @@ fn update_changes_the_memory_limit_seen_in_the_guest_cgroup() -> Result<(), Stri
 fn pause_stops_output_and_resume_continues_it() -> Result<(), String> {
     let c = Containerd::start(|_| {})?;
     let id = "pz";
-    let (mut run, rx) = spawn_run(&c, &[], id, &["sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done"])?;
+    let (mut run, rx) =
+        spawn_run(&c, &[], id, &["sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done"])?;
     c.wait_running(id)?;
     next_line(&rx, CTR_LIMIT, |l| l.starts_with("tick ")).ok_or_else(|| format!("no output\n{}", c.diagnostics()))?;
 
@@ -186,4 +188,3 @@ fn a_container_over_its_memory_limit_is_oom_killed_with_an_oom_event() -> Result
     assert!(pos("/tasks/oom") < pos("/tasks/exit"), "/tasks/oom must come before /tasks/exit: {events:?}");
     c.assert_clean()
 }
-

@@ -18,7 +18,8 @@ fn check(version: ContainerdVersion, snippet: &str, format: u32) -> Result<(), S
     let config = dir.join("config.toml");
     let full = format!("version = {format}\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n{text}", d = dir.display());
     std::fs::write(&config, full).map_err(|e| e.to_string())?;
-    let out = process::run(Command::new(&bin).arg("--config").arg(&config).args(["config", "dump"]), Duration::from_secs(30));
+    let out =
+        process::run(Command::new(&bin).arg("--config").arg(&config).args(["config", "dump"]), Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
     let out = out?;
     if !out.status.success() {

@@ -71,7 +71,8 @@ fn tty_exec_is_interactive_and_follows_resizes() -> Result<(), String> {
         Step::WaitFor("now=40 120"),
         Step::Write(b"exit 5\n"),
     ];
-    let out = run_steps_on_pty(&mut cmd, ROWS, COLS, &steps, CTR_LIMIT).map_err(|e| format!("{e}\n{}", c.diagnostics()))?;
+    let out =
+        run_steps_on_pty(&mut cmd, ROWS, COLS, &steps, CTR_LIMIT).map_err(|e| format!("{e}\n{}", c.diagnostics()))?;
     assert_eq!(out.code(), 5, "exit status of the interactive shell: {out:?}");
     let kill = c.ctr(&["task", "kill", "--signal", "SIGKILL", "tty3"])?;
     assert!(kill.status.success(), "ctr task kill: {kill:?}");

@@ -11,7 +11,6 @@ use bulwark_e2e::containerd::Containerd;
 use bulwark_e2e::kubelet::write_configmap;
 use bulwark_e2e::process::wait_bounded;
 
-
 fn wait_line(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, want: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     if seen.iter().any(|l| l == want) {
@@ -74,7 +73,10 @@ fn configmap_updates_and_file_binds_reach_the_vm() -> Result<(), String> {
         }
         write_configmap(&cm, "two")?;
         if !wait_line(&rx, &mut seen, "cfg=two", Duration::from_secs(10)) {
-            return Err(format!("the configMap update was not seen within 10 s: {:?}", &seen[seen.len().saturating_sub(5)..]));
+            return Err(format!(
+                "the configMap update was not seen within 10 s: {:?}",
+                &seen[seen.len().saturating_sub(5)..]
+            ));
         }
         Ok(())
     })();

@@ -48,14 +48,12 @@ impl Agent {
             )));
         }
         let r = UpdateContainerRequest { container_id: id.to_string(), resources_json, ..Default::default() };
-        self.bounded("UpdateContainer", Some(CALL_TIMEOUT), self.client.update_container(ctx_short(), &r))
-            .await?;
+        self.bounded("UpdateContainer", Some(CALL_TIMEOUT), self.client.update_container(ctx_short(), &r)).await?;
         Ok(())
     }
 
     pub async fn pause_container(&self, id: &str) -> Result<()> {
-        self.bounded("PauseContainer", Some(CALL_TIMEOUT), self.client.pause_container(ctx_short(), &req(id)))
-            .await?;
+        self.bounded("PauseContainer", Some(CALL_TIMEOUT), self.client.pause_container(ctx_short(), &req(id))).await?;
         Ok(())
     }
 
@@ -77,9 +75,7 @@ impl Agent {
     /// Long poll: the id of the next container the guest OOM-killed in (ends with an error
     /// when the VM dies). Overlong ids are refused.
     pub async fn wait_oom_event(&self) -> Result<String> {
-        let r = self
-            .bounded("WaitOomEvent", None, self.client.wait_oom_event(ctx_long(), &Empty::default()))
-            .await?;
+        let r = self.bounded("WaitOomEvent", None, self.client.wait_oom_event(ctx_long(), &Empty::default())).await?;
         if r.container_id.len() > MAX_ID_LEN {
             return Err(Error::Agent(format!("WaitOomEvent: container id of {} bytes", r.container_id.len())));
         }

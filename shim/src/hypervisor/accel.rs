@@ -118,9 +118,8 @@ async fn lock_probe(runtime_dir: &Path) -> Option<nix::fcntl::Flock<std::fs::Fil
     let _ = std::fs::create_dir_all(runtime_dir);
     let path = runtime_dir.join("accel-probe.lock");
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok()?;
-    let job = tokio::task::spawn_blocking(move || {
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
-    });
+    let job =
+        tokio::task::spawn_blocking(move || nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok());
     match tokio::time::timeout(Duration::from_secs(60), job).await {
         Ok(Ok(lock)) => lock,
         _ => {
@@ -138,8 +137,8 @@ pub fn kvm_create_vm() -> Result<(), String> {
         .open("/dev/kvm")
         .map_err(|e| format!("opening /dev/kvm: {e}"))?;
     const KVM_CREATE_VM: libc::c_ulong = 0xAE01; // _IO(KVMIO = 0xAE, 0x01)
-    // SAFETY: KVM_CREATE_VM takes an integer argument (machine type 0) and returns a new fd
-    // or -1; no memory is passed to the kernel. The fd is owned and closed right here.
+                                                 // SAFETY: KVM_CREATE_VM takes an integer argument (machine type 0) and returns a new fd
+                                                 // or -1; no memory is passed to the kernel. The fd is owned and closed right here.
     let fd = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0 as libc::c_ulong) };
     if fd < 0 {
         return Err(format!("KVM_CREATE_VM: {}", std::io::Error::last_os_error()));

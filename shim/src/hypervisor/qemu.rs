@@ -69,10 +69,7 @@ pub fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
     push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
     if let Some(fs) = &spec.fs_socket {
         push(&["-chardev", &format!("socket,id=fs,path={}", opt(fs))]);
-        push(&[
-            "-device",
-            &format!("vhost-user-fs-device,chardev=fs,tag={}", bulwark_protocol::SHARE_TAG),
-        ]);
+        push(&["-device", &format!("vhost-user-fs-device,chardev=fs,tag={}", bulwark_protocol::SHARE_TAG)]);
     }
     for (n, nic) in spec.nics.iter().enumerate() {
         // vhost=off: no /dev/vhost-net on every host; the fd is inherited (spawn_with_fds).

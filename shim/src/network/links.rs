@@ -9,8 +9,8 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMe
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use bulwark_rtnl::Netlink;
 use super::TAP_SUFFIX;
+use bulwark_rtnl::Netlink;
 
 /// At most this many pod interfaces are passed to the VM.
 pub const MAX_INTERFACES: usize = 8;

@@ -23,8 +23,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::Error;
-use links::{format_mac, Interface};
 use bulwark_rtnl::Netlink;
+use links::{format_mac, Interface};
 
 /// Name suffix of the taps Bulwark creates (`tap0_bwk`, ...).
 pub const TAP_SUFFIX: &str = "_bwk";
@@ -125,11 +125,9 @@ fn set_link(nl: &mut Netlink, index: u32, mtu: Option<u32>, up: bool) -> std::io
 
 fn link_index(nl: &mut Netlink, name: &str) -> std::io::Result<Option<u32>> {
     let found = nl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?.into_iter().find_map(|r| match r {
-        RouteNetlinkMessage::NewLink(l) => l
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
-            .then_some(l.header.index),
+        RouteNetlinkMessage::NewLink(l) => {
+            l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfName(n) if n == name)).then_some(l.header.index)
+        }
         _ => None,
     });
     Ok(found)
@@ -307,9 +305,10 @@ pub fn parse_state(text: &str) -> Option<(PathBuf, Vec<(u32, String)>)> {
         match (w.next(), w.next(), w.next(), w.next()) {
             (Some("netns"), Some(p), None, None) => netns = netns::validate_path(p).ok(),
             (Some("link"), Some(i), Some(t), None) => {
-                let ours = t.strip_prefix("tap").and_then(|r| r.strip_suffix(TAP_SUFFIX)).is_some_and(|n| {
-                    !n.is_empty() && n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit())
-                });
+                let ours = t
+                    .strip_prefix("tap")
+                    .and_then(|r| r.strip_suffix(TAP_SUFFIX))
+                    .is_some_and(|n| !n.is_empty() && n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit()));
                 if let (Ok(i), true) = (i.parse::<u32>(), ours) {
                     pairs.push((i, t.to_string()));
                 }
@@ -355,7 +354,11 @@ pub fn setup_request(hostname: &str, ifaces: &[Interface], routes: &[links::Rout
             addresses: i
                 .addresses
                 .iter()
-                .map(|(ip, len)| IpAddress { address: ip.to_string(), prefix_len: u32::from(*len), ..Default::default() })
+                .map(|(ip, len)| IpAddress {
+                    address: ip.to_string(),
+                    prefix_len: u32::from(*len),
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         })

@@ -20,10 +20,8 @@ const MAX_PATH: usize = 512;
 /// `netns_mounts_under_state_dir`, `/proc/<pid>/ns/net`); what the file *is* gets checked
 /// when it is opened ([`open_pod_netns`]: on nsfs, a network namespace, not the host's).
 pub fn validate_path(raw: &str) -> Result<PathBuf, NetworkError> {
-    let bad = |why: &str| NetworkError::InvalidNetnsPath {
-        path: raw.chars().take(200).collect(),
-        why: why.to_string(),
-    };
+    let bad =
+        |why: &str| NetworkError::InvalidNetnsPath { path: raw.chars().take(200).collect(), why: why.to_string() };
     if raw.len() > MAX_PATH {
         return Err(bad("too long"));
     }
@@ -76,7 +74,11 @@ fn open_pod_netns(path: &Path) -> Result<File, NetworkError> {
 
 /// Starts a thread that enters the netns at `path` (closing the namespace fd again), runs
 /// `f` there, sends the result and ends.
-fn spawn_in<T, F>(path: &Path, f: F, done: impl FnOnce(Result<T, NetworkError>) + Send + 'static) -> Result<(), NetworkError>
+fn spawn_in<T, F>(
+    path: &Path,
+    f: F,
+    done: impl FnOnce(Result<T, NetworkError>) + Send + 'static,
+) -> Result<(), NetworkError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, NetworkError> + Send + 'static,

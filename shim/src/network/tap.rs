@@ -13,19 +13,16 @@ use bulwark_rtnl::valid_ifname;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUN_DEVICE: &str = "/dev/net/tun";
 
-
 /// Creates tap device `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, what QEMU's virtio-net
 /// backend expects) and returns its fd (close-on-exec).
 pub fn create(name: &str) -> io::Result<OwnedFd> {
     if !valid_ifname(name) {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid tap name {name:?}")));
     }
-    let file: File = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(TUN_DEVICE)
-        .map_err(|e| io::Error::new(e.kind(), format!("opening {TUN_DEVICE}: {e} (is the tun module available?)")))?;
+    let file: File =
+        OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(TUN_DEVICE).map_err(|e| {
+            io::Error::new(e.kind(), format!("opening {TUN_DEVICE}: {e} (is the tun module available?)"))
+        })?;
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {

@@ -80,7 +80,9 @@ pub fn connect(nl: &mut Netlink, a: u32, b: u32) -> io::Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 tracing::warn!("interface {from} already has an ingress qdisc; adding the redirect to it")
             }
-            Err(e) => return Err(io::Error::new(e.kind(), format!("adding the ingress qdisc to interface {from}: {e}"))),
+            Err(e) => {
+                return Err(io::Error::new(e.kind(), format!("adding the ingress qdisc to interface {from}: {e}")))
+            }
         }
         nl.request(RouteNetlinkMessage::NewTrafficFilter(redirect_filter(from, to)), NLM_F_CREATE | NLM_F_EXCL)
             .map_err(|e| io::Error::new(e.kind(), format!("adding the redirect filter {from} -> {to}: {e}")))?;

@@ -84,8 +84,11 @@ impl Inner {
         } else {
             agent.resume_container(id).await?;
             c.set_paused(false);
-            self.publish("/tasks/resumed", Box::new(TaskResumed { container_id: id.to_string(), ..Default::default() }))
-                .await;
+            self.publish(
+                "/tasks/resumed",
+                Box::new(TaskResumed { container_id: id.to_string(), ..Default::default() }),
+            )
+            .await;
         }
         tracing::info!("container {id} {}", if pause { "paused" } else { "resumed" });
         Ok(())

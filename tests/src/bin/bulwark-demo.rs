@@ -62,7 +62,11 @@ fn run(
     let server = ContainerSpec::new(
         "web",
         TEST_IMAGE,
-        &["sh", "-c", "mkdir -p /www && echo \"hello from pod $(hostname)\" > /www/index.html && exec httpd -f -p 8080 -h /www"],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo \"hello from pod $(hostname)\" > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ],
     );
     let client = ContainerSpec::new(
         "client",
@@ -94,7 +98,11 @@ fn run(
     println!("host -> pod IP {ip}:8080: {}", http_get(addr, Duration::from_secs(30))?.trim());
 
     let web = ids[0].clone();
-    let r = cl.exec_sync(&web, &["sh", "-c", "echo \"exec in the VM: $(cat /proc/1/cmdline | tr '\\0' ' ')\"; cat /sys/fs/cgroup/memory.max"], 30)?;
+    let r = cl.exec_sync(
+        &web,
+        &["sh", "-c", "echo \"exec in the VM: $(cat /proc/1/cmdline | tr '\\0' ' ')\"; cat /sys/fs/cgroup/memory.max"],
+        30,
+    )?;
     for l in r.stdout.lines() {
         println!("  {l}");
     }
