@@ -30,17 +30,9 @@ pub enum ContainerError {
     Libcontainer { op: &'static str, id: String, source: Box<libcontainer::error::LibcontainerError> },
 }
 
-/// Container ids become directory names: keep them boring.
+/// Container and exec ids become directory names: the rule both sides enforce (protocol/).
 pub fn validate_id(id: &str) -> Result<(), ContainerError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ContainerError::InvalidId(id.to_string()))
-    }
+    bulwark_protocol::validate_id(id).map_err(|_| ContainerError::InvalidId(id.to_string()))
 }
 
 /// `rootfs_path` must be a plain relative path (normal components and "." only).

@@ -3,9 +3,9 @@
 //! - The agent API (`agent.proto`, compiled at build time to protobuf messages and an async
 //!   ttrpc client/server): [`agent`] and [`agent_ttrpc`].
 //! - The vsock layout: which ports exist, who listens, and what the first bytes are.
+//! - The limits and the identifier rule both sides enforce ([`limits`]).
 //!
-//! The boot handshake, in order (it avoids the vhost-device-vsock wedge described in
-//! shared/PLATFORM.md, where the host must not `CONNECT` before the guest's vsock is up):
+//! The boot handshake, in order (it avoids a vhost-device-vsock 0.3 wedge, where the host must not `CONNECT` before the guest's vsock is up):
 //! 1. The host listens on the hybrid-vsock socket `<uds>_<LOG_PORT>` before QEMU starts.
 //! 2. The agent, once its ttrpc server listens on `AGENT_PORT`, connects to CID 2
 //!    (the host) port `LOG_PORT` and writes one line: `READY <PROTOCOL_VERSION>\n`.
@@ -70,14 +70,8 @@ pub const GUEST_CID: u32 = 3;
 /// virtio-fs tag of the sandbox share (container rootfs and, later, volumes).
 pub const SHARE_TAG: &str = "bulwark-share";
 
-/// Largest chunk ReadStdout/ReadStderr return.
-pub const MAX_READ_CHUNK: u32 = 64 * 1024;
-/// Largest cgroup file StatsContainer returns (per file).
-pub const MAX_CGROUP_FILE: usize = 64 * 1024;
-/// Largest OCI JSON document (spec, process, resources) either side accepts.
-pub const MAX_SPEC_JSON: usize = 1024 * 1024;
-/// Longest log line the host accepts from the agent; longer lines are truncated.
-pub const MAX_LOG_LINE: usize = 8 * 1024;
+pub mod limits;
+pub use limits::{validate_id, IdError, MAX_CGROUP_FILE, MAX_ID_LEN, MAX_LOG_LINE, MAX_READ_CHUNK, MAX_SPEC_JSON};
 
 /// The first line the agent writes on the log connection.
 pub fn ready_line() -> String {

@@ -19,37 +19,9 @@ const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
 /// CRI annotation naming the pod sandbox a container belongs to.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
-/// containerd's identifier rule: `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`, at most 76 bytes (pure).
+/// containerd's identifier rule (the one both sides of the VM boundary enforce: protocol/).
 pub fn validate_id(id: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Error::InvalidArgument(format!(
-            "invalid id {:?}: {why} (ids are letters and digits, single '.', '_' or '-' between them, at most 76 bytes)",
-            id.chars().take(100).collect::<String>()
-        ))
-    };
-    if id.is_empty() {
-        return Err(bad("empty"));
-    }
-    if id.len() > 76 {
-        return Err(bad("too long"));
-    }
-    let mut prev_sep = true; // at start, a separator is not allowed
-    for c in id.bytes() {
-        if c.is_ascii_alphanumeric() {
-            prev_sep = false;
-        } else if matches!(c, b'.' | b'_' | b'-') {
-            if prev_sep {
-                return Err(bad("a separator must follow a letter or digit"));
-            }
-            prev_sep = true;
-        } else {
-            return Err(bad("forbidden character"));
-        }
-    }
-    if prev_sep {
-        return Err(bad("must end with a letter or digit"));
-    }
-    Ok(())
+    bulwark_protocol::validate_id(id).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// Reads and validates `<bundle>/config.json`. Returns the parsed spec and the raw JSON
