@@ -20,7 +20,7 @@ use containerd_shim::api;
 use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, TaskExit};
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 
-use crate::agent_client::{Agent, Stream};
+use crate::agent::{AgentApi, Stream};
 use crate::container::{self, Container, Stdio};
 use crate::error::{Error, Result};
 use crate::process::{guest_status, Process, Status};
@@ -153,7 +153,13 @@ pub async fn add(events: &dyn Publish, c: &Container, req: api::ExecProcessReque
 
 /// Start of an exec: creates it in the guest, connects its stdio, watches its exit, publishes
 /// /tasks/exec-started. `pid` is the task pid containerd sees (the QEMU pid).
-pub async fn start(events: Arc<dyn Publish>, c: &Container, exec_id: &str, agent: Arc<Agent>, pid: u32) -> Result<u32> {
+pub async fn start(
+    events: Arc<dyn Publish>,
+    c: &Container,
+    exec_id: &str,
+    agent: Arc<dyn AgentApi>,
+    pid: u32,
+) -> Result<u32> {
     let e = c.execs.get(&c.id, exec_id)?;
     let _gate = e.process.start_gate.lock().await;
     if e.process.state().status != Status::Created {
@@ -217,7 +223,7 @@ async fn watch_exit(
     events: Arc<dyn Publish>,
     container_id: String,
     e: Arc<ExecProcess>,
-    agent: Arc<Agent>,
+    agent: Arc<dyn AgentApi>,
     pid: u32,
     outputs: Vec<tokio::task::JoinHandle<()>>,
 ) {
@@ -259,7 +265,13 @@ async fn watch_exit(
 }
 
 /// Kill of an exec (runc-shim: not started is a precondition failure, exited is not found).
-pub async fn kill(c: &Container, exec_id: &str, signal: u32, all: bool, agent: Result<Arc<Agent>>) -> Result<()> {
+pub async fn kill(
+    c: &Container,
+    exec_id: &str,
+    signal: u32,
+    all: bool,
+    agent: Result<Arc<dyn AgentApi>>,
+) -> Result<()> {
     let e = c.execs.get(&c.id, exec_id)?;
     match e.process.state().status {
         Status::Created => {
@@ -307,7 +319,7 @@ pub async fn delete(
     events: &dyn Publish,
     c: &Container,
     exec_id: &str,
-    agent: Result<Arc<Agent>>,
+    agent: Result<Arc<dyn AgentApi>>,
     pid: u32,
 ) -> Result<api::DeleteResponse> {
     let e = c.execs.get(&c.id, exec_id)?;
@@ -341,7 +353,7 @@ pub async fn delete(
 
 /// CloseIO for the init process (`exec_id` empty) or an exec: the stdin copier drains the
 /// FIFO, then closes the process's stdin; without a FIFO the guest's stdin is closed at once.
-pub async fn close_io(c: &Container, exec_id: &str, agent: Result<Arc<Agent>>) -> Result<()> {
+pub async fn close_io(c: &Container, exec_id: &str, agent: Result<Arc<dyn AgentApi>>) -> Result<()> {
     let (stdin_path, notify) = if exec_id.is_empty() {
         (c.stdio.stdin.clone(), c.stdin_close.clone())
     } else {
@@ -368,7 +380,7 @@ pub async fn resize_pty(
     exec_id: &str,
     width: u32,
     height: u32,
-    agent: Result<Arc<Agent>>,
+    agent: Result<Arc<dyn AgentApi>>,
 ) -> Result<()> {
     let terminal = if exec_id.is_empty() {
         c.stdio.terminal

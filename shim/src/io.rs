@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
-use crate::agent_client::{Agent, Stream};
+use crate::agent::{AgentApi, Stream};
 use crate::error::{Error, Result};
 
 /// How long to wait for containerd to have the read side of an output FIFO open.
@@ -39,7 +39,7 @@ pub async fn open_output(path: &str) -> Result<Option<pipe::Sender>> {
 /// Copies one output stream of process `exec_id` of container `id` until end of stream or
 /// VM death.
 pub fn spawn_output(
-    agent: Arc<Agent>,
+    agent: Arc<dyn AgentApi>,
     id: String,
     exec_id: String,
     stream: Stream,
@@ -107,7 +107,7 @@ impl StdinFifo {
 /// close reads as EOF) on a blocking thread; [`StdinFifo::unblock`] frees that thread if the
 /// writer never comes.
 pub fn spawn_stdin(
-    agent: Arc<Agent>,
+    agent: Arc<dyn AgentApi>,
     id: String,
     exec_id: String,
     fifo: Arc<StdinFifo>,

@@ -11,7 +11,7 @@
 //! Logging: `tracing` macros become `log` records (workspace feature "log") that
 //! containerd-shim's logger writes to containerd's shim log. No tracing subscriber here.
 
-mod agent_client;
+mod agent;
 mod child;
 mod config;
 mod container;

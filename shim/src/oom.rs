@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::agent_client::Agent;
+use crate::agent::AgentApi;
 use crate::sandbox::Sandbox;
 
 /// Pause after a failed poll that was not the VM's death (an old agent, a transient error).
@@ -61,7 +61,7 @@ impl OomCount {
 }
 
 /// Spawns the OOM watcher of `sandbox`. `on_oom(container_id)` runs for every event.
-pub fn spawn<F, Fut>(sandbox: &Arc<Sandbox>, agent: Arc<Agent>, on_oom: F) -> tokio::task::JoinHandle<()>
+pub fn spawn<F, Fut>(sandbox: &Arc<Sandbox>, agent: Arc<dyn AgentApi>, on_oom: F) -> tokio::task::JoinHandle<()>
 where
     F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,

@@ -16,7 +16,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Mutex};
 
-use crate::agent_client::Agent;
+use crate::agent::{AgentApi, TtrpcAgent};
 use crate::child::Child;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -74,7 +74,7 @@ pub struct Sandbox {
     pub share: PathBuf,
     cfg: Config,
     procs: Mutex<Procs>,
-    agent: OnceLock<Arc<Agent>>,
+    agent: OnceLock<Arc<dyn AgentApi>>,
     vm_exit: OnceLock<watch::Receiver<Option<ExitStatus>>>,
     pid: AtomicU32,
     stopping: AtomicBool,
@@ -134,7 +134,7 @@ impl Sandbox {
     }
 
     /// The agent, once booted.
-    pub fn agent(&self) -> Option<Arc<Agent>> {
+    pub fn agent(&self) -> Option<Arc<dyn AgentApi>> {
         self.agent.get().cloned()
     }
 
@@ -254,7 +254,7 @@ impl Sandbox {
             }
         };
         drop(listener);
-        crate::agent_client::check_version(version)?;
+        crate::agent::check_version(version)?;
         *self.log_task.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(vsock::spawn_log_forwarder(log_stream, self.id.clone()));
 
@@ -273,7 +273,7 @@ impl Sandbox {
             }
         }
         let stream = stream.ok_or_else(|| last.unwrap_or_else(|| Error::Agent("connect failed".into())))?;
-        let agent = Arc::new(Agent::new(stream, vm_exit.clone()));
+        let agent: Arc<dyn AgentApi> = Arc::new(TtrpcAgent::new(stream, vm_exit.clone()));
         let info = agent.check().await?;
         tracing::info!(
             "sandbox {} booted in {:?} ({} {}, pid {pid}): agent {} protocol {}, guest kernel {}",

@@ -17,7 +17,7 @@ use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
 
-use crate::agent_client::{Agent, NewContainer, Stream};
+use crate::agent::{AgentApi, NewContainer, Stream};
 use crate::config::Config;
 use crate::container::{self, Container, Stdio};
 use crate::error::{unimplemented, Error, Result};
@@ -94,7 +94,7 @@ impl Inner {
         self.sandbox(&c.sandbox_id).map(|s| s.pid()).unwrap_or(0)
     }
 
-    fn agent_of(&self, c: &Container) -> Result<Arc<Agent>> {
+    fn agent_of(&self, c: &Container) -> Result<Arc<dyn AgentApi>> {
         self.sandbox(&c.sandbox_id)
             .and_then(|s| s.agent())
             .ok_or_else(|| Error::FailedPrecondition(format!("the VM of container {} is gone", c.id)))
@@ -239,7 +239,8 @@ impl Inner {
         sandbox: &Arc<Sandbox>,
         boot: Option<(VmSize, String)>,
         shared_mounts: &[crate::volumes::SharedMount],
-    ) -> Result<(Arc<Agent>, u32, Option<tokio::net::unix::pipe::Sender>, Option<tokio::net::unix::pipe::Sender>)> {
+    ) -> Result<(Arc<dyn AgentApi>, u32, Option<tokio::net::unix::pipe::Sender>, Option<tokio::net::unix::pipe::Sender>)>
+    {
         if let Some((size, why)) = boot {
             tracing::info!("sandbox {}: {why}", sandbox.id);
             let accel = crate::hypervisor::accel::resolve(cfg).await;
@@ -251,13 +252,20 @@ impl Inner {
         let stderr = crate::io::open_output(&req.stderr).await?;
         let guest_pid = agent
             .create_container(NewContainer {
-                id: &req.id,
-                sandbox_id: &sandbox.id,
+                id: req.id.clone(),
+                sandbox_id: sandbox.id.clone(),
                 spec_json: raw_spec,
-                rootfs_path: &container::guest_rootfs_path(&req.id),
+                rootfs_path: container::guest_rootfs_path(&req.id),
                 stdin: !req.stdin.is_empty(),
                 terminal: req.terminal,
-                shared_mounts,
+                shared_mounts: shared_mounts
+                    .iter()
+                    .map(|m| bulwark_protocol::agent::SharedMount {
+                        mount_index: m.index,
+                        share_path: m.share_path.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
             })
             .await?;
         Ok((agent, guest_pid, stdout, stderr))
@@ -379,7 +387,7 @@ async fn watch_exit(
     inner: Arc<Inner>,
     c: Arc<Container>,
     sandbox: Arc<Sandbox>,
-    agent: Arc<Agent>,
+    agent: Arc<dyn AgentApi>,
     outputs: Vec<tokio::task::JoinHandle<()>>,
 ) {
     let status = match agent.wait_process(&c.id, "").await {
@@ -402,7 +410,7 @@ async fn watch_exit(
     if tokio::time::timeout(IO_DRAIN_TIMEOUT, drain).await.is_err() {
         tracing::warn!("container {}: output not drained within {IO_DRAIN_TIMEOUT:?}", c.id);
     }
-    inner.publish_oom_before_exit(&c, &agent).await;
+    inner.publish_oom_before_exit(&c, agent.as_ref()).await;
     crate::exec::wait_execs_stopped(&c, IO_DRAIN_TIMEOUT).await;
     let _gate = c.start_gate.lock().await;
     if let Some(exit) = c.mark_exited(status) {

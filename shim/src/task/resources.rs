@@ -10,7 +10,7 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::types::task::ProcessInfo;
 
 use super::{lock, Inner};
-use crate::agent_client::Agent;
+use crate::agent::AgentApi;
 use crate::error::{Error, Result};
 use crate::process::Status;
 use crate::sandbox::Sandbox;
@@ -44,7 +44,7 @@ pub fn resources_json(any: Option<&containerd_shim::protos::protobuf::well_known
 
 impl Inner {
     /// A container that has a process in the guest (created, running or paused).
-    fn live(&self, id: &str) -> Result<(Arc<crate::container::Container>, Arc<Agent>)> {
+    fn live(&self, id: &str) -> Result<(Arc<crate::container::Container>, Arc<dyn AgentApi>)> {
         let c = self.container(id)?;
         if c.state().status == Status::Stopped {
             return Err(Error::FailedPrecondition(format!("container {id} has stopped")));
@@ -105,7 +105,7 @@ impl Inner {
     /// Before TaskExit: publishes /tasks/oom for OOM kills in the container's cgroup that the
     /// watcher has not delivered yet (it races with the exit). Bounded by OOM_CHECK_TIMEOUT;
     /// a VM that died or an agent that does not answer just skips the check.
-    pub(super) async fn publish_oom_before_exit(&self, c: &crate::container::Container, agent: &Agent) {
+    pub(super) async fn publish_oom_before_exit(&self, c: &crate::container::Container, agent: &dyn AgentApi) {
         let files = match tokio::time::timeout(OOM_CHECK_TIMEOUT, agent.stats_container(&c.id)).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
@@ -125,7 +125,7 @@ impl Inner {
 
     /// Starts the OOM watcher of a freshly booted sandbox: `/tasks/oom` for every OOM kill
     /// the guest reports in a container this shim knows; other ids are logged and dropped.
-    pub(super) fn watch_oom(self: &Arc<Self>, sandbox: &Arc<Sandbox>, agent: Arc<Agent>) {
+    pub(super) fn watch_oom(self: &Arc<Self>, sandbox: &Arc<Sandbox>, agent: Arc<dyn AgentApi>) {
         let inner = Arc::downgrade(self);
         let sid = sandbox.id.clone();
         crate::oom::spawn(sandbox, agent, move |container_id: String| {

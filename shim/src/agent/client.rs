@@ -1,66 +1,39 @@
-//! Typed client of the guest agent (ttrpc over hybrid vsock). Every call is bounded: short
-//! calls by a timeout, long polls (WaitProcess, ReadStdout/ReadStderr) by the VM's death.
-//! Replies are untrusted guest data; callers bound what they keep.
+//! The real [`AgentApi`]: a ttrpc client of the guest agent over a connected vsock stream.
+//! Every call is bounded: short calls by a timeout, long polls (WaitProcess, ReadStdout/
+//! ReadStderr, WaitOomEvent) by the VM's death. Replies are untrusted guest data: what is kept
+//! is bounded here (chunk sizes) and in client_resources.rs (stats files, pids, ids).
 
 use std::future::Future;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use async_trait::async_trait;
 use bulwark_protocol::agent::*;
 use bulwark_protocol::agent_ttrpc::AgentClient;
-use bulwark_protocol::{MAX_READ_CHUNK, PROTOCOL_VERSION};
+use bulwark_protocol::{MAX_CGROUP_FILE, MAX_READ_CHUNK, MAX_SPEC_JSON, PROTOCOL_VERSION};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
+use super::{check_version, AgentApi, NewContainer, Stream};
 use crate::child::wait_exit;
 use crate::error::{Error, Result};
 
-mod resources;
-
 /// Upper bound for calls that should answer promptly.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What CreateContainer sends.
-pub struct NewContainer<'a> {
-    pub id: &'a str,
-    pub sandbox_id: &'a str,
-    pub spec_json: Vec<u8>,
-    pub rootfs_path: &'a str,
-    pub stdin: bool,
-    pub terminal: bool,
-    pub shared_mounts: &'a [crate::volumes::SharedMount],
-}
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The guest agent of one sandbox.
-pub struct Agent {
+pub struct TtrpcAgent {
     client: AgentClient,
     vm_exit: watch::Receiver<Option<ExitStatus>>,
 }
 
-/// Which output stream to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// Refuses an agent speaking another protocol version (pure).
-pub fn check_version(agent_version: u32) -> Result<()> {
-    if agent_version != PROTOCOL_VERSION {
-        return Err(Error::Agent(format!(
-            "protocol version mismatch: the guest agent speaks {agent_version}, this shim speaks \
-             {PROTOCOL_VERSION}; rebuild the guest image (images/build-guest-image) from the same \
-             Bulwark release as the shim"
-        )));
-    }
-    Ok(())
-}
-
-fn ctx_short() -> ttrpc::context::Context {
+pub(super) fn ctx_short() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
 }
 
-fn ctx_long() -> ttrpc::context::Context {
+pub(super) fn ctx_long() -> ttrpc::context::Context {
     ttrpc::context::Context::default()
 }
 
@@ -79,12 +52,23 @@ fn rpc_err(what: &str, e: ttrpc::Error) -> Error {
     }
 }
 
-impl Agent {
+/// Files kept from a StatsContainer reply.
+const MAX_STATS_FILES: usize = 32;
+/// Pids kept from a ListProcesses reply.
+pub const MAX_PIDS: usize = 65_536;
+/// Longest container id accepted in an OOM event (containerd ids are at most 76 bytes).
+const MAX_ID_LEN: usize = 128;
+
+fn req(id: &str) -> ContainerRequest {
+    ContainerRequest { container_id: id.to_string(), ..Default::default() }
+}
+
+impl TtrpcAgent {
     /// Wraps a connected stream. `vm_exit` ends every pending call when the VM dies.
     pub fn new(stream: UnixStream, vm_exit: watch::Receiver<Option<ExitStatus>>) -> Self {
         let socket = ttrpc::asynchronous::transport::Socket::new(stream);
         let client = AgentClient::new(ttrpc::r#async::Client::new(socket));
-        Agent { client, vm_exit }
+        TtrpcAgent { client, vm_exit }
     }
 
     async fn bounded<T>(
@@ -110,28 +94,27 @@ impl Agent {
             st = died => Err(Error::Agent(format!("{what}: the VM exited ({st})"))),
         }
     }
+}
 
+#[async_trait]
+impl AgentApi for TtrpcAgent {
     /// Check: the first call; refuses a different protocol version.
-    pub async fn check(&self) -> Result<CheckResponse> {
+    async fn check(&self) -> Result<CheckResponse> {
         let req = CheckRequest { shim_protocol_version: PROTOCOL_VERSION, ..Default::default() };
         let r = self.bounded("Check", Some(CALL_TIMEOUT), self.client.check(ctx_short(), &req)).await?;
         check_version(r.agent_protocol_version)?;
         Ok(r)
     }
 
-    pub async fn create_container(&self, c: NewContainer<'_>) -> Result<u32> {
+    async fn create_container(&self, c: NewContainer) -> Result<u32> {
         let req = CreateContainerRequest {
-            container_id: c.id.to_string(),
+            container_id: c.id,
             oci_spec_json: c.spec_json,
-            rootfs_path: c.rootfs_path.to_string(),
+            rootfs_path: c.rootfs_path,
             stdin: c.stdin,
             terminal: c.terminal,
-            sandbox_id: c.sandbox_id.to_string(),
-            shared_mounts: c
-                .shared_mounts
-                .iter()
-                .map(|m| SharedMount { mount_index: m.index, share_path: m.share_path.clone(), ..Default::default() })
-                .collect(),
+            sandbox_id: c.sandbox_id,
+            shared_mounts: c.shared_mounts,
             ..Default::default()
         };
         let r = self
@@ -141,12 +124,12 @@ impl Agent {
     }
 
     /// SetupSandbox: the pod's hostname and network, once, before the first container.
-    pub async fn setup_sandbox(&self, req: &SetupSandboxRequest) -> Result<()> {
+    async fn setup_sandbox(&self, req: &SetupSandboxRequest) -> Result<()> {
         self.bounded("SetupSandbox", Some(CALL_TIMEOUT), self.client.setup_sandbox(ctx_short(), req)).await?;
         Ok(())
     }
 
-    pub async fn start_container(&self, id: &str) -> Result<()> {
+    async fn start_container(&self, id: &str) -> Result<()> {
         let req = ContainerRequest { container_id: id.to_string(), ..Default::default() };
         self.bounded("StartContainer", Some(CALL_TIMEOUT), self.client.start_container(ctx_short(), &req)).await?;
         Ok(())
@@ -154,13 +137,13 @@ impl Agent {
 
     /// Blocks until the process (`exec_id` empty: the init process) exits, or the VM dies.
     /// Returns the guest's (untrusted) status.
-    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32> {
+    async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32> {
         let req = ProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
         let r = self.bounded("WaitProcess", None, self.client.wait_process(ctx_long(), &req)).await?;
         Ok(r.exit_status)
     }
 
-    pub async fn signal_process(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+    async fn signal_process(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let req = SignalProcessRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
@@ -172,7 +155,7 @@ impl Agent {
         Ok(())
     }
 
-    pub async fn remove_container(&self, id: &str) -> Result<()> {
+    async fn remove_container(&self, id: &str) -> Result<()> {
         let req = ContainerRequest { container_id: id.to_string(), ..Default::default() };
         self.bounded("RemoveContainer", Some(CALL_TIMEOUT), self.client.remove_container(ctx_short(), &req)).await?;
         Ok(())
@@ -180,7 +163,7 @@ impl Agent {
 
     /// Next chunk of output (long poll); empty at end of stream. At most MAX_READ_CHUNK bytes
     /// are kept even if the guest sends more.
-    pub async fn read(&self, id: &str, exec_id: &str, stream: Stream) -> Result<Vec<u8>> {
+    async fn read(&self, id: &str, exec_id: &str, stream: Stream) -> Result<Vec<u8>> {
         let req = ReadStreamRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
@@ -196,7 +179,7 @@ impl Agent {
     }
 
     /// Writes stdin data; returns how much the agent took.
-    pub async fn write_stdin(&self, id: &str, exec_id: &str, data: Vec<u8>) -> Result<usize> {
+    async fn write_stdin(&self, id: &str, exec_id: &str, data: Vec<u8>) -> Result<usize> {
         let len = data.len();
         let req = WriteStreamRequest {
             container_id: id.to_string(),
@@ -208,14 +191,14 @@ impl Agent {
         Ok((r.len as usize).min(len))
     }
 
-    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+    async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
         let req = ProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
         self.bounded("CloseStdin", Some(CALL_TIMEOUT), self.client.close_stdin(ctx_short(), &req)).await?;
         Ok(())
     }
 
     /// Creates and starts exec `exec_id` in container `id`; returns its guest pid.
-    pub async fn exec_process(
+    async fn exec_process(
         &self,
         id: &str,
         exec_id: &str,
@@ -236,14 +219,14 @@ impl Agent {
     }
 
     /// Forgets an exited exec in the guest.
-    pub async fn remove_process(&self, id: &str, exec_id: &str) -> Result<()> {
+    async fn remove_process(&self, id: &str, exec_id: &str) -> Result<()> {
         let req = ProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
         self.bounded("RemoveProcess", Some(CALL_TIMEOUT), self.client.remove_process(ctx_short(), &req)).await?;
         Ok(())
     }
 
     /// Sets the terminal size of a process's pty.
-    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+    async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
         let req = ResizePtyRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),
@@ -254,17 +237,64 @@ impl Agent {
         self.bounded("ResizePty", Some(CALL_TIMEOUT), self.client.resize_pty(ctx_short(), &req)).await?;
         Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// The raw cgroup v2 files of the container (at most MAX_STATS_FILES, each cut to
+    /// MAX_CGROUP_FILE bytes).
+    async fn stats_container(&self, id: &str) -> Result<HashMap<String, Vec<u8>>> {
+        let r = self
+            .bounded("StatsContainer", Some(CALL_TIMEOUT), self.client.stats_container(ctx_short(), &req(id)))
+            .await?;
+        Ok(r.cgroup_files
+            .into_iter()
+            .filter(|(k, _)| k.len() <= 64)
+            .take(MAX_STATS_FILES)
+            .map(|(k, mut v)| {
+                v.truncate(MAX_CGROUP_FILE);
+                (k, v)
+            })
+            .collect())
+    }
 
-    #[test]
-    fn version_check() {
-        assert!(check_version(PROTOCOL_VERSION).is_ok());
-        let e = check_version(PROTOCOL_VERSION + 1).unwrap_err().to_string();
-        assert!(e.contains("mismatch"), "{e}");
-        assert!(check_version(0).is_err());
+    /// Applies OCI `linux.resources` JSON to the container's cgroup.
+    async fn update_container(&self, id: &str, resources_json: Vec<u8>) -> Result<()> {
+        if resources_json.len() > MAX_SPEC_JSON {
+            return Err(Error::InvalidArgument(format!(
+                "resources of {id}: {} bytes, more than the {MAX_SPEC_JSON} accepted",
+                resources_json.len()
+            )));
+        }
+        let r = UpdateContainerRequest { container_id: id.to_string(), resources_json, ..Default::default() };
+        self.bounded("UpdateContainer", Some(CALL_TIMEOUT), self.client.update_container(ctx_short(), &r)).await?;
+        Ok(())
+    }
+
+    async fn pause_container(&self, id: &str) -> Result<()> {
+        self.bounded("PauseContainer", Some(CALL_TIMEOUT), self.client.pause_container(ctx_short(), &req(id))).await?;
+        Ok(())
+    }
+
+    async fn resume_container(&self, id: &str) -> Result<()> {
+        self.bounded("ResumeContainer", Some(CALL_TIMEOUT), self.client.resume_container(ctx_short(), &req(id)))
+            .await?;
+        Ok(())
+    }
+
+    /// Guest pids of the container's processes (at most MAX_PIDS).
+    async fn list_processes(&self, id: &str) -> Result<Vec<u32>> {
+        let mut r = self
+            .bounded("ListProcesses", Some(CALL_TIMEOUT), self.client.list_processes(ctx_short(), &req(id)))
+            .await?;
+        r.pids.truncate(MAX_PIDS);
+        Ok(r.pids)
+    }
+
+    /// Long poll: the id of the next container the guest OOM-killed in (ends with an error
+    /// when the VM dies). Overlong ids are refused.
+    async fn wait_oom_event(&self) -> Result<String> {
+        let r = self.bounded("WaitOomEvent", None, self.client.wait_oom_event(ctx_long(), &Empty::default())).await?;
+        if r.container_id.len() > MAX_ID_LEN {
+            return Err(Error::Agent(format!("WaitOomEvent: container id of {} bytes", r.container_id.len())));
+        }
+        Ok(r.container_id)
     }
 }
