@@ -1,35 +1,33 @@
 //! The Bulwark shim as a library: everything `containerd-shim-bulwark-v2` (src/main.rs) runs,
-//! and the pieces the benchmark reuses (the QEMU command line in `hypervisor::qemu`).
+//! and the pieces the benchmark reuses (the QEMU command line in `vmm::qemu`).
 //!
-//! Follow one container from containerd to the VM:
-//! `service.rs` (shim start/delete) → `task.rs` (Task API: Create/Start/...) →
-//! `container.rs` (config.json, rootfs mounts) → `volumes.rs` (host bind mounts into the
-//! share) → `sandbox.rs` (one VM per pod: state dir, helpers, boot; `sizing.rs` its size) → `vsock.rs` + `virtiofsd.rs` (helpers) → `hypervisor/` (QEMU, accel) →
-//! `agent_client.rs` (ttrpc to bulwark-agent) → `io.rs` (stdio). `config.rs` is the node
-//! config, `error.rs` the error types, `child.rs` supervised processes, `process.rs` exit state.
+//! Layers, each calling only down:
+//! - `shim.rs`: containerd's shim lifecycle (start, delete after a crash, the task service).
+//! - `task/`: containerd's Task API, thin dispatch: find the container, then the process,
+//!   then call the verb; events go down one channel to one forwarder.
+//! - `container/`: one container (spec, id rules) holding its processes: one `Process`
+//!   model for the init process and execs, their stdio.
+//! - `sandbox/`: one microVM per pod: state, boot, sizing, OOM watch, state directory.
+//! - edges: `vmm/` (the hypervisor backend and the helper processes it owns), `agent/`
+//!   (everything asked of the guest, the boot handshake, guest→host streams), `resources/`
+//!   (rootfs, volumes, mounts, pod network), `jail/` (host confinement of the VMM),
+//!   `host/` (child processes).
+//! - `config.rs` (the node configuration) and `error.rs` (typed errors) at the bottom.
 //!
 //! Logging: `tracing` macros become `log` records (workspace feature "log") that
 //! containerd-shim's logger writes to containerd's shim log. No tracing subscriber here.
 
 mod agent;
-mod child;
 mod config;
 mod container;
 mod error;
-mod exec;
-pub mod hypervisor;
-mod io;
-pub mod network;
-mod oom;
-mod process;
-mod sandbox;
-pub mod service;
-mod sizing;
-mod stats;
+mod host;
+mod jail;
+mod resources;
+pub mod sandbox;
+pub mod shim;
 mod task;
-mod virtiofsd;
-mod volumes;
-mod vsock;
+pub mod vmm;
 
 /// The runtime type containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.bulwark.v2";

@@ -1,7 +1,7 @@
 //! containerd-shim-bulwark-v2: runs each pod in a QEMU microVM. The shim itself is the
 //! `bulwark_shim` library (src/lib.rs: start there to follow a container to the VM).
 
-use bulwark_shim::{service, RUNTIME_ID};
+use bulwark_shim::{shim, RUNTIME_ID};
 
 fn main() {
     let config = containerd_shim::Config {
@@ -18,7 +18,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    rt.block_on(containerd_shim::asynchronous::run::<service::BulwarkShim>(RUNTIME_ID, Some(config)));
+    rt.block_on(containerd_shim::asynchronous::run::<shim::BulwarkShim>(RUNTIME_ID, Some(config)));
     // Let in-flight blocking work finish (e.g. the `delete` reply on stdout), but never hang
     // on a thread stuck in a blocking syscall once everything is torn down.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -17,8 +17,8 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use super::{check_version, AgentApi, NewContainer, Stream};
-use crate::child::wait_exit;
 use crate::error::{Error, Result};
+use crate::host::child::wait_exit;
 
 /// Upper bound for calls that should answer promptly.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(30);

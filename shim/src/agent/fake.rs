@@ -1,6 +1,7 @@
 //! A scripted in-memory [`AgentApi`] for unit tests: containers and execs with exit channels,
 //! a call log, per-method failures (an error, or a call that never answers), a settable stats
 //! reply, and a VM death that ends every pending long poll, as the real client's do.
+#![allow(dead_code)] // a test kit: not every test uses every knob
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

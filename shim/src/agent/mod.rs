@@ -6,6 +6,9 @@
 //! Every reply is untrusted guest data: implementations bound what they return (sizes,
 //! counts, times) before any caller sees it.
 
+pub mod handshake;
+pub mod streams;
+
 use std::collections::HashMap;
 
 use async_trait::async_trait;

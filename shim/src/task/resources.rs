@@ -11,8 +11,8 @@ use containerd_shim::protos::types::task::ProcessInfo;
 
 use super::{lock, Inner};
 use crate::agent::AgentApi;
+use crate::container::process::Status;
 use crate::error::{Error, Result};
-use crate::process::Status;
 use crate::sandbox::Sandbox;
 
 /// How long the exit path waits for the cgroup's OOM count.
@@ -56,7 +56,7 @@ impl Inner {
     pub(super) async fn stats(&self, req: api::StatsRequest) -> Result<api::StatsResponse> {
         let (_, agent) = self.live(&req.id)?;
         let files = agent.stats_container(&req.id).await?;
-        let any = crate::stats::metrics_any(&files)?;
+        let any = crate::task::stats::metrics_any(&files)?;
         Ok(api::StatsResponse { stats: MessageField::some(any), ..Default::default() })
     }
 
@@ -117,7 +117,7 @@ impl Inner {
                 return;
             }
         };
-        let total = crate::stats::parse_metrics(&files).memory_events.oom_kill;
+        let total = crate::task::stats::parse_metrics(&files).memory_events.oom_kill;
         for _ in 0..c.oom.on_total(total) {
             self.publish("/tasks/oom", Box::new(TaskOOM { container_id: c.id.clone(), ..Default::default() })).await;
         }
@@ -128,7 +128,7 @@ impl Inner {
     pub(super) fn watch_oom(self: &Arc<Self>, sandbox: &Arc<Sandbox>, agent: Arc<dyn AgentApi>) {
         let inner = Arc::downgrade(self);
         let sid = sandbox.id.clone();
-        crate::oom::spawn(sandbox, agent, move |container_id: String| {
+        crate::sandbox::oom::spawn(sandbox, agent, move |container_id: String| {
             let inner = inner.clone();
             let sid = sid.clone();
             async move {

@@ -1,17 +1,18 @@
-//! One container: validates its id and `<bundle>/config.json` (oci-spec), mounts its rootfs
-//! (the snapshotter's mounts onto `<bundle>/rootfs`, like runc's shim) and bind-mounts it to
-//! `<share>/<id>/rootfs` so virtiofsd serves it, then shares its host bind mounts
-//! (volumes.rs); holds its process state (process.rs).
+//! One container: validates its id and `<bundle>/config.json` (oci-spec), finds its sandbox,
+//! and holds its init process and its execs (process.rs, exec.rs). Its rootfs and volumes
+//! are resources/rootfs.rs and resources/volumes.rs.
 //! Nothing host-specific goes to the guest except the JSON spec and the relative rootfs path.
 
-use std::path::{Path, PathBuf};
+pub mod exec;
+pub mod process;
+pub mod stdio;
 
-use crate::error::{Error, Result};
-use crate::process::Process;
+use std::path::Path;
+
+use crate::container::process::Process;
 #[cfg(test)]
-use crate::process::Status;
-use containerd_shim::protos::types::mount::Mount;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use crate::container::process::Status;
+use crate::error::{Error, Result};
 use oci_spec::runtime::Spec;
 
 /// Largest config.json accepted.
@@ -64,96 +65,6 @@ pub fn sandbox_id_from_bundle(bundle: &Path, container_id: &str) -> String {
         .unwrap_or_else(|| container_id.to_string())
 }
 
-/// The host mounts of one container's rootfs.
-#[derive(Debug, Clone)]
-pub struct RootfsMounts {
-    /// `<bundle>/rootfs` when the shim mounted it from the snapshotter's mounts.
-    pub bundle_rootfs: Option<PathBuf>,
-    /// `<share>/<id>` (the rootfs is bind-mounted at `<share>/<id>/rootfs`, host bind mounts
-    /// below `<share>/<id>/mounts`).
-    pub share_dir: PathBuf,
-    /// The host bind mounts shared into the VM (volumes.rs).
-    pub shared: Vec<crate::volumes::SharedMount>,
-}
-
-/// The guest-side rootfs path, relative to the share.
-pub fn guest_rootfs_path(id: &str) -> String {
-    format!("{id}/rootfs")
-}
-
-/// Mounts the rootfs and binds it into the share. Undoes what it did on failure.
-pub fn mount_rootfs(id: &str, bundle: &Path, spec: &Spec, mounts: &[Mount], share: &Path) -> Result<RootfsMounts> {
-    let (source, ours) = if !mounts.is_empty() {
-        let target = bundle.join("rootfs");
-        std::fs::create_dir_all(&target).map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
-        for m in mounts {
-            let fs_type = (!m.type_.is_empty()).then_some(m.type_.as_str());
-            let src = (!m.source.is_empty()).then_some(m.source.as_str());
-            if let Err(e) = containerd_shim::mount::mount_rootfs(fs_type, src, &m.options, &target) {
-                unmount_all(&target);
-                return Err(Error::Mount(format!(
-                    "mounting the rootfs ({} {}) on {}: {e}",
-                    m.type_,
-                    m.source,
-                    target.display()
-                )));
-            }
-        }
-        (target.clone(), Some(target))
-    } else {
-        // No mounts: the bundle's rootfs is ready (e.g. prepared by hand); use root.path.
-        let root = spec
-            .root()
-            .as_ref()
-            .map(|r| r.path().clone())
-            .ok_or_else(|| Error::InvalidArgument("no rootfs mounts and no root.path in config.json".into()))?;
-        let root = if root.is_absolute() { root } else { bundle.join(root) };
-        if !root.is_dir() {
-            return Err(Error::InvalidArgument(format!("rootfs {} is not a directory", root.display())));
-        }
-        (root, None)
-    };
-    let share_dir = share.join(id);
-    let target = share_dir.join("rootfs");
-    let res = std::fs::create_dir_all(&target)
-        .map_err(|e| Error::io(format!("creating {}", target.display()), e))
-        .and_then(|_| {
-            mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|e| Error::Mount(format!("binding {} to {}: {e}", source.display(), target.display())))
-        });
-    let mut rm = RootfsMounts { bundle_rootfs: ours, share_dir, shared: Vec::new() };
-    match res.and_then(|_| crate::volumes::share(id, spec, &rm.share_dir)) {
-        Ok(shared) => {
-            rm.shared = shared;
-            Ok(rm)
-        }
-        Err(e) => {
-            unmount_rootfs(&rm);
-            Err(e)
-        }
-    }
-}
-
-fn unmount_all(target: &Path) {
-    for _ in 0..16 {
-        if umount2(target, MntFlags::MNT_DETACH).is_err() {
-            break;
-        }
-    }
-}
-
-/// Undoes [`mount_rootfs`]; logs what it cannot undo.
-pub fn unmount_rootfs(m: &RootfsMounts) {
-    if m.share_dir.exists() {
-        if let Err(e) = crate::sandbox::cleanup_mounts_and_dir(&m.share_dir) {
-            tracing::error!("{e}");
-        }
-    }
-    if let Some(b) = &m.bundle_rootfs {
-        unmount_all(b);
-    }
-}
-
 /// The stdio paths containerd gave for a container.
 #[derive(Debug, Clone, Default)]
 pub struct Stdio {
@@ -170,12 +81,12 @@ pub struct Container {
     pub bundle: String,
     pub sandbox_id: String,
     pub stdio: Stdio,
-    pub mounts: RootfsMounts,
+    pub mounts: crate::resources::rootfs::RootfsMounts,
     pub init: Process,
     /// Exec processes (containerd Exec), by exec id.
-    pub execs: crate::exec::Execs,
+    pub execs: crate::container::exec::Execs,
     /// OOM kills published as /tasks/oom (watcher events and the exit check).
-    pub oom: crate::oom::OomCount,
+    pub oom: crate::sandbox::oom::OomCount,
 }
 
 impl Container {
@@ -184,7 +95,7 @@ impl Container {
         bundle: String,
         sandbox_id: String,
         stdio: Stdio,
-        mounts: RootfsMounts,
+        mounts: crate::resources::rootfs::RootfsMounts,
         guest_pid: u32,
     ) -> Self {
         Container {
@@ -254,7 +165,11 @@ mod tests {
             "/b".into(),
             "c".into(),
             Stdio::default(),
-            RootfsMounts { bundle_rootfs: None, share_dir: "/nonexistent".into(), shared: Vec::new() },
+            crate::resources::rootfs::RootfsMounts {
+                bundle_rootfs: None,
+                share_dir: "/nonexistent".into(),
+                shared: Vec::new(),
+            },
             1,
         );
         c.set_running();

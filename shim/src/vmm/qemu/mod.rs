@@ -1,14 +1,17 @@
 //! The QEMU backend: `qemu-system-x86_64 -M microvm` with vhost-user vsock and virtio-fs,
 //! argument building (pure, unit tested) and the process.
 
+pub mod vhost_vsock;
+pub mod virtiofsd;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::{Accel, Hypervisor, VmSpec};
-use crate::child::Child;
 use crate::error::{Error, Result};
+use crate::host::child::Child;
 
 /// Kernel parameters that make the Debian cloud kernel boot fast under microvm/TCG
 /// (measured, see shared/PLATFORM.md).
@@ -183,7 +186,7 @@ mod tests {
     #[test]
     fn nic_args() {
         let mut s = spec(Accel::Tcg, true);
-        s.nics = vec![crate::network::VmNic { tap_fd: 17, mac: "0a:58:0a:00:00:05".into() }];
+        s.nics = vec![crate::resources::network::VmNic { tap_fd: 17, mac: "0a:58:0a:00:00:05".into() }];
         let a = build_args(&s, None);
         assert_eq!(after(&a, "-netdev"), ["tap,id=net0,fd=17,vhost=off"]);
         assert!(after(&a, "-device").contains(&"virtio-net-device,netdev=net0,mac=0a:58:0a:00:00:05"));

@@ -11,7 +11,7 @@ use containerd_shim::{api::DeleteResponse, spawn, ExitSignal, Flags, Shim, Start
 
 use crate::config::Config;
 use crate::container;
-use crate::sandbox;
+use crate::sandbox::state_dir;
 use crate::task::TaskService;
 
 /// The shim process.
@@ -53,20 +53,20 @@ impl Shim for BulwarkShim {
             Config::default()
         });
         let sid = container::sandbox_id_from_bundle(&bundle, &self.id);
-        let dir = sandbox::sandbox_dir(&cfg.paths.runtime_dir, &self.namespace, &sid);
+        let dir = state_dir::sandbox_dir(&cfg.paths.runtime_dir, &self.namespace, &sid);
         let id = self.id.clone();
         let ns = self.namespace.clone();
         let res = tokio::task::spawn_blocking(move || {
             if sid == id {
                 if dir.exists() {
-                    sandbox::cleanup_dir(&dir)?;
+                    state_dir::cleanup_dir(&dir)?;
                 }
             } else {
                 // One container of a pod: only its share entry; the pod's VM belongs to the
                 // sandbox container's delete.
                 let share_dir = dir.join("share").join(&id);
                 if share_dir.exists() {
-                    sandbox::cleanup_mounts_and_dir(&share_dir)?;
+                    crate::resources::mount::cleanup_mounts_and_dir(&share_dir)?;
                 }
             }
             let rootfs = bundle.join("rootfs");
@@ -84,7 +84,7 @@ impl Shim for BulwarkShim {
         Ok(DeleteResponse {
             pid: 0,
             exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: MessageField::some(crate::process::now()),
+            exited_at: MessageField::some(crate::container::process::now()),
             ..Default::default()
         })
     }

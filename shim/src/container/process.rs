@@ -58,7 +58,7 @@ pub struct Process {
     /// Tells the stdin copier to finish (CloseIO).
     pub stdin_close: Arc<tokio::sync::Notify>,
     /// containerd's stdin FIFO, if any (kept to free a blocked open on Delete).
-    pub stdin_fifo: Mutex<Option<Arc<crate::io::StdinFifo>>>,
+    pub stdin_fifo: Mutex<Option<Arc<crate::container::stdio::StdinFifo>>>,
     /// Held by Start across the agent call + the start event, and by the exit watcher before
     /// it records the exit, so the exit event never precedes the start event.
     pub start_gate: tokio::sync::Mutex<()>,

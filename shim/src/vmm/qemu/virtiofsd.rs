@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::child::Child;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::host::child::Child;
 
 /// virtiofsd's vhost-user socket (QEMU connects to it).
 pub fn socket(dir: &Path) -> PathBuf {

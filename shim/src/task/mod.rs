@@ -19,13 +19,15 @@ use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
 
 use crate::agent::{AgentApi, NewContainer, Stream};
 use crate::config::Config;
+use crate::container::process::{guest_status, vm_death_status, Status};
 use crate::container::{self, Container, Stdio};
 use crate::error::{unimplemented, Error, Result};
-use crate::process::{guest_status, vm_death_status, Status};
+use crate::resources::rootfs;
+use crate::sandbox::sizing::{self, VmSize};
 use crate::sandbox::Sandbox;
-use crate::sizing::{self, VmSize};
 
 mod resources;
+mod stats;
 
 /// How long TaskExit waits for the container's output to reach containerd's FIFOs.
 const IO_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,7 +68,7 @@ impl TaskService {
 }
 
 #[async_trait]
-impl crate::exec::Publish for Inner {
+impl crate::container::exec::Publish for Inner {
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         Inner::publish(self, topic, event).await
     }
@@ -139,7 +141,7 @@ impl Inner {
             new_sandbox.then(|| sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default())));
         let mounts = {
             let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.share.clone(), req.rootfs.clone());
-            match tokio::task::spawn_blocking(move || container::mount_rootfs(&id, &b, &spec, &rootfs, &share)).await {
+            match tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&id, &b, &spec, &rootfs, &share)).await {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => {
                     undo_sandbox(sandbox).await;
@@ -160,7 +162,7 @@ impl Inner {
                 // VM first (virtiofsd lets go of the rootfs), then the mounts.
                 undo_sandbox(sandbox).await;
                 let m = mounts.clone();
-                let _ = tokio::task::spawn_blocking(move || container::unmount_rootfs(&m)).await;
+                let _ = tokio::task::spawn_blocking(move || rootfs::unmount_rootfs(&m)).await;
                 return Err(e);
             }
         };
@@ -177,16 +179,16 @@ impl Inner {
         };
         let c = Arc::new(Container::new(req.id.clone(), req.bundle.clone(), sid, stdio, mounts, guest_pid));
         let outputs = vec![
-            crate::io::spawn_output(agent.clone(), req.id.clone(), String::new(), Stream::Stdout, stdout),
-            crate::io::spawn_output(agent.clone(), req.id.clone(), String::new(), Stream::Stderr, stderr),
+            crate::container::stdio::spawn_output(agent.clone(), req.id.clone(), String::new(), Stream::Stdout, stdout),
+            crate::container::stdio::spawn_output(agent.clone(), req.id.clone(), String::new(), Stream::Stderr, stderr),
         ];
         let mut handles: Vec<tokio::task::AbortHandle> = outputs.iter().map(|h| h.abort_handle()).collect();
         if !req.stdin.is_empty() {
-            match crate::io::StdinFifo::open(&req.stdin) {
+            match crate::container::stdio::StdinFifo::open(&req.stdin) {
                 Ok(fifo) => {
                     let fifo = Arc::new(fifo);
                     *lock(&c.stdin_fifo) = Some(fifo.clone());
-                    let h = crate::io::spawn_stdin(
+                    let h = crate::container::stdio::spawn_stdin(
                         agent.clone(),
                         req.id.clone(),
                         String::new(),
@@ -238,24 +240,24 @@ impl Inner {
         raw_spec: Vec<u8>,
         sandbox: &Arc<Sandbox>,
         boot: Option<(VmSize, String)>,
-        shared_mounts: &[crate::volumes::SharedMount],
+        shared_mounts: &[crate::resources::volumes::SharedMount],
     ) -> Result<(Arc<dyn AgentApi>, u32, Option<tokio::net::unix::pipe::Sender>, Option<tokio::net::unix::pipe::Sender>)>
     {
         if let Some((size, why)) = boot {
             tracing::info!("sandbox {}: {why}", sandbox.id);
-            let accel = crate::hypervisor::accel::resolve(cfg).await;
+            let accel = crate::vmm::accel::resolve(cfg).await;
             sandbox.boot(accel, size, Duration::from_secs(cfg.vm.boot_timeout_secs)).await?;
         }
         let agent =
             sandbox.agent().ok_or_else(|| Error::FailedPrecondition(format!("sandbox {} has no agent", sandbox.id)))?;
-        let stdout = crate::io::open_output(&req.stdout).await?;
-        let stderr = crate::io::open_output(&req.stderr).await?;
+        let stdout = crate::container::stdio::open_output(&req.stdout).await?;
+        let stderr = crate::container::stdio::open_output(&req.stderr).await?;
         let guest_pid = agent
             .create_container(NewContainer {
                 id: req.id.clone(),
                 sandbox_id: sandbox.id.clone(),
                 spec_json: raw_spec,
-                rootfs_path: container::guest_rootfs_path(&req.id),
+                rootfs_path: rootfs::guest_rootfs_path(&req.id),
                 stdin: !req.stdin.is_empty(),
                 terminal: req.terminal,
                 shared_mounts: shared_mounts
@@ -274,7 +276,9 @@ impl Inner {
     async fn start(self: &Arc<Self>, req: api::StartRequest) -> Result<api::StartResponse> {
         let c = self.container(&req.id)?;
         if !req.exec_id.is_empty() {
-            let pid = crate::exec::start(self.clone(), &c, &req.exec_id, self.agent_of(&c)?, self.pid_of(&c)).await?;
+            let pid =
+                crate::container::exec::start(self.clone(), &c, &req.exec_id, self.agent_of(&c)?, self.pid_of(&c))
+                    .await?;
             return Ok(api::StartResponse { pid, ..Default::default() });
         }
         let _gate = c.start_gate.lock().await;
@@ -293,7 +297,7 @@ impl Inner {
     async fn kill(&self, req: api::KillRequest) -> Result<()> {
         let c = self.container(&req.id)?;
         if !req.exec_id.is_empty() {
-            return crate::exec::kill(&c, &req.exec_id, req.signal, req.all, self.agent_of(&c)).await;
+            return crate::container::exec::kill(&c, &req.exec_id, req.signal, req.all, self.agent_of(&c)).await;
         }
         if c.state().status == Status::Stopped {
             return Err(Error::NotFound(format!("process of container {} already finished", req.id)));
@@ -318,7 +322,7 @@ impl Inner {
     async fn delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
         if !req.exec_id.is_empty() {
             let c = self.container(&req.id)?;
-            return crate::exec::delete(self, &c, &req.exec_id, self.agent_of(&c), self.pid_of(&c)).await;
+            return crate::container::exec::delete(self, &c, &req.exec_id, self.agent_of(&c), self.pid_of(&c)).await;
         }
         let _g = self.lifecycle.lock().await;
         let c = self.container(&req.id)?;
@@ -343,14 +347,18 @@ impl Inner {
             }
         }
         let m = c.mounts.clone();
-        let _ = tokio::task::spawn_blocking(move || container::unmount_rootfs(&m)).await;
+        let _ = tokio::task::spawn_blocking(move || rootfs::unmount_rootfs(&m)).await;
 
         let exit = c.state().exit;
         let (status, at) = match exit {
             Some(e) => (e.status, MessageField::some(e.at)),
-            None => (137, MessageField::some(crate::process::now())),
+            None => (137, MessageField::some(crate::container::process::now())),
         };
-        self.publish("/tasks/delete", crate::process::delete_event(&req.id, &req.id, pid, status, at.clone())).await;
+        self.publish(
+            "/tasks/delete",
+            crate::container::process::delete_event(&req.id, &req.id, pid, status, at.clone()),
+        )
+        .await;
         tracing::info!("container {} deleted (exit status {status})", req.id);
         Ok(api::DeleteResponse { pid, exit_status: status, exited_at: at, ..Default::default() })
     }
@@ -358,7 +366,7 @@ impl Inner {
     fn state(&self, req: api::StateRequest) -> Result<api::StateResponse> {
         let c = self.container(&req.id)?;
         if !req.exec_id.is_empty() {
-            return crate::exec::state(&c, &req.exec_id, self.pid_of(&c));
+            return crate::container::exec::state(&c, &req.exec_id, self.pid_of(&c));
         }
         let st = c.state();
         let status = st.status.to_api();
@@ -394,7 +402,7 @@ async fn watch_exit(
         Ok(code) => guest_status(code),
         Err(e) => {
             let vm = match sandbox.vm_exit() {
-                Some(rx) => tokio::time::timeout(Duration::from_secs(2), crate::child::wait_exit(rx)).await.ok(),
+                Some(rx) => tokio::time::timeout(Duration::from_secs(2), crate::host::child::wait_exit(rx)).await.ok(),
                 None => None,
             };
             let status = vm.map(vm_death_status).unwrap_or(255);
@@ -411,7 +419,7 @@ async fn watch_exit(
         tracing::warn!("container {}: output not drained within {IO_DRAIN_TIMEOUT:?}", c.id);
     }
     inner.publish_oom_before_exit(&c, agent.as_ref()).await;
-    crate::exec::wait_execs_stopped(&c, IO_DRAIN_TIMEOUT).await;
+    crate::container::exec::wait_execs_stopped(&c, IO_DRAIN_TIMEOUT).await;
     let _gate = c.start_gate.lock().await;
     if let Some(exit) = c.mark_exited(status) {
         tracing::info!("container {} exited with status {status}", c.id);
@@ -450,7 +458,7 @@ impl Task for TaskService {
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let c = self.inner.container(&req.id)?;
         if !req.exec_id.is_empty() {
-            return Ok(crate::exec::wait(&c, &req.exec_id).await?);
+            return Ok(crate::container::exec::wait(&c, &req.exec_id).await?);
         }
         let exit = c.wait().await;
         Ok(api::WaitResponse { exit_status: exit.status, exited_at: MessageField::some(exit.at), ..Default::default() })
@@ -475,7 +483,7 @@ impl Task for TaskService {
         tracing::info!("CloseIO {} {} stdin {}", req.id, req.exec_id, req.stdin);
         let c = self.inner.container(&req.id)?;
         if req.stdin {
-            crate::exec::close_io(&c, &req.exec_id, self.inner.agent_of(&c)).await?;
+            crate::container::exec::close_io(&c, &req.exec_id, self.inner.agent_of(&c)).await?;
         }
         Ok(api::Empty::default())
     }
@@ -523,14 +531,14 @@ impl Task for TaskService {
     async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         tracing::info!("Exec {} {} (terminal {})", req.id, req.exec_id, req.terminal);
         let c = self.inner.container(&req.id)?;
-        crate::exec::add(&*self.inner, &c, req).await?;
+        crate::container::exec::add(&*self.inner, &c, req).await?;
         Ok(api::Empty::default())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
         tracing::debug!("ResizePty {} {} {}x{}", req.id, req.exec_id, req.width, req.height);
         let c = self.inner.container(&req.id)?;
-        crate::exec::resize_pty(&c, &req.exec_id, req.width, req.height, self.inner.agent_of(&c)).await?;
+        crate::container::exec::resize_pty(&c, &req.exec_id, req.width, req.height, self.inner.agent_of(&c)).await?;
         Ok(api::Empty::default())
     }
 

@@ -21,9 +21,9 @@ use containerd_shim::protos::events::task::{TaskExecAdded, TaskExecStarted, Task
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 
 use crate::agent::{AgentApi, Stream};
+use crate::container::process::{guest_status, Process, Status};
 use crate::container::{self, Container, Stdio};
 use crate::error::{Error, Result};
-use crate::process::{guest_status, Process, Status};
 
 /// Largest OCI process JSON accepted in an Exec request.
 pub const MAX_PROCESS_JSON: usize = 1024 * 1024;
@@ -171,23 +171,23 @@ pub async fn start(
             c.id
         )));
     }
-    let stdout = crate::io::open_output(&e.stdio.stdout).await?;
-    let stderr = crate::io::open_output(&e.stdio.stderr).await?;
+    let stdout = crate::container::stdio::open_output(&e.stdio.stdout).await?;
+    let stderr = crate::container::stdio::open_output(&e.stdio.stderr).await?;
     let guest_pid =
         agent.exec_process(&c.id, exec_id, e.process_json.clone(), !e.stdio.stdin.is_empty(), e.stdio.terminal).await?;
     e.process.set_guest_pid(guest_pid);
 
     let outputs = vec![
-        crate::io::spawn_output(agent.clone(), c.id.clone(), exec_id.to_string(), Stream::Stdout, stdout),
-        crate::io::spawn_output(agent.clone(), c.id.clone(), exec_id.to_string(), Stream::Stderr, stderr),
+        crate::container::stdio::spawn_output(agent.clone(), c.id.clone(), exec_id.to_string(), Stream::Stdout, stdout),
+        crate::container::stdio::spawn_output(agent.clone(), c.id.clone(), exec_id.to_string(), Stream::Stderr, stderr),
     ];
     let mut handles: Vec<tokio::task::AbortHandle> = outputs.iter().map(|h| h.abort_handle()).collect();
     if !e.stdio.stdin.is_empty() {
-        match crate::io::StdinFifo::open(&e.stdio.stdin) {
+        match crate::container::stdio::StdinFifo::open(&e.stdio.stdin) {
             Ok(fifo) => {
                 let fifo = Arc::new(fifo);
                 *e.process.stdin_fifo.lock().unwrap_or_else(|p| p.into_inner()) = Some(fifo.clone());
-                let h = crate::io::spawn_stdin(
+                let h = crate::container::stdio::spawn_stdin(
                     agent.clone(),
                     c.id.clone(),
                     exec_id.to_string(),
@@ -346,7 +346,9 @@ pub async fn delete(
         Some(x) => (x.status, MessageField::some(x.at)),
         None => (0, MessageField::none()),
     };
-    events.publish("/tasks/delete", crate::process::delete_event(&c.id, exec_id, pid, status, at.clone())).await;
+    events
+        .publish("/tasks/delete", crate::container::process::delete_event(&c.id, exec_id, pid, status, at.clone()))
+        .await;
     tracing::info!("exec {exec_id} of container {} deleted (exit status {status})", c.id);
     Ok(api::DeleteResponse { pid, exit_status: status, exited_at: at, ..Default::default() })
 }
@@ -421,7 +423,11 @@ mod tests {
             "/b".into(),
             "c".into(),
             Stdio::default(),
-            container::RootfsMounts { bundle_rootfs: None, share_dir: "/nonexistent".into(), shared: Vec::new() },
+            crate::resources::rootfs::RootfsMounts {
+                bundle_rootfs: None,
+                share_dir: "/nonexistent".into(),
+                shared: Vec::new(),
+            },
             1,
         );
         let mut req = api::ExecProcessRequest { id: "c".into(), exec_id: "e1".into(), ..Default::default() };

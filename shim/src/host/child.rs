@@ -80,7 +80,10 @@ impl Child {
                     ExitStatus::from_raw(255 << 8)
                 }
             };
-            tracing::info!("{name} (pid {pid}) exited: {status} (status {})", crate::process::shell_status(status));
+            tracing::info!(
+                "{name} (pid {pid}) exited: {status} (status {})",
+                crate::container::process::shell_status(status)
+            );
             let _ = tx.send(Some(status));
         });
         tracing::info!("started {name} (pid {pid}): {} {}", exe.display(), args.join(" "));

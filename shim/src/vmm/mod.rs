@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use crate::child::Child;
 use crate::error::Result;
+use crate::host::child::Child;
 
 pub use accel::Accel;
 
@@ -33,7 +33,7 @@ pub struct VmSpec {
     /// The hypervisor's own stdout/stderr go here.
     pub log: PathBuf,
     /// Pod NICs: open tap fds (owned by the sandbox's network) and the guest MACs.
-    pub nics: Vec<crate::network::VmNic>,
+    pub nics: Vec<crate::resources::network::VmNic>,
 }
 
 /// One VM's hypervisor process.

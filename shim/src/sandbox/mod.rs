@@ -6,50 +6,30 @@
 //! Boot order (shared/PLATFORM.md): vsock backend → log listener → virtiofsd → QEMU →
 //! READY from the agent → CONNECT to the agent → Check.
 
+pub mod oom;
+pub mod sizing;
+pub mod state_dir;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use sha2::{Digest, Sha256};
+use nix::mount::{mount, MsFlags};
 use tokio::sync::{watch, Mutex};
 
+use crate::agent::{handshake, streams};
 use crate::agent::{AgentApi, TtrpcAgent};
-use crate::child::Child;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hypervisor::{self, Accel, Hypervisor, VmSpec};
-use crate::network::{self, HostNetwork, PodConfig};
-use crate::sizing::VmSize;
-use crate::{virtiofsd, vsock};
-
-/// Unix socket paths are limited to 107 bytes (sun_path minus NUL).
-const MAX_SOCKET_PATH: usize = 107;
-/// Longest file name we create in the state dir for a socket ("vhost-vsock.sock").
-const LONGEST_SOCKET_NAME: usize = 16;
-/// Name of the pid file `delete` reads after a crashed shim.
-pub const PID_FILE: &str = "pids";
-
-/// The state directory of sandbox `id` in containerd namespace `ns`:
-/// `<runtime_dir>/<ns>/<id>`, or `<runtime_dir>/<ns>/h-<hash>` when socket paths below it
-/// would be too long, or `<runtime_dir>/h-<hash>` if even that is (pure). `ns` and `id`
-/// must be validated already (containerd identifiers: no '/', no "..").
-pub fn sandbox_dir(runtime_dir: &Path, ns: &str, id: &str) -> PathBuf {
-    let fits = |p: &Path| p.as_os_str().len() + 1 + LONGEST_SOCKET_NAME <= MAX_SOCKET_PATH;
-    let plain = runtime_dir.join(ns).join(id);
-    if fits(&plain) {
-        return plain;
-    }
-    let digest = Sha256::digest(format!("{ns}/{id}").as_bytes());
-    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    let hashed = runtime_dir.join(ns).join(format!("h-{hex}"));
-    if fits(&hashed) {
-        return hashed;
-    }
-    runtime_dir.join(format!("h-{hex}"))
-}
+use crate::host::child::Child;
+use crate::resources::mount::cleanup_mounts_and_dir;
+use crate::resources::network::{self, HostNetwork, PodConfig};
+use crate::sandbox::sizing::VmSize;
+use crate::vmm::qemu::{vhost_vsock, virtiofsd};
+use crate::vmm::{self, Accel, Hypervisor, VmSpec};
+use state_dir::{cleanup_dir, sandbox_dir, PID_FILE};
 
 struct Procs {
     vsock: Option<Child>,
@@ -107,11 +87,7 @@ impl Sandbox {
             dir: dir.clone(),
             share: share.clone(),
             cfg: cfg.clone(),
-            procs: Mutex::new(Procs {
-                vsock: None,
-                virtiofsd: None,
-                hv: hypervisor::new_backend(cfg.paths.qemu.clone()),
-            }),
+            procs: Mutex::new(Procs { vsock: None, virtiofsd: None, hv: vmm::new_backend(cfg.paths.qemu.clone()) }),
             agent: OnceLock::new(),
             vm_exit: OnceLock::new(),
             pid: AtomicU32::new(0),
@@ -157,7 +133,7 @@ impl Sandbox {
     }
 
     /// Starts the helpers and the VM and waits for the agent. On error the caller tears down.
-    /// `accel` comes from [`crate::hypervisor::accel::resolve`] (or is forced, for the KVM probe).
+    /// `accel` comes from [`crate::vmm::accel::resolve`] (or is forced, for the KVM probe).
     pub async fn boot(self: &Arc<Self>, accel: Accel, size: VmSize, timeout: Duration) -> Result<()> {
         let cfg = &self.cfg;
         for (what, key, path) in
@@ -177,14 +153,20 @@ impl Sandbox {
         let started = Instant::now();
         let mut procs = self.procs.lock().await;
 
-        let vs = vsock::spawn_backend(cfg, &self.dir)?;
+        let vs = vhost_vsock::spawn_backend(cfg, &self.dir)?;
         let vs_exit = vs.exit_watch();
         procs.vsock = Some(vs);
         self.write_pid_file(&procs);
-        wait_for_socket(&vsock::backend_socket(&self.dir), &vs_exit, "vhost-device-vsock", &self.dir.join("vsock.log"))
-            .await?;
+        wait_for_socket(
+            &vhost_vsock::backend_socket(&self.dir),
+            &vs_exit,
+            "vhost-device-vsock",
+            &self.dir.join("vsock.log"),
+        )
+        .await?;
 
-        let listener = vsock::bind_log_listener(&self.dir)?;
+        let listener =
+            handshake::bind_log_listener(&vhost_vsock::host_port_path(&self.dir, bulwark_protocol::LOG_PORT))?;
 
         let fs = virtiofsd::spawn(cfg, &self.dir, &self.share)?;
         let fs_exit = fs.exit_watch();
@@ -206,7 +188,7 @@ impl Sandbox {
             kernel: cfg.paths.kernel.clone(),
             initrd: cfg.paths.initrd.clone(),
             extra_kernel_params: cfg.vm.kernel_params.clone(),
-            vsock_socket: vsock::backend_socket(&self.dir),
+            vsock_socket: vhost_vsock::backend_socket(&self.dir),
             fs_socket: Some(virtiofsd::socket(&self.dir)),
             console_log: self.dir.join("console.log"),
             log: self.dir.join("qemu.log"),
@@ -232,8 +214,8 @@ impl Sandbox {
         drop(procs);
 
         let ready = tokio::select! {
-            r = vsock::accept_ready(&listener, timeout) => r,
-            st = crate::child::wait_exit(vm_exit.clone()) => Err(Error::Boot(format!(
+            r = handshake::accept_ready(&listener, timeout) => r,
+            st = crate::host::child::wait_exit(vm_exit.clone()) => Err(Error::Boot(format!(
                 "QEMU exited ({st}) before the agent was ready. QEMU log {}: {}",
                 self.dir.join("qemu.log").display(), tail(&self.dir.join("qemu.log"))))),
         };
@@ -256,12 +238,18 @@ impl Sandbox {
         drop(listener);
         crate::agent::check_version(version)?;
         *self.log_task.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(vsock::spawn_log_forwarder(log_stream, self.id.clone()));
+            Some(streams::spawn_log_forwarder(log_stream, self.id.clone()));
 
         let mut last = None;
         let mut stream = None;
         for _ in 0..3 {
-            match vsock::connect(&self.dir, bulwark_protocol::AGENT_PORT, Duration::from_secs(10)).await {
+            match handshake::connect(
+                &vhost_vsock::uds_path(&self.dir),
+                bulwark_protocol::AGENT_PORT,
+                Duration::from_secs(10),
+            )
+            .await
+            {
                 Ok(s) => {
                     stream = Some(s);
                     break;
@@ -294,7 +282,7 @@ impl Sandbox {
         // by itself). Containers learn about it through their own watchers.
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let st = crate::child::wait_exit(vm_exit).await;
+            let st = crate::host::child::wait_exit(vm_exit).await;
             if me.is_stopping() {
                 return;
             }
@@ -429,159 +417,5 @@ pub fn tail(path: &Path) -> String {
         "(empty)".into()
     } else {
         s
-    }
-}
-
-/// Decodes a mountinfo path field (`\040` style octal escapes) (pure).
-pub fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
-                if let Ok(v) = u8::try_from(v) {
-                    out.push(v);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Mount points at or below `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    v.dedup();
-    v
-}
-
-/// Unmounts everything under `dir` (lazily), then removes it — but never removes through
-/// a mount that is still there (that would delete a container's files).
-pub fn cleanup_mounts_and_dir(dir: &Path) -> Result<()> {
-    for m in mounts_under(dir) {
-        // Repeated: stacked mounts on one point need one unmount each.
-        for _ in 0..8 {
-            if umount2(&m, MntFlags::MNT_DETACH).is_err() {
-                break;
-            }
-        }
-    }
-    let left = mounts_under(dir);
-    if !left.is_empty() {
-        return Err(Error::Mount(format!(
-            "still mounted under {}: {left:?}; not removing the directory (unmount them by hand)",
-            dir.display()
-        )));
-    }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
-    }
-}
-
-/// Parses the pid file: (name, pid, exe) per well-formed line (pure; the file is ours but
-/// may be truncated by a crash).
-pub fn parse_pid_file(text: &str) -> Vec<(String, i32, PathBuf)> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ' ');
-            let name = it.next()?.to_string();
-            let pid: i32 = it.next()?.parse().ok()?;
-            let exe = PathBuf::from(it.next()?);
-            (pid > 1 && exe.is_absolute()).then_some((name, pid, exe))
-        })
-        .collect()
-}
-
-/// Whether /proc/<pid>/exe is `exe` (a deleted binary shows as "<path> (deleted)").
-fn pid_runs(pid: i32, exe: &Path) -> bool {
-    match std::fs::read_link(format!("/proc/{pid}/exe")) {
-        Ok(p) => {
-            let want = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
-            p == want || p == exe || p.to_string_lossy() == format!("{} (deleted)", want.display())
-        }
-        Err(_) => false,
-    }
-}
-
-/// Cleanup after a crashed shim: SIGKILL the recorded helpers that are still those
-/// programs, unmount, remove the directory.
-pub fn cleanup_dir(dir: &Path) -> Result<()> {
-    if let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) {
-        for (name, pid, exe) in parse_pid_file(&text) {
-            if pid_runs(pid, &exe) {
-                tracing::warn!("killing leftover {name} (pid {pid}, {})", exe.display());
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-        // Give the kernel a moment to release their mounts and sockets.
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    network::cleanup_saved(dir);
-    cleanup_mounts_and_dir(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dir_names_fit_sockets() {
-        let rd = Path::new("/run/bulwark");
-        assert_eq!(sandbox_dir(rd, "default", "abc"), PathBuf::from("/run/bulwark/default/abc"));
-        let id64 = "a".repeat(64);
-        assert_eq!(sandbox_dir(rd, "k8s.io", &id64), rd.join("k8s.io").join(&id64));
-        // namespaces do not share directories
-        assert_ne!(sandbox_dir(rd, "a", "x"), sandbox_dir(rd, "b", "x"));
-        let long_rd = Path::new("/tmp/a-rather-long-runtime-directory-name-xx");
-        let d = sandbox_dir(long_rd, "k8s.io", &id64);
-        assert!(d.file_name().unwrap().to_string_lossy().starts_with("h-"));
-        assert!(d.starts_with(long_rd.join("k8s.io")));
-        assert!(d.join("vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH);
-        // stable and distinct
-        assert_eq!(d, sandbox_dir(long_rd, "k8s.io", &id64));
-        assert_ne!(d, sandbox_dir(long_rd, "k8s.io", &"b".repeat(64)));
-        let d = sandbox_dir(long_rd, &"n".repeat(76), &id64);
-        assert!(d.join("vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH, "{d:?}");
-    }
-
-    #[test]
-    fn pid_file_parsing() {
-        let v = parse_pid_file(
-            "qemu 123 /usr/bin/qemu-system-x86_64\nvirtiofsd 1 /x\ngarbage\nvsock x /y\nv 7 rel\nv 9 /a b/c\n",
-        );
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0], ("qemu".into(), 123, PathBuf::from("/usr/bin/qemu-system-x86_64")));
-        assert_eq!(v[1].2, PathBuf::from("/a b/c"));
-    }
-
-    #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/bad\\09"), "/bad\\09");
-        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
-    }
-
-    #[test]
-    fn own_exe_is_recognised() {
-        let me = std::env::current_exe().unwrap();
-        assert!(pid_runs(std::process::id() as i32, &me));
-        assert!(!pid_runs(std::process::id() as i32, Path::new("/usr/bin/qemu-system-x86_64")));
     }
 }

@@ -1,0 +1,3 @@
+//! The host side's processes: helper programs the shim starts and supervises (child.rs).
+
+pub mod child;

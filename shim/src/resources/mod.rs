@@ -1,0 +1,7 @@
+//! What a sandbox attaches on the host: container rootfs (rootfs.rs), host bind mounts shared
+//! into the VM (volumes.rs), mount bookkeeping (mount.rs) and the pod network (network/).
+
+pub mod mount;
+pub mod network;
+pub mod rootfs;
+pub mod volumes;
