@@ -15,17 +15,25 @@ use crate::container::{validate_id, ExecError};
 use crate::init::reaper::Reaper;
 use crate::process::{Process, StdioSetup};
 
+/// What ExecProcess asks for.
+pub struct ExecArgs<'a> {
+    /// The container.
+    pub id: &'a str,
+    pub exec_id: &'a str,
+    /// The host's OCI process JSON.
+    pub process_json: &'a [u8],
+    pub with_stdin: bool,
+    pub terminal: bool,
+}
+
 /// Creates and starts the exec. `init` is the container's init process (it must still run).
 pub async fn start(
     runtime: Arc<dyn Runtime>,
     reaper: Arc<Reaper>,
     init: &Process,
-    id: &str,
-    exec_id: &str,
-    process_json: &[u8],
-    with_stdin: bool,
-    terminal: bool,
+    args: ExecArgs<'_>,
 ) -> Result<Process, ExecError> {
+    let ExecArgs { id, exec_id, process_json, with_stdin, terminal } = args;
     validate_id(id)?;
     validate_id(exec_id).map_err(|_| {
         ExecError::InvalidProcess(format!("exec id {exec_id:?}: use 1-128 characters from [A-Za-z0-9_.-]"))

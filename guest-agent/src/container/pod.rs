@@ -23,6 +23,9 @@ pub const PODS_DIR: &str = "/run/bulwark/pods";
 /// Size of the pod's /dev/shm tmpfs (what runc pods get from containerd by default).
 const SHM_SIZE: &str = "size=65536k";
 
+/// Resolves a path relative to the virtio-fs share to its place in the guest.
+pub type ResolveShared<'a> = Box<dyn Fn(&str) -> Result<PathBuf, ContainerError> + 'a>;
+
 /// What the agent knows about the pod when it rewrites one container's spec.
 pub struct PodView<'a> {
     pub container_id: &'a str,
@@ -31,7 +34,7 @@ pub struct PodView<'a> {
     pub sandbox_pid: Option<i32>,
     /// Resolves a path relative to the virtio-fs share (the agent passes
     /// `bundle::resolve_in_share`; the rewrite itself does no I/O).
-    pub resolve_shared: Box<dyn Fn(&str) -> Result<PathBuf, ContainerError> + 'a>,
+    pub resolve_shared: ResolveShared<'a>,
     /// (spec mount index, path relative to the share) for host bind mounts.
     pub shared_mounts: &'a [(u32, String)],
     /// The pod's /dev/shm directory in the guest.

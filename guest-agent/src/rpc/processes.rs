@@ -10,7 +10,7 @@ use protocol::agent::{
 };
 use ttrpc::Code;
 
-use crate::container::exec;
+use crate::container::exec::{self, ExecArgs};
 use crate::process::pty::set_window_size;
 use crate::rpc::errors::{container_err, exec_err, join_err, not_found, status};
 use crate::rpc::service::AgentService;
@@ -97,18 +97,14 @@ pub async fn exec(svc: &AgentService, req: ExecProcessRequest) -> ttrpc::Result<
     if svc.processes.has_exec(&id, &exec_id).await {
         return Err(status(Code::ALREADY_EXISTS, format!("exec {exec_id:?} of container {id:?} already exists")));
     }
-    let process = exec::start(
-        svc.runtime.clone(),
-        svc.reaper.clone(),
-        &init,
-        &id,
-        &exec_id,
-        &req.process_json,
-        req.stdin,
-        req.terminal,
-    )
-    .await
-    .map_err(exec_err)?;
+    let args = ExecArgs {
+        id: &id,
+        exec_id: &exec_id,
+        process_json: &req.process_json,
+        with_stdin: req.stdin,
+        terminal: req.terminal,
+    };
+    let process = exec::start(svc.runtime.clone(), svc.reaper.clone(), &init, args).await.map_err(exec_err)?;
     let pid = process.pid;
     let entry = Arc::new(process);
     let previous = svc.processes.insert_exec(id.clone(), exec_id.clone(), entry).await;
