@@ -1,6 +1,6 @@
 //! Container RPCs: CreateContainer, StartContainer, RemoveContainer. The spec is rewritten
-//! (container/spec.rs, pod.rs) and the runtime called off the async runtime, under the reaper
-//! lock; the init process goes into the process table under an empty exec id.
+//! (container/spec.rs, container/pod.rs) and the runtime called off the async runtime, under
+//! the reaper lock; the init process goes into the process table under an empty exec id.
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +39,8 @@ pub fn check_terminal(spec: &serde_json::Value, requested: bool) -> ttrpc::Resul
     Ok(terminal)
 }
 
-/// Rewrites the spec for the guest and the pod (pod.rs) and sets up what the pod shares.
+/// Rewrites the spec for the guest and the pod (container/pod.rs) and sets up what the pod
+/// shares.
 async fn pod_spec(
     svc: &AgentService,
     req: &CreateContainerRequest,
