@@ -54,3 +54,30 @@ pub fn remove_bundle(id: &str) {
 pub fn process_path(id: &str, exec_id: &str) -> PathBuf {
     Path::new(BUNDLE_DIR).join(id).join(format!("exec-{exec_id}.json"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rootfs_must_be_a_directory_inside_the_share() {
+        let share = std::env::temp_dir().join(format!("bwk-bundle-test-{}", std::process::id()));
+        std::fs::create_dir_all(share.join("c1/rootfs")).expect("mkdir");
+        std::fs::write(share.join("c1/file"), b"").expect("write");
+        std::os::unix::fs::symlink("/etc", share.join("c1/esc")).expect("symlink");
+        let canon = share.canonicalize().expect("canon");
+        assert_eq!(resolve_rootfs(&share, "./c1/rootfs").expect("rootfs"), canon.join("c1/rootfs"));
+        let not_dir = resolve_rootfs(&share, "c1/file").expect_err("a file");
+        assert!(matches!(&not_dir, ContainerError::Rootfs { reason, .. } if reason == "not a directory"), "{not_dir}");
+        let escape = resolve_rootfs(&share, "c1/esc").expect_err("symlink out");
+        assert!(escape.to_string().contains("outside the share"), "{escape}");
+        assert!(matches!(resolve_rootfs(&share, "c1/none"), Err(ContainerError::Rootfs { .. })));
+        assert!(matches!(resolve_rootfs(&share, "../c1"), Err(ContainerError::InvalidRootfsPath(_))));
+        std::fs::remove_dir_all(&share).expect("cleanup");
+    }
+
+    #[test]
+    fn exec_process_files_live_in_the_bundle() {
+        assert_eq!(process_path("c1", "e1"), Path::new(BUNDLE_DIR).join("c1/exec-e1.json"));
+    }
+}

@@ -239,4 +239,11 @@ mod tests {
         let huge = vec![b' '; MAX_PROCESS_JSON + 1];
         assert!(prepare_process(&huge, false).is_err());
     }
+
+    #[test]
+    fn oversized_specs_are_refused_before_parsing() {
+        let huge = vec![b' '; protocol::MAX_SPEC_JSON + 1];
+        let e = rewrite(&huge, "/r", &|_| true).expect_err("too big");
+        assert!(matches!(&e, ContainerError::Spec(m) if m.contains("over")), "{e}");
+    }
 }
