@@ -3,32 +3,32 @@
 //! Static build (the guest has no libc):
 //!   CARGO_TARGET_DIR=/tmp/tgt-agent RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu cargo build --release --target x86_64-unknown-linux-gnu -p bulwark-agent
 //!
-//! Order of events: leave the initramfs for a tmpfs root (boot.rs), mount the pseudo
-//! filesystems and cgroup2, log to the console (logging.rs), load modules (modules.rs), start
-//! the reaper (reaper.rs), listen for ttrpc on vsock (server.rs), then connect out to the host
-//! and announce READY (vsock.rs). PID 1 must never exit or panic: errors are logged and the
-//! agent keeps serving.
+//! Startup order only: leave the initramfs for a tmpfs root (init/boot.rs), mount the pseudo
+//! filesystems and cgroup2, log to the console (init/logging.rs), load modules
+//! (init/modules.rs), start the reaper (init/reaper.rs), mount the share if the VM has one
+//! (init/share.rs), listen for ttrpc on vsock (rpc/), then connect out to the host and announce
+//! READY (vsock.rs). PID 1 must never exit or panic: errors are logged and the agent keeps
+//! serving.
+//!
+//! Layers, each calling only down: `rpc` (the ttrpc service) over `container` (specs, pods,
+//! libcontainer, cgroups) over `process` (one process: pid, exit, stdio) over `init` (PID 1
+//! duties, the reaper, the share); `network` (SetupSandbox) and `vsock` (READY and logs to the
+//! host) stand apart; `telemetry` is empty for now.
 extern crate bulwark_protocol as protocol;
 
-mod boot;
-mod cgroups;
 mod container;
-mod exec;
-mod logging;
-mod modules;
+mod init;
 mod network;
-mod pod;
 mod process;
-mod pty;
-mod reaper;
-mod server;
-mod share;
-mod stdio;
+mod rpc;
+mod telemetry;
 mod vsock;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use init::{boot, logging, modules, reaper, share};
 
 fn main() {
     reset_sigpipe();
@@ -109,7 +109,7 @@ async fn serve(log_lines: logging::LogReceiver, no_pivot: bool) {
         }
     }
 
-    let service = Arc::new(server::AgentService::new(reaper, share, no_pivot));
+    let service = Arc::new(rpc::AgentService::new(reaper, share, no_pivot));
     let addr = format!("vsock://-1:{}", protocol::AGENT_PORT);
     // The vsock transport may take a moment to appear after the module loads.
     let mut server = None;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio_vsock::{VsockAddr, VsockStream};
 
-use crate::logging::{self, LogReceiver};
+use crate::init::logging::{self, LogReceiver};
 
 /// How long to keep trying to reach the host.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(30);

@@ -1,6 +1,6 @@
 //! Logging: `tracing` events go to /dev/console (the serial console the host captures) and
-//! into a bounded queue that `vsock.rs` forwards to the host after the READY line.
-//! Lines are cut to fit protocol::MAX_LOG_LINE; when the queue is full, lines are dropped
+//! into a bounded queue that the crate's `vsock.rs` forwards to the host after the READY
+//! line. Lines are cut to fit protocol::MAX_LOG_LINE; when the queue is full, lines are dropped
 //! (the console still has them) rather than growing memory.
 //!
 //! Fork safety: libcontainer logs from processes it forks off this multi-threaded agent. In

@@ -1,19 +1,25 @@
 //! One process the agent runs: a container's init process or an exec. Its pid, exit channel
-//! and stdio: pipes (stdout and stderr separate) or a pty master (pty.rs: the master is the
-//! stdout stream, stderr is empty, stdin writes to the master, ResizePty resizes it).
+//! and stdio: pipes (stdout and stderr separate, stdio.rs) or a pty master (pty.rs: the master
+//! is the stdout stream, stderr is empty, stdin writes to the master, ResizePty resizes it).
+//! `table.rs` finds the agent's processes by (container id, exec id).
 //!
 //! Setting up stdio is two steps around the libcontainer call: [`StdioSetup::new`] makes the
 //! child's ends (pipes, or a console socket for libcontainer to send the pty master to), and
-//! [`StdioSetup::finish`] (after the process exists) turns the agent's ends into a [`Process`].
+//! [`StdioSetup::receive`] then [`ReceivedStdio::into_process`] (after the process exists)
+//! turn the agent's ends into a [`Process`].
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use crate::container::ChildStdio;
-use crate::pty::{ConsoleSocket, PtyError, PtyMaster};
-use crate::reaper::ExitReceiver;
-use crate::stdio::{self, OutputStream, Stdin, StdinSink, StdioError, OUTPUT_BUFFER_CAP};
+use crate::init::reaper::ExitReceiver;
+use pty::{ConsoleSocket, PtyError, PtyMaster};
+use stdio::{OutputStream, Stdin, StdinSink, StdioError, OUTPUT_BUFFER_CAP};
+
+pub mod pty;
+pub mod stdio;
+pub mod table;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessIoError {
@@ -49,6 +55,13 @@ impl Process {
             p.abort();
         }
     }
+}
+
+/// The child's side of a process's stdio: pipe ends, or a console socket libcontainer sends
+/// the pty master to.
+pub enum ChildStdio {
+    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+    Console(PathBuf),
 }
 
 /// The agent's side of a process's stdio while the process is being created.
@@ -142,5 +155,16 @@ impl ReceivedStdio {
             }
         };
         Process { pid, exit, stdout, stderr, stdin: Stdin::new(stdin), pty, pumps }
+    }
+}
+
+#[cfg(test)]
+impl Process {
+    /// A process without stdio (no pumps, no stdin, empty streams), for tests of the layers
+    /// above; `exit` is the receiving end of a channel the test controls.
+    pub fn without_stdio(pid: i32, exit: ExitReceiver) -> Process {
+        let stdout = OutputStream::new(16);
+        let stderr = OutputStream::new(16);
+        Process { pid, exit, stdout, stderr, stdin: Stdin::new(None), pty: None, pumps: Vec::new() }
     }
 }

@@ -1,7 +1,7 @@
 //! Container cgroups in the guest (cgroup v2, mounted at /sys/fs/cgroup with all
 //! controllers): raw stats files, resource updates (OCI `linux.resources` applied with
 //! libcgroups' v2 manager: the same conversions youki and runc use), freeze/thaw through
-//! libcontainer (so its stored state stays consistent), the process list, and OOM-kill
+//! libcontainer (runtime.rs, so its stored state stays consistent), the process list, and OOM-kill
 //! events from `memory.events` (one event per `oom_kill` increment, delivered once).
 //!
 //! A container is tracked from its creation to its removal; its cgroup directory comes from
@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use libcgroups::common::{CgroupManager, ControllerOpt};
-use libcontainer::container::Container;
 use oci_spec::runtime::LinuxResources;
 use tokio::sync::mpsc;
 
-use crate::container::STATE_DIR;
-use crate::reaper::Reaper;
+use crate::container::runtime;
+use crate::init::reaper::Reaper;
 
 /// Mount point of the guest's cgroup v2 hierarchy.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -190,10 +189,9 @@ impl Cgroups {
     /// Starts tracking a created container (its cgroup exists from now on). Logs failures:
     /// the container still runs, only stats/update/pause/OOM events are unavailable.
     pub fn track(&self, id: &str) {
-        let res = Container::load(Path::new(STATE_DIR).join(id))
-            .and_then(|c| c.spec())
+        let res = runtime::stored_cgroup_path(id)
             .map_err(|e| CgroupError::Libcontainer { op: "load", id: id.to_string(), msg: e.to_string() })
-            .and_then(|spec| self.insert(id, spec.cgroup_path));
+            .and_then(|cgroup_path| self.insert(id, cgroup_path));
         match res {
             Ok(()) => tracing::debug!(container = %id, "cgroup tracked"),
             Err(e) => tracing::error!(container = %id, "tracking the cgroup: {e}"),
@@ -267,17 +265,11 @@ impl Cgroups {
         let op = if pause { "pause" } else { "resume" };
         tokio::task::spawn_blocking(move || {
             let _g = reaper.lock();
-            let lc = |e: libcontainer::error::LibcontainerError| CgroupError::Libcontainer {
+            runtime::set_paused(&cid, pause).map_err(|e| CgroupError::Libcontainer {
                 op,
                 id: cid.clone(),
                 msg: e.to_string(),
-            };
-            let mut c = Container::load(Path::new(STATE_DIR).join(&cid)).map_err(lc)?;
-            if pause {
-                c.pause().map_err(lc)
-            } else {
-                c.resume().map_err(lc)
-            }
+            })
         })
         .await
         .map_err(|e| CgroupError::Join(e.to_string()))??;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
-use crate::reaper::ExitReceiver;
+use crate::init::reaper::ExitReceiver;
 
 /// Default buffer size per output stream.
 pub const OUTPUT_BUFFER_CAP: usize = 1024 * 1024;

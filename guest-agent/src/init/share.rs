@@ -30,7 +30,7 @@ impl Share {
         let mut mounted = self.mounted.lock().await;
         if !*mounted {
             let _ = std::fs::create_dir_all(SHARE_DIR);
-            if !crate::boot::is_mountpoint(Path::new(SHARE_DIR)) {
+            if !crate::init::boot::is_mountpoint(Path::new(SHARE_DIR)) {
                 nix::mount::mount(
                     Some(protocol::SHARE_TAG),
                     SHARE_DIR,

@@ -7,17 +7,24 @@
 //! - host bind mounts the shim shared through virtio-fs (SharedMount in the protocol);
 //! - network sysctls, which belong to the VM's network namespace, applied VM-wide;
 //! - a cgroup namespace for every container (the guest is a cgroup v2 node).
+//!
+//! [`rewrite`] is pure (shared mount paths are resolved through [`PodView::resolve_shared`]);
+//! [`ensure_shm`], [`release`] and [`apply_sysctls`] are the I/O.
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use serde_json::{Map, Value};
 
-use crate::container::{resolve_in_share, ContainerError};
+use crate::container::ContainerError;
+use crate::init::boot::is_mountpoint;
 
 /// Per-pod guest state (the /dev/shm tmpfs) lives below this directory.
 pub const PODS_DIR: &str = "/run/bulwark/pods";
 /// Size of the pod's /dev/shm tmpfs (what runc pods get from containerd by default).
 const SHM_SIZE: &str = "size=65536k";
+
+/// Resolves a path relative to the virtio-fs share to its place in the guest.
+pub type ResolveShared<'a> = Box<dyn Fn(&str) -> Result<PathBuf, ContainerError> + 'a>;
 
 /// What the agent knows about the pod when it rewrites one container's spec.
 pub struct PodView<'a> {
@@ -25,8 +32,9 @@ pub struct PodView<'a> {
     pub sandbox_id: &'a str,
     /// Guest pid of the sandbox container's init process, if it is in this VM.
     pub sandbox_pid: Option<i32>,
-    /// Where the virtio-fs share is mounted.
-    pub share: &'a Path,
+    /// Resolves a path relative to the virtio-fs share (the agent passes
+    /// `bundle::resolve_in_share`; the rewrite itself does no I/O).
+    pub resolve_shared: ResolveShared<'a>,
     /// (spec mount index, path relative to the share) for host bind mounts.
     pub shared_mounts: &'a [(u32, String)],
     /// The pod's /dev/shm directory in the guest.
@@ -47,7 +55,7 @@ pub fn shm_dir(sandbox_id: &str) -> PathBuf {
 /// Mounts the pod's /dev/shm tmpfs unless it is already there.
 pub fn ensure_shm(sandbox_id: &str) -> Result<PathBuf, ContainerError> {
     let dir = shm_dir(sandbox_id);
-    if crate::boot::is_mountpoint(&dir) {
+    if is_mountpoint(&dir) {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).map_err(|source| ContainerError::Io {
@@ -74,7 +82,7 @@ pub fn ensure_shm(sandbox_id: &str) -> Result<PathBuf, ContainerError> {
 pub fn release(sandbox_id: &str) {
     let dir = Path::new(PODS_DIR).join(sandbox_id);
     let shm = dir.join("shm");
-    if crate::boot::is_mountpoint(&shm) {
+    if is_mountpoint(&shm) {
         if let Err(e) = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!("unmounting {}: {e}", shm.display());
         }
@@ -213,7 +221,7 @@ fn rewrite_mounts(mounts: &mut [Value], pod: &PodView, notes: &mut Vec<String>) 
         if !is_bind(&Value::Object(m.clone())) {
             return Err(ContainerError::Spec(format!("shared mount index {index} is not a bind mount")));
         }
-        let source = resolve_in_share(pod.share, rel)?;
+        let source = (pod.resolve_shared)(rel)?;
         m.insert("source".into(), Value::String(source.to_string_lossy().into_owned()));
     }
     for m in mounts.iter_mut() {
@@ -230,6 +238,7 @@ fn rewrite_mounts(mounts: &mut [Value], pod: &PodView, notes: &mut Vec<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::bundle::resolve_in_share;
     use serde_json::json;
 
     fn cri_container_spec() -> Value {
@@ -258,7 +267,7 @@ mod tests {
             container_id: cid,
             sandbox_id: "pod",
             sandbox_pid: pid,
-            share,
+            resolve_shared: Box::new(move |rel: &str| resolve_in_share(share, rel)),
             shared_mounts: shared,
             shm_dir: Path::new("/run/bulwark/pods/pod/shm"),
         }
