@@ -35,9 +35,7 @@ pub async fn start(
 ) -> Result<Process, ExecError> {
     let ExecArgs { id, exec_id, process_json, with_stdin, terminal } = args;
     validate_id(id)?;
-    validate_id(exec_id).map_err(|_| {
-        ExecError::InvalidProcess(format!("exec id {exec_id:?}: use 1-128 characters from [A-Za-z0-9_.-]"))
-    })?;
+    bulwark_protocol::validate_id(exec_id).map_err(|e| ExecError::InvalidProcess(format!("exec id: {e}")))?;
     if init.has_exited() {
         return Err(ExecError::NotRunning(id.to_string()));
     }

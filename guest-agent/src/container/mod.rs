@@ -22,7 +22,7 @@ pub mod spec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("invalid container id {0:?}: use 1-128 characters from [A-Za-z0-9_.-], not starting with '.'")]
+    #[error("{0}")]
     InvalidId(String),
     #[error("invalid rootfs_path {0:?}: must be a non-empty relative path without '..'")]
     InvalidRootfsPath(String),
@@ -56,7 +56,7 @@ pub enum ExecError {
 
 /// Container and exec ids become directory names: the rule both sides enforce (protocol/).
 pub fn validate_id(id: &str) -> Result<(), ContainerError> {
-    bulwark_protocol::validate_id(id).map_err(|_| ContainerError::InvalidId(id.to_string()))
+    bulwark_protocol::validate_id(id).map_err(|e| ContainerError::InvalidId(e.to_string()))
 }
 
 /// `rootfs_path` must be a plain relative path (normal components and "." only).
