@@ -172,6 +172,8 @@ pub fn now() -> Timestamp {
     Timestamp::now()
 }
 
+/// Shell-style status of a host process exit (it lives with the child processes, host/).
+#[allow(unused_imports)] // used from here by tests only, today
 pub use crate::host::child::shell_status;
 
 /// Status reported for containers of a VM that died under them: 137 when the VM was killed

@@ -97,7 +97,11 @@ impl Host for FakeHost {
     }
 
     fn mount(&self, source: Option<&Path>, target: &Path, flags: MsFlags) -> std::io::Result<()> {
-        self.record(format!("mount {} {} {flags:?}", source.map(|s| s.display().to_string()).unwrap_or_default(), target.display()));
+        self.record(format!(
+            "mount {} {} {flags:?}",
+            source.map(|s| s.display().to_string()).unwrap_or_default(),
+            target.display()
+        ));
         if !target.exists() {
             return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
         }

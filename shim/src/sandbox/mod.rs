@@ -207,12 +207,7 @@ impl Sandbox {
     /// Stops the VM and helpers, unmounts the share and removes the state directory.
     /// Idempotent; logs what it could not do.
     pub async fn teardown(&self) {
-        let all = [
-            SandboxState::Prepared,
-            SandboxState::Booting,
-            SandboxState::Ready,
-            SandboxState::Dead,
-        ];
+        let all = [SandboxState::Prepared, SandboxState::Booting, SandboxState::Ready, SandboxState::Dead];
         if self.transition(&all, SandboxState::Stopping).is_err() {
             return;
         }

@@ -65,8 +65,7 @@ pub struct FakeVmm {
 impl FakeVmm {
     /// A fake VM for the sandbox whose state directory is `dir`.
     pub fn new(dir: &Path, behaviour: Behaviour) -> (FakeVmm, FakeVmmHandle) {
-        let handle =
-            FakeVmmHandle { exit: Arc::new(watch::channel(None).0), calls: Arc::new(Mutex::new(Vec::new())) };
+        let handle = FakeVmmHandle { exit: Arc::new(watch::channel(None).0), calls: Arc::new(Mutex::new(Vec::new())) };
         (FakeVmm { dir: dir.to_path_buf(), behaviour, handle: handle.clone(), started: false, guest: None }, handle)
     }
 
