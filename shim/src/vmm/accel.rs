@@ -193,4 +193,26 @@ mod tests {
         let t = format_cache("k", Accel::Kvm, "ok");
         assert_eq!(parse_cache(&t, "k").map(|x| x.0), Some(Accel::Kvm));
     }
+
+    /// Counts its calls; never boots anything.
+    struct CountingProbe(std::sync::atomic::AtomicU32);
+
+    #[async_trait]
+    impl KvmBootProbe for CountingProbe {
+        async fn probe(&self, _cfg: &Config) -> Result<(), String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forced_setting_does_not_probe() {
+        let probe = CountingProbe(Default::default());
+        let mut cfg = Config::default();
+        cfg.vm.acceleration = Acceleration::Tcg;
+        assert_eq!(resolve(&cfg, &probe).await, Accel::Tcg);
+        cfg.vm.acceleration = Acceleration::Kvm;
+        assert_eq!(resolve(&cfg, &probe).await, Accel::Kvm);
+        assert_eq!(probe.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 }
