@@ -50,6 +50,11 @@ impl Sandbox {
         let cfg = &self.cfg;
         let started = Instant::now();
         let console = state_dir::console_log(&self.dir);
+        let mut vmm = self.vmm.lock().await;
+        let caps = vmm.capabilities();
+        if !caps.fs_share {
+            tracing::warn!("sandbox {}: the {} backend cannot share files: the VM gets no share", self.id, vmm.name());
+        }
         let vm = VmConfig {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
@@ -57,10 +62,9 @@ impl Sandbox {
             kernel: cfg.paths.kernel.clone(),
             initrd: cfg.paths.initrd.clone(),
             extra_kernel_params: cfg.vm.kernel_params.clone(),
-            share: Some(self.share.clone()),
+            share: caps.fs_share.then(|| self.share.clone()),
             console_log: console.clone(),
         };
-        let mut vmm = self.vmm.lock().await;
         let socket = vmm.agent_socket();
 
         let prepared = vmm.prepare(&vm).await;
