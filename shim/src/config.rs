@@ -31,7 +31,28 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::vmm::accel::Acceleration;
+
+/// `vm.acceleration`: what the VMM backend runs guests with (vmm/accel.rs resolves `auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Acceleration {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for Acceleration {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Acceleration::Auto),
+            "kvm" => Ok(Acceleration::Kvm),
+            "tcg" => Ok(Acceleration::Tcg),
+            other => Err(format!("unknown acceleration {other:?}: use auto, kvm or tcg")),
+        }
+    }
+}
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulwark/config.toml";

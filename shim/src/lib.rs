@@ -7,12 +7,15 @@
 //!   then call the verb; events go down one channel to one forwarder.
 //! - `container/`: one container (spec, id rules) holding its processes: one `Process`
 //!   model for the init process and execs, their stdio.
-//! - `sandbox/`: one microVM per pod: state, boot, sizing, OOM watch, state directory.
-//! - edges: `vmm/` (the hypervisor backend and the helper processes it owns), `agent/`
-//!   (everything asked of the guest, the boot handshake, guest→host streams), `resources/`
-//!   (rootfs, volumes, mounts, pod network), `jail/` (host confinement of the VMM),
-//!   `host/` (child processes).
+//! - `sandbox/`: one microVM per pod: `Sandbox` and its state, the boot sequence (boot.rs),
+//!   sizing, OOM watch, the state directory (state_dir.rs, public).
+//! - edges: `vmm/` (trait `Vmm`; the QEMU backend owns its helper processes; a fake for
+//!   tests), `agent/` (everything asked of the guest, the boot handshake, guest→host
+//!   streams), `resources/` (rootfs, volumes, mount cleanup, pod network), `jail/` (host
+//!   confinement of the VMM, a room), `host/` (trait `Host`: child processes, mounts).
 //! - `config.rs` (the node configuration) and `error.rs` (typed errors) at the bottom.
+//!
+//! No module imports one above it; `scripts/module-deps` lists the edges and fails on a cycle.
 //!
 //! Logging: `tracing` macros become `log` records (workspace feature "log") that
 //! containerd-shim's logger writes to containerd's shim log. No tracing subscriber here.

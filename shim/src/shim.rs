@@ -1,6 +1,6 @@
 //! The shim's lifecycle entry points (containerd-shim's `Shim` trait): `start` (spawn the
-//! daemon, grouped by pod sandbox), `delete` (clean up after a crashed shim), `wait`, and
-//! creation of the Task service (task.rs).
+//! daemon, grouped by pod sandbox), `delete` (clean up after a crashed shim, through
+//! sandbox/state_dir.rs), `wait`, and creation of the Task service (task/).
 
 use std::sync::Arc;
 
@@ -64,10 +64,7 @@ impl Shim for BulwarkShim {
             } else {
                 // One container of a pod: only its share entry; the pod's VM belongs to the
                 // sandbox container's delete.
-                let share_dir = dir.join("share").join(&id);
-                if share_dir.exists() {
-                    crate::resources::mount::cleanup_mounts_and_dir(&share_dir)?;
-                }
+                state_dir::cleanup_container_share(&dir, &id)?;
             }
             let rootfs = bundle.join("rootfs");
             for _ in 0..16 {

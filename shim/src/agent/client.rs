@@ -1,7 +1,7 @@
 //! The real [`AgentApi`]: a ttrpc client of the guest agent over a connected vsock stream.
 //! Every call is bounded: short calls by a timeout, long polls (WaitProcess, ReadStdout/
 //! ReadStderr, WaitOomEvent) by the VM's death. Replies are untrusted guest data: what is kept
-//! is bounded here (chunk sizes) and in client_resources.rs (stats files, pids, ids).
+//! is bounded here: chunk sizes, stats files, pids, ids.
 
 use std::future::Future;
 use std::process::ExitStatus;

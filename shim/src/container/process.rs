@@ -172,16 +172,9 @@ pub fn now() -> Timestamp {
     Timestamp::now()
 }
 
-/// Shell-style status of a host process exit: the code, or 128 + signal number.
-pub fn shell_status(st: ExitStatus) -> u32 {
-    if let Some(code) = st.code() {
-        return (code & 0xff) as u32;
-    }
-    if let Some(sig) = st.signal() {
-        return 128 + sig as u32;
-    }
-    255
-}
+/// Shell-style status of a host process exit (it lives with the child processes, host/).
+#[allow(unused_imports)] // used from here by tests only, today
+pub use crate::host::child::shell_status;
 
 /// Status reported for containers of a VM that died under them: 137 when the VM was killed
 /// with SIGKILL (as if the container had been), otherwise 255.

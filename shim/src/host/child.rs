@@ -1,12 +1,14 @@
 //! A supervised helper process (QEMU, virtiofsd, vhost-device-vsock): spawned with
-//! `tokio::process`, reaped by its own task, its exit status published on a watch channel.
+//! `tokio::process`, reaped by its own task, its exit status published on a watch channel;
+//! stopping it, waiting for the socket it serves, and the tail of its log for error messages.
 //!
 //! The library's reaper is off (`no_reaper`), so only these tasks reap our children.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -24,6 +26,9 @@ pub struct Child {
     /// The program it runs (checked against /proc/<pid>/exe before killing leftovers).
     pub exe: PathBuf,
     exited: watch::Receiver<Option<ExitStatus>>,
+    /// Set for a simulated child (tests): `stop` publishes a SIGKILL status here instead of
+    /// signalling a pid that is not ours.
+    simulated: Option<Arc<watch::Sender<Option<ExitStatus>>>>,
 }
 
 impl Child {
@@ -80,14 +85,19 @@ impl Child {
                     ExitStatus::from_raw(255 << 8)
                 }
             };
-            tracing::info!(
-                "{name} (pid {pid}) exited: {status} (status {})",
-                crate::container::process::shell_status(status)
-            );
+            tracing::info!("{name} (pid {pid}) exited: {status} (status {})", shell_status(status));
             let _ = tx.send(Some(status));
         });
         tracing::info!("started {name} (pid {pid}): {} {}", exe.display(), args.join(" "));
-        Ok(Child { name, pid, exe: exe.to_path_buf(), exited: rx })
+        Ok(Child { name, pid, exe: exe.to_path_buf(), exited: rx, simulated: None })
+    }
+
+    /// A child that is no process (for fakes in tests): the returned sender publishes its exit.
+    #[cfg(test)]
+    pub fn simulated(name: &'static str, pid: u32, exe: &Path) -> (Child, Arc<watch::Sender<Option<ExitStatus>>>) {
+        let (tx, rx) = watch::channel(None);
+        let tx = Arc::new(tx);
+        (Child { name, pid, exe: exe.to_path_buf(), exited: rx, simulated: Some(tx.clone()) }, tx)
     }
 
     /// The exit status, if it has exited.
@@ -110,6 +120,10 @@ impl Child {
         if self.exit_status().is_some() {
             return;
         }
+        if let Some(tx) = &self.simulated {
+            tx.send_replace(Some(ExitStatus::from_raw(libc::SIGKILL)));
+            return;
+        }
         // The pid cannot have been reused: our waiter task has not reaped it yet (exit_status
         // is None), and only that task reaps it.
         let pid = Pid::from_raw(self.pid as i32);
@@ -123,6 +137,71 @@ impl Child {
         if tokio::time::timeout(Duration::from_secs(5), self.wait()).await.is_err() {
             tracing::warn!("{} (pid {}) not reaped 5s after SIGKILL", self.name, self.pid);
         }
+    }
+
+    /// Waits until the child has created `path` (its socket), failing if it exits first or
+    /// `limit` passes. `log` is the child's log, quoted in the error.
+    pub async fn wait_for_path(&self, path: &Path, log: &Path, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if path.exists() {
+                return Ok(());
+            }
+            if let Some(st) = self.exit_status() {
+                return Err(Error::Boot(format!(
+                    "{} exited ({st}) at start. Its log {}: {}",
+                    self.name,
+                    log.display(),
+                    log_tail(log)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "{} did not create {} within {}s",
+                    self.name,
+                    path.display(),
+                    limit.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Shell-style status of a host process exit: the code, or 128 + signal number.
+pub fn shell_status(st: ExitStatus) -> u32 {
+    if let Some(code) = st.code() {
+        return (code & 0xff) as u32;
+    }
+    if let Some(sig) = st.signal() {
+        return 128 + sig as u32;
+    }
+    255
+}
+
+/// The last ~1.5 KiB of a log file, one line, control characters replaced.
+pub fn log_tail(path: &Path) -> String {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) => return format!("(unreadable: {e})"),
+    };
+    let start = data.len().saturating_sub(1536);
+    let s: String = String::from_utf8_lossy(&data[start..])
+        .chars()
+        .map(|c| {
+            if c == '\n' {
+                '|'
+            } else if c.is_control() {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    if s.trim().is_empty() {
+        "(empty)".into()
+    } else {
+        s
     }
 }
 

@@ -1,7 +1,54 @@
-//! What the shim does to the host: helper programs it starts and supervises (child.rs), and
-//! symlink-proof file and mount operations below its own directories (fs.rs).
+//! What the lower layers do to the host, behind one trait ([`Host`]) so the logic above it
+//! (sandbox state directory and share, teardown, volumes) can be unit-tested without root:
+//! start a supervised child process (child.rs), bind-mount / change propagation / unmount,
+//! list the mounts under a directory, create a directory. linux.rs makes the real calls;
+//! fake.rs (tests only) records them and keeps a mount table in memory. fs.rs holds the
+//! symlink-proof file and mount operations below the shim's own directories.
+//!
+//! Errors are the raw `std::io::Error` of the call: callers say what they were doing.
 
 pub mod child;
+#[cfg(test)]
+pub mod fake;
 // Used by the share once it is rebuilt on it (issue 8); tested on its own until then.
 #[allow(dead_code)]
 pub mod fs;
+pub mod linux;
+
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::error::Result;
+
+pub use child::Child;
+pub use linux::LinuxHost;
+
+/// A helper program to start ([`Host::spawn`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Command<'a> {
+    /// What it is, for logs and the pid file ("qemu", "virtiofsd", ...).
+    pub name: &'static str,
+    pub exe: &'a Path,
+    pub args: &'a [String],
+    /// stdout and stderr are appended here.
+    pub log: &'a Path,
+    /// Fds the child inherits under the same numbers (e.g. tap devices).
+    pub keep_fds: &'a [RawFd],
+}
+
+/// The host operations of the lower layers.
+pub trait Host: Send + Sync {
+    /// Starts a supervised child (see [`Child::spawn_with_fds`]).
+    fn spawn(&self, cmd: &Command<'_>) -> Result<Child>;
+    /// mount(2) without a filesystem type or data: bind mounts (`MS_BIND`, `MS_REC`), read-only
+    /// remounts and propagation changes (`MS_PRIVATE`, `MS_SHARED`).
+    fn mount(&self, source: Option<&Path>, target: &Path, flags: MsFlags) -> std::io::Result<()>;
+    /// Lazily unmounts the top mount on `target` (`MNT_DETACH`).
+    fn unmount(&self, target: &Path) -> std::io::Result<()>;
+    /// Mount points at or below `dir`, deepest first.
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf>;
+    /// Creates one directory (its parent must exist).
+    fn create_dir(&self, path: &Path) -> std::io::Result<()>;
+}

@@ -1,5 +1,6 @@
 //! What a sandbox attaches on the host: container rootfs (rootfs.rs), host bind mounts shared
-//! into the VM (volumes.rs), mount bookkeeping (mount.rs) and the pod network (network/).
+//! into the VM (volumes.rs), unmount-and-remove of a directory (mount.rs) and the pod network
+//! (network/).
 
 pub mod mount;
 pub mod network;

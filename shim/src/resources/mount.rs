@@ -1,61 +1,29 @@
-//! Mount bookkeeping on the host: which mounts are under a directory (from
-//! /proc/self/mountinfo), and unmounting them all before removing the directory.
+//! Mount bookkeeping on the host: unmounting everything under a directory before removing
+//! it, never removing through a mount that is still there. The mount table itself is read
+//! through [`Host::mounts_under`].
 
-use std::path::{Path, PathBuf};
-
-use nix::mount::{umount2, MntFlags};
+use std::path::Path;
 
 use crate::error::{Error, Result};
-
-/// Decodes a mountinfo path field (`\040` style octal escapes) (pure).
-pub fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
-                if let Ok(v) = u8::try_from(v) {
-                    out.push(v);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Mount points at or below `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut v: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    v.dedup();
-    v
-}
+use crate::host::{Host, LinuxHost};
 
 /// Unmounts everything under `dir` (lazily), then removes it — but never removes through
 /// a mount that is still there (that would delete a container's files).
 pub fn cleanup_mounts_and_dir(dir: &Path) -> Result<()> {
-    for m in mounts_under(dir) {
+    cleanup_mounts_and_dir_with(&LinuxHost, dir)
+}
+
+/// [`cleanup_mounts_and_dir`] on `host`.
+pub fn cleanup_mounts_and_dir_with(host: &dyn Host, dir: &Path) -> Result<()> {
+    for m in host.mounts_under(dir) {
         // Repeated: stacked mounts on one point need one unmount each.
         for _ in 0..8 {
-            if umount2(&m, MntFlags::MNT_DETACH).is_err() {
+            if host.unmount(&m).is_err() {
                 break;
             }
         }
     }
-    let left = mounts_under(dir);
+    let left = host.mounts_under(dir);
     if !left.is_empty() {
         return Err(Error::Mount(format!(
             "still mounted under {}: {left:?}; not removing the directory (unmount them by hand)",
@@ -72,12 +40,21 @@ pub fn cleanup_mounts_and_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::FakeHost;
+    use nix::mount::MsFlags;
 
     #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/bad\\09"), "/bad\\09");
-        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
+    fn cleanup_unmounts_stacked_mounts_then_removes() {
+        let dir = crate::host::fake::temp_dir("mount-cleanup");
+        let sub = dir.join("a");
+        std::fs::create_dir_all(&sub).unwrap();
+        let host = FakeHost::new();
+        host.mount(Some(Path::new("/src")), &sub, MsFlags::MS_BIND).unwrap();
+        host.mount(Some(Path::new("/src")), &sub, MsFlags::MS_BIND).unwrap();
+        cleanup_mounts_and_dir_with(host.as_ref(), &dir).unwrap();
+        assert!(host.mounts().is_empty());
+        assert!(!dir.exists());
+        // already gone: fine
+        cleanup_mounts_and_dir_with(host.as_ref(), &dir).unwrap();
     }
 }

@@ -13,10 +13,11 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 use oci_spec::runtime::{Mount, Spec};
 
 use crate::error::{Error, Result};
+use crate::host::{Host, LinuxHost};
 
 /// Most host bind mounts one container may have.
 const MAX_SHARED_MOUNTS: usize = 256;
@@ -60,6 +61,11 @@ pub fn to_share(spec: &Spec) -> Vec<(u32, PathBuf)> {
 /// parent. On error, what was mounted stays below `share_dir`, which the caller's rootfs
 /// cleanup unmounts and removes.
 pub fn share(id: &str, spec: &Spec, share_dir: &Path) -> Result<Vec<SharedMount>> {
+    share_with(&LinuxHost, id, spec, share_dir)
+}
+
+/// [`share`], mounting through `host`.
+pub fn share_with(host: &dyn Host, id: &str, spec: &Spec, share_dir: &Path) -> Result<Vec<SharedMount>> {
     let wanted = to_share(spec);
     if wanted.len() > MAX_SHARED_MOUNTS {
         return Err(Error::InvalidArgument(format!(
@@ -95,17 +101,11 @@ pub fn share(id: &str, spec: &Spec, share_dir: &Path) -> Result<Vec<SharedMount>
         if md.is_dir() { std::fs::create_dir(&target) } else { std::fs::File::create(&target).map(drop) }
             .map_err(|e| Error::io(format!("creating mount point {}", target.display()), e))?;
         let rec = if has_option(m, "rbind") { MsFlags::MS_REC } else { MsFlags::empty() };
-        mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
+        host.mount(Some(&source), &target, MsFlags::MS_BIND | rec)
             .map_err(|e| Error::Mount(format!("binding {} to {}: {e}", source.display(), target.display())))?;
         if has_option(m, "ro") {
-            mount(
-                None::<&str>,
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | rec,
-                None::<&str>,
-            )
-            .map_err(|e| Error::Mount(format!("making {} read-only: {e}", target.display())))?;
+            host.mount(None, &target, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | rec)
+                .map_err(|e| Error::Mount(format!("making {} read-only: {e}", target.display())))?;
         }
         shared.push(SharedMount { index, share_path: format!("{id}/mounts/{index}") });
     }
@@ -138,5 +138,45 @@ mod tests {
         ]));
         let got: Vec<u32> = to_share(&s).into_iter().map(|(i, _)| i).collect();
         assert_eq!(got, [1, 3]);
+    }
+
+    #[test]
+    fn shares_files_and_dirs_read_only_as_asked() {
+        use crate::host::fake::{temp_dir, FakeHost};
+        let tmp = temp_dir("volumes");
+        let (file, dir) = (tmp.join("hosts"), tmp.join("cm"));
+        std::fs::write(&file, b"127.0.0.1 localhost\n").unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let s = spec(serde_json::json!([
+            {"destination": "/etc/hosts", "type": "bind", "source": file, "options": ["rbind", "rw"]},
+            {"destination": "/cfg", "type": "bind", "source": dir, "options": ["bind", "ro"]},
+            {"destination": "/missing", "type": "bind", "source": tmp.join("nope"), "options": ["bind"]}
+        ]));
+        let share_dir = tmp.join("share").join("c1");
+        std::fs::create_dir_all(&share_dir).unwrap();
+        let host = FakeHost::new();
+        // a missing source is refused
+        let e = share_with(host.as_ref(), "c1", &s, &share_dir).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+        let mut ok = s.clone();
+        ok.set_mounts(s.mounts().as_ref().map(|m| m[..2].to_vec()));
+        // (what the failed call mounted stays for the caller's cleanup: start afresh)
+        let share_dir = tmp.join("share2").join("c1");
+        std::fs::create_dir_all(&share_dir).unwrap();
+        let host = FakeHost::new();
+        let shared = share_with(host.as_ref(), "c1", &ok, &share_dir).unwrap();
+        assert_eq!(
+            shared,
+            [
+                SharedMount { index: 0, share_path: "c1/mounts/0".into() },
+                SharedMount { index: 1, share_path: "c1/mounts/1".into() }
+            ]
+        );
+        assert!(share_dir.join("mounts/0").is_file() && share_dir.join("mounts/1").is_dir());
+        let calls: Vec<_> = host.calls().into_iter().filter(|c| c.starts_with("mount")).collect();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert!(calls[0].contains("MS_BIND | MS_REC") && !calls[0].contains("MS_RDONLY"), "{calls:?}");
+        assert!(calls[2].contains("MS_RDONLY") && calls[2].contains("MS_REMOUNT"), "{calls:?}");
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -1,47 +1,74 @@
-//! One microVM per sandbox: its state directory `<runtime_dir>/<id>/` (sockets, logs, pid
-//! file, the virtio-fs share), its helper processes (vhost-device-vsock, virtiofsd), the
-//! hypervisor, the agent connection, and teardown of all of it — on Delete and on any
+//! One microVM per pod, as an explicit [`Sandbox`] with a [`SandboxState`]: it owns its VMM
+//! (vmm/, which owns the helper processes), the agent connection, the pod network, the
+//! virtio-fs share and the state directory, and tears all of it down — on Delete and on any
 //! failure part-way through boot. Nothing is left behind.
 //!
-//! Boot order (shared/PLATFORM.md): vsock backend → log listener → virtiofsd → QEMU →
-//! READY from the agent → CONNECT to the agent → Check.
+//! The boot sequence is boot.rs; the state directory's layout and the cleanup after a crashed
+//! shim are state_dir.rs; VM sizing is sizing.rs; the OOM event watcher is oom.rs.
+//! Production builds a sandbox with [`Sandbox::prepare`]; tests inject a fake VMM, agent and
+//! host with [`Sandbox::prepare_with`] and [`SandboxDeps`].
 
+pub mod boot;
 pub mod oom;
 pub mod sizing;
 pub mod state_dir;
 
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
-use nix::mount::{mount, MsFlags};
-use tokio::sync::{watch, Mutex};
+use nix::mount::MsFlags;
+use tokio::net::UnixStream;
+use tokio::sync::Mutex;
 
-use crate::agent::{handshake, streams};
 use crate::agent::{AgentApi, TtrpcAgent};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::host::child::Child;
-use crate::resources::mount::cleanup_mounts_and_dir;
-use crate::resources::network::{self, HostNetwork, PodConfig};
-use crate::sandbox::sizing::VmSize;
-use crate::vmm::qemu::{vhost_vsock, virtiofsd};
-use crate::vmm::{self, Accel, Hypervisor, VmSpec};
-use state_dir::{cleanup_dir, sandbox_dir, PID_FILE};
+use crate::host::{Host, LinuxHost};
+use crate::resources::mount::cleanup_mounts_and_dir_with;
+use crate::resources::network::{HostNetwork, PodConfig};
+use crate::vmm::{self, ExitWatch, Vmm};
 
-struct Procs {
-    vsock: Option<Child>,
-    virtiofsd: Option<Child>,
-    hv: Box<dyn Hypervisor>,
+pub use boot::{probe_boot, resolve_accel};
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    /// State directory and share exist; no process yet.
+    Prepared,
+    /// `boot` is running: helpers, VM, handshake.
+    Booting,
+    /// The agent answered: containers can be created.
+    Ready,
+    /// The VM is gone (failed to boot, exited, killed); teardown still cleans up.
+    Dead,
+    /// Teardown has begun (VM exits after that are expected).
+    Stopping,
+    /// Teardown finished: nothing of the sandbox is left on the host.
+    TornDown,
 }
 
-impl Procs {
-    /// Stops virtiofsd and vhost-device-vsock (the latter never exits by itself).
-    async fn stop_helpers(&self) {
-        for c in [&self.virtiofsd, &self.vsock].into_iter().flatten() {
-            c.stop(Duration::from_secs(1)).await;
+/// Makes the agent client of a booted VM from the connected stream and the VM's exit (which
+/// must end every pending call).
+pub type ConnectAgent = Arc<dyn Fn(UnixStream, ExitWatch) -> Arc<dyn AgentApi> + Send + Sync>;
+
+/// What a sandbox is built from: production's come from [`SandboxDeps::production`]; tests
+/// pass a `FakeVmm`, a fake agent and a `FakeHost`.
+pub struct SandboxDeps {
+    /// The VM backend, for this sandbox's state directory ([`state_dir::sandbox_dir`]).
+    pub vmm: Box<dyn Vmm>,
+    pub connect_agent: ConnectAgent,
+    pub host: Arc<dyn Host>,
+}
+
+impl SandboxDeps {
+    /// The configured VMM backend, the ttrpc agent client and the real host.
+    pub fn production(cfg: &Config, dir: &Path) -> SandboxDeps {
+        let host: Arc<dyn Host> = Arc::new(LinuxHost);
+        SandboxDeps {
+            vmm: vmm::new_backend(cfg, dir, host.clone()),
+            connect_agent: Arc::new(|stream, vm_exit| Arc::new(TtrpcAgent::new(stream, vm_exit)) as Arc<dyn AgentApi>),
+            host,
         }
     }
 }
@@ -53,17 +80,22 @@ pub struct Sandbox {
     /// Host directory served to the guest (container rootfs go to `<share>/<cid>/rootfs`).
     pub share: PathBuf,
     cfg: Config,
-    procs: Mutex<Procs>,
+    state: std::sync::Mutex<SandboxState>,
+    vmm: Mutex<Box<dyn Vmm>>,
+    connect_agent: ConnectAgent,
+    host: Arc<dyn Host>,
     agent: OnceLock<Arc<dyn AgentApi>>,
-    vm_exit: OnceLock<watch::Receiver<Option<ExitStatus>>>,
+    vm_exit: OnceLock<ExitWatch>,
     pid: AtomicU32,
-    stopping: AtomicBool,
-    torn_down: AtomicBool,
     log_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Hostname and netns from the sandbox container's spec (None: a bare VM, e.g. the probe).
     pod: std::sync::Mutex<Option<PodConfig>>,
-    /// The attached pod network (network/), detached on teardown.
+    /// The attached pod network (resources/network/), detached on teardown.
     network: Mutex<Option<HostNetwork>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sandbox {
@@ -71,37 +103,62 @@ impl Sandbox {
     /// container mounts made later propagate into virtiofsd's mount namespace). Cleans up a
     /// leftover directory of the same sandbox first. No processes yet.
     pub fn prepare(cfg: &Config, ns: &str, id: &str) -> Result<Sandbox> {
-        let dir = sandbox_dir(&cfg.paths.runtime_dir, ns, id);
+        let dir = state_dir::sandbox_dir(&cfg.paths.runtime_dir, ns, id);
+        Self::prepare_with(cfg, ns, id, SandboxDeps::production(cfg, &dir))
+    }
+
+    /// [`Sandbox::prepare`] with the VMM, agent client and host given.
+    pub fn prepare_with(cfg: &Config, ns: &str, id: &str, deps: SandboxDeps) -> Result<Sandbox> {
+        let host = deps.host;
+        let dir = state_dir::sandbox_dir(&cfg.paths.runtime_dir, ns, id);
         if dir.exists() {
             tracing::warn!("sandbox dir {} exists (leftover of a crashed shim?): cleaning it", dir.display());
-            cleanup_dir(&dir)?;
+            state_dir::cleanup_dir_with(host.as_ref(), &dir)?;
         }
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("creating runtime dir {}", parent.display()), e))?;
         }
-        std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating sandbox dir {}", dir.display()), e))?;
-        let share = dir.join("share");
-        let sb = Sandbox {
+        host.create_dir(&dir).map_err(|e| Error::io(format!("creating sandbox dir {}", dir.display()), e))?;
+        let share = state_dir::share(&dir);
+        if let Err(e) = make_share(host.as_ref(), &share) {
+            let _ = state_dir::cleanup_dir_with(host.as_ref(), &dir);
+            return Err(e);
+        }
+        Ok(Sandbox {
             id: id.to_string(),
-            dir: dir.clone(),
-            share: share.clone(),
+            dir,
+            share,
             cfg: cfg.clone(),
-            procs: Mutex::new(Procs { vsock: None, virtiofsd: None, hv: vmm::new_backend(cfg.paths.qemu.clone()) }),
+            state: std::sync::Mutex::new(SandboxState::Prepared),
+            vmm: Mutex::new(deps.vmm),
+            connect_agent: deps.connect_agent,
+            host,
             agent: OnceLock::new(),
             vm_exit: OnceLock::new(),
             pid: AtomicU32::new(0),
-            stopping: AtomicBool::new(false),
-            torn_down: AtomicBool::new(false),
             log_task: std::sync::Mutex::new(None),
             pod: std::sync::Mutex::new(None),
             network: Mutex::new(None),
-        };
-        if let Err(e) = make_share(&share) {
-            let _ = cleanup_dir(&dir);
-            return Err(e);
+        })
+    }
+
+    /// Where the sandbox is in its life.
+    pub fn state(&self) -> SandboxState {
+        *lock(&self.state)
+    }
+
+    /// Moves to `to` if the state is one of `from`; returns the state before.
+    fn transition(&self, from: &[SandboxState], to: SandboxState) -> std::result::Result<SandboxState, SandboxState> {
+        let mut s = lock(&self.state);
+        let before = *s;
+        if from.contains(&before) {
+            *s = to;
+            tracing::debug!("sandbox {}: {before:?} -> {to:?}", self.id);
+            Ok(before)
+        } else {
+            Err(before)
         }
-        Ok(sb)
     }
 
     /// Host pid of the hypervisor (0 before boot).
@@ -115,7 +172,7 @@ impl Sandbox {
     }
 
     /// The VM's exit status channel, once booted.
-    pub fn vm_exit(&self) -> Option<watch::Receiver<Option<ExitStatus>>> {
+    pub fn vm_exit(&self) -> Option<ExitWatch> {
         self.vm_exit.get().cloned()
     }
 
@@ -123,245 +180,63 @@ impl Sandbox {
     /// attaches the network and sends them to the agent.
     pub fn set_pod_config(&self, spec: &oci_spec::runtime::Spec) -> Result<()> {
         let pod = PodConfig::from_spec(spec)?;
-        *self.pod.lock().unwrap_or_else(|p| p.into_inner()) = Some(pod);
+        *lock(&self.pod) = Some(pod);
         Ok(())
     }
 
     /// Whether teardown has begun (VM exits after that are expected).
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+        matches!(self.state(), SandboxState::Stopping | SandboxState::TornDown)
     }
 
-    /// Starts the helpers and the VM and waits for the agent. On error the caller tears down.
-    /// `accel` comes from [`crate::vmm::accel::resolve`] (or is forced, for the KVM probe).
-    pub async fn boot(self: &Arc<Self>, accel: Accel, size: VmSize, timeout: Duration) -> Result<()> {
-        let cfg = &self.cfg;
-        for (what, key, path) in
-            [("guest kernel", "kernel", &cfg.paths.kernel), ("guest initramfs", "initrd", &cfg.paths.initrd)]
-        {
-            if !path.exists() {
-                return Err(Error::Missing {
-                    what,
-                    path: path.clone(),
-                    hint: format!(
-                        "set paths.{key} in {} or build it with images/build-guest-image",
-                        Config::path().display()
-                    ),
-                });
-            }
-        }
-        let started = Instant::now();
-        let mut procs = self.procs.lock().await;
-
-        let vs = vhost_vsock::spawn_backend(cfg, &self.dir)?;
-        let vs_exit = vs.exit_watch();
-        procs.vsock = Some(vs);
-        self.write_pid_file(&procs);
-        wait_for_socket(
-            &vhost_vsock::backend_socket(&self.dir),
-            &vs_exit,
-            "vhost-device-vsock",
-            &self.dir.join("vsock.log"),
-        )
-        .await?;
-
-        let listener =
-            handshake::bind_log_listener(&vhost_vsock::host_port_path(&self.dir, bulwark_protocol::LOG_PORT))?;
-
-        let fs = virtiofsd::spawn(cfg, &self.dir, &self.share)?;
-        let fs_exit = fs.exit_watch();
-        procs.virtiofsd = Some(fs);
-        self.write_pid_file(&procs);
-        wait_for_socket(&virtiofsd::socket(&self.dir), &fs_exit, "virtiofsd", &self.dir.join("virtiofsd.log")).await?;
-
-        let pod = self.pod.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut net = self.network.lock().await;
-        if let Some(path) = pod.as_ref().and_then(|p| p.netns.as_ref()) {
-            let attached = network::attach(path).await?;
-            attached.save(&self.dir);
-            *net = Some(attached);
-        }
-        let spec = VmSpec {
-            vcpus: size.vcpus,
-            memory_mib: size.memory_mib,
-            accel,
-            kernel: cfg.paths.kernel.clone(),
-            initrd: cfg.paths.initrd.clone(),
-            extra_kernel_params: cfg.vm.kernel_params.clone(),
-            vsock_socket: vhost_vsock::backend_socket(&self.dir),
-            fs_socket: Some(virtiofsd::socket(&self.dir)),
-            console_log: self.dir.join("console.log"),
-            log: self.dir.join("qemu.log"),
-            nics: net.as_ref().map(|n| n.vm_nics()).unwrap_or_default(),
-        };
-        let started_vm = procs.hv.start(&spec).await;
-        if let Some(n) = net.as_mut() {
-            n.release_taps();
-        }
-        let setup = pod.map(|p| match net.as_ref() {
-            Some(n) => n.setup_request(&p.hostname),
-            None => network::setup_request(&p.hostname, &[], &[]),
-        });
-        drop(net);
-        started_vm?;
-        let (pid, vm_exit) = match procs.hv.process() {
-            Some(c) => (c.pid, c.exit_watch()),
-            None => return Err(Error::Boot("the hypervisor did not start".into())),
-        };
-        self.pid.store(pid, Ordering::SeqCst);
-        let _ = self.vm_exit.set(vm_exit.clone());
-        self.write_pid_file(&procs);
-        drop(procs);
-
-        let ready = tokio::select! {
-            r = handshake::accept_ready(&listener, timeout) => r,
-            st = crate::host::child::wait_exit(vm_exit.clone()) => Err(Error::Boot(format!(
-                "QEMU exited ({st}) before the agent was ready. QEMU log {}: {}",
-                self.dir.join("qemu.log").display(), tail(&self.dir.join("qemu.log"))))),
-        };
-        let (version, log_stream) = match ready {
-            Ok(x) => x,
-            Err(e) => {
-                let e = match e {
-                    Error::Boot(m) => m,
-                    other => other.to_string(),
-                };
-                return Err(Error::Boot(format!(
-                    "{e} (accel {}, timeout {}s). Guest console {}: {}",
-                    accel.as_str(),
-                    timeout.as_secs(),
-                    self.dir.join("console.log").display(),
-                    tail(&self.dir.join("console.log"))
-                )));
-            }
-        };
-        drop(listener);
-        crate::agent::check_version(version)?;
-        *self.log_task.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(streams::spawn_log_forwarder(log_stream, self.id.clone()));
-
-        let mut last = None;
-        let mut stream = None;
-        for _ in 0..3 {
-            match handshake::connect(
-                &vhost_vsock::uds_path(&self.dir),
-                bulwark_protocol::AGENT_PORT,
-                Duration::from_secs(10),
-            )
-            .await
-            {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-            }
-        }
-        let stream = stream.ok_or_else(|| last.unwrap_or_else(|| Error::Agent("connect failed".into())))?;
-        let agent: Arc<dyn AgentApi> = Arc::new(TtrpcAgent::new(stream, vm_exit.clone()));
-        let info = agent.check().await?;
-        tracing::info!(
-            "sandbox {} booted in {:?} ({} {}, pid {pid}): agent {} protocol {}, guest kernel {}",
-            self.id,
-            started.elapsed(),
-            self.procs.lock().await.hv.name(),
-            accel.as_str(),
-            info.agent_version.chars().take(64).collect::<String>(),
-            info.agent_protocol_version,
-            info.kernel_release.chars().take(64).collect::<String>()
-        );
-        if let Some(req) = setup {
-            agent.setup_sandbox(&req).await?;
-        }
-        let _ = self.agent.set(agent);
-
-        // Supervise: an unexpected VM exit stops the helpers (vhost-device-vsock never exits
-        // by itself). Containers learn about it through their own watchers.
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            let st = crate::host::child::wait_exit(vm_exit).await;
-            if me.is_stopping() {
-                return;
-            }
-            tracing::error!(
-                "QEMU of sandbox {} exited unexpectedly ({st}); stopping its helpers. Console: {}",
-                me.id,
-                tail(&me.dir.join("console.log"))
-            );
-            me.procs.lock().await.stop_helpers().await;
-        });
-        Ok(())
-    }
-
-    /// Records the helpers' pids for `delete` after a crashed shim: "<name> <pid> <exe>".
-    fn write_pid_file(&self, procs: &Procs) {
-        let mut text = String::new();
-        for c in [procs.vsock.as_ref(), procs.virtiofsd.as_ref(), procs.hv.process()].into_iter().flatten() {
-            text.push_str(&format!("{} {} {}\n", c.name, c.pid, c.exe.display()));
-        }
-        let path = self.dir.join(PID_FILE);
+    /// Records the VM's processes for `delete` after a crashed shim: "<name> <pid> <exe>".
+    fn write_pid_file(&self, procs: &[vmm::VmmProcess]) {
+        let text: String = procs.iter().map(|p| format!("{} {} {}\n", p.name, p.pid, p.exe.display())).collect();
+        let path = state_dir::pid_file(&self.dir);
         if let Err(e) = std::fs::write(&path, text) {
             tracing::warn!("writing {}: {e}", path.display());
         }
     }
 
-    /// SIGKILLs the hypervisor: for a guest that no longer answers. The VM-death supervisor
-    /// then stops the helpers, and every container's watcher reports exit status 137.
+    /// SIGKILLs the hypervisor: for a guest that no longer answers. The backend then stops
+    /// its helpers, and every container's watcher reports exit status 137.
     pub async fn kill_vm(&self) {
-        let procs = self.procs.lock().await;
-        if let Some(c) = procs.hv.process() {
-            c.stop(Duration::ZERO).await;
-        }
+        self.vmm.lock().await.kill().await;
     }
 
     /// Stops the VM and helpers, unmounts the share and removes the state directory.
     /// Idempotent; logs what it could not do.
     pub async fn teardown(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        if self.torn_down.swap(true, Ordering::SeqCst) {
+        let all = [SandboxState::Prepared, SandboxState::Booting, SandboxState::Ready, SandboxState::Dead];
+        if self.transition(&all, SandboxState::Stopping).is_err() {
             return;
         }
-        {
-            let mut procs = self.procs.lock().await;
-            procs.hv.stop().await;
-            procs.stop_helpers().await;
-        }
-        if let Some(h) = self.log_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        self.vmm.lock().await.stop().await;
+        if let Some(h) = lock(&self.log_task).take() {
             h.abort();
         }
-        // After QEMU is gone (its tap fds closed): remove the tc redirects and any tap left.
+        // After the VM is gone (its tap fds closed): remove the tc redirects and any tap left.
         if let Some(net) = self.network.lock().await.take() {
             net.detach().await;
         }
         let dir = self.dir.clone();
-        let res = tokio::task::spawn_blocking(move || cleanup_mounts_and_dir(&dir)).await;
+        let host = self.host.clone();
+        let res = tokio::task::spawn_blocking(move || cleanup_mounts_and_dir_with(host.as_ref(), &dir)).await;
         match res {
             Ok(Ok(())) => tracing::info!("sandbox {} torn down", self.id),
             Ok(Err(e)) => tracing::error!("tearing down sandbox {}: {e}", self.id),
             Err(e) => tracing::error!("tearing down sandbox {}: {e}", self.id),
         }
+        let _ = self.transition(&[SandboxState::Stopping], SandboxState::TornDown);
     }
 }
 
-/// Boots a throwaway VM with `accel` up to the agent's Check, then tears it down.
-pub async fn probe_boot(cfg: &Config, accel: Accel, timeout: Duration) -> Result<()> {
-    // ".probe" cannot clash with a containerd namespace (identifiers start alphanumeric).
-    let id = std::process::id().to_string();
-    let sb = Arc::new(Sandbox::prepare(cfg, ".probe", &id)?);
-    let size = VmSize { vcpus: cfg.vm.vcpus, memory_mib: cfg.vm.memory_mib };
-    let r = sb.boot(accel, size, timeout).await;
-    sb.teardown().await;
-    r
-}
-
-fn make_share(share: &Path) -> Result<()> {
-    std::fs::create_dir(share).map_err(|e| Error::io(format!("creating {}", share.display()), e))?;
+/// Creates the share directory and makes it a shared mount of its own (bind onto itself,
+/// private, then shared).
+fn make_share(host: &dyn Host, share: &Path) -> Result<()> {
+    host.create_dir(share).map_err(|e| Error::io(format!("creating {}", share.display()), e))?;
     let m = |flags: MsFlags, src: Option<&Path>| {
-        mount(src, share, None::<&str>, flags, None::<&str>)
-            .map_err(|e| Error::Mount(format!("{} ({flags:?}): {e}", share.display())))
+        host.mount(src, share, flags).map_err(|e| Error::Mount(format!("{} ({flags:?}): {e}", share.display())))
     };
     m(MsFlags::MS_BIND, Some(share))?;
     m(MsFlags::MS_PRIVATE, None)?;
@@ -369,53 +244,5 @@ fn make_share(share: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_socket(
-    path: &Path,
-    exit: &watch::Receiver<Option<ExitStatus>>,
-    what: &str,
-    log: &Path,
-) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if path.exists() {
-            return Ok(());
-        }
-        if let Some(st) = *exit.borrow() {
-            return Err(Error::Boot(format!(
-                "{what} exited ({st}) at start. Its log {}: {}",
-                log.display(),
-                tail(log)
-            )));
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout(format!("{what} did not create {} within 10s", path.display())));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The last ~1.5 KiB of a log file, one line, control characters replaced.
-pub fn tail(path: &Path) -> String {
-    let data = match std::fs::read(path) {
-        Ok(d) => d,
-        Err(e) => return format!("(unreadable: {e})"),
-    };
-    let start = data.len().saturating_sub(1536);
-    let s: String = String::from_utf8_lossy(&data[start..])
-        .chars()
-        .map(|c| {
-            if c == '\n' {
-                '|'
-            } else if c.is_control() {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect();
-    if s.trim().is_empty() {
-        "(empty)".into()
-    } else {
-        s
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,8 @@
-//! A sandbox's state directory `<runtime_dir>/<ns>/<id>/`: where it is, the pid file of its
-//! helpers, and the cleanup after a crashed shim. Public: the shim's `delete`, operator tools
-//! and the tests find a sandbox's files, processes and leftovers through this module.
+//! A sandbox's state directory `<runtime_dir>/<ns>/<id>/` and everything in it: the share,
+//! the pid file of its VM's processes, the guest console log, the VMM backend's sockets and
+//! logs, the saved pod network; listing the sandboxes under a runtime directory; and the
+//! cleanup after a crashed shim. Public: the shim's `delete`, operator tools and the tests
+//! find a sandbox's files, processes and leftovers through this module.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,7 +10,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::resources::mount::cleanup_mounts_and_dir;
+use crate::host::{Host, LinuxHost};
+use crate::resources::mount::cleanup_mounts_and_dir_with;
 use crate::resources::network;
 
 /// Unix socket paths are limited to 107 bytes (sun_path minus NUL).
@@ -37,6 +40,85 @@ pub fn sandbox_dir(runtime_dir: &Path, ns: &str, id: &str) -> PathBuf {
     runtime_dir.join(format!("h-{hex}"))
 }
 
+/// The directory served to the guest (virtio-fs): container rootfs and volumes below it.
+pub fn share(dir: &Path) -> PathBuf {
+    dir.join("share")
+}
+
+/// One container's entry in the share: `<share>/<container id>` (its rootfs and volumes).
+pub fn container_share(dir: &Path, container_id: &str) -> PathBuf {
+    share(dir).join(container_id)
+}
+
+/// The pid file: "<name> <pid> <exe>" per process of the VM (hypervisor and helpers).
+pub fn pid_file(dir: &Path) -> PathBuf {
+    dir.join(PID_FILE)
+}
+
+/// The guest's serial console.
+pub fn console_log(dir: &Path) -> PathBuf {
+    dir.join("console.log")
+}
+
+/// The saved pod network (what `delete` undoes after a crashed shim).
+pub fn network_state(dir: &Path) -> PathBuf {
+    dir.join(network::STATE_FILE)
+}
+
+/// The VMM backend's files: ("what", path) of its sockets and its processes' logs.
+pub fn vmm_files(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    crate::vmm::state_files(dir)
+}
+
+/// Every log of the sandbox: the guest console, then the VMM's processes' logs.
+pub fn logs(dir: &Path) -> Vec<PathBuf> {
+    std::iter::once(console_log(dir))
+        .chain(vmm_files(dir).into_iter().filter(|(what, _)| what.ends_with(" log")).map(|(_, p)| p))
+        .collect()
+}
+
+/// A sandbox directory found under a runtime directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The containerd namespace (None for a `<runtime_dir>/h-<hash>` directory).
+    pub namespace: Option<String>,
+    /// The directory's name: the sandbox id, or `h-<hash>` for a long one.
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// The sandbox directories under `runtime_dir` (`<ns>/<id>`, `<ns>/h-<hash>` and
+/// `h-<hash>`), sorted. Files there (the accel probe cache, its lock) are skipped.
+pub fn list(runtime_dir: &Path) -> Vec<Found> {
+    let subdirs = |d: &Path| -> Vec<(String, PathBuf)> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut out = Vec::new();
+    for (name, path) in subdirs(runtime_dir) {
+        if name.starts_with("h-") {
+            out.push(Found { namespace: None, name, dir: path });
+            continue;
+        }
+        for (id, dir) in subdirs(&path) {
+            out.push(Found { namespace: Some(name.clone()), name: id, dir });
+        }
+    }
+    out
+}
+
+/// The processes recorded in the pid file of `dir` (empty if there is none).
+pub fn read_pids(dir: &Path) -> Vec<(String, i32, PathBuf)> {
+    std::fs::read_to_string(pid_file(dir)).map(|t| parse_pid_file(&t)).unwrap_or_default()
+}
+
 /// Parses the pid file: (name, pid, exe) per well-formed line (pure; the file is ours but
 /// may be truncated by a crash).
 pub fn parse_pid_file(text: &str) -> Vec<(String, i32, PathBuf)> {
@@ -62,10 +144,15 @@ fn pid_runs(pid: i32, exe: &Path) -> bool {
     }
 }
 
-/// Cleanup after a crashed shim: SIGKILL the recorded helpers that are still those
-/// programs, unmount, remove the directory.
+/// Cleanup after a crashed shim: SIGKILL the recorded processes that are still those
+/// programs, undo the saved pod network, unmount, remove the directory.
 pub fn cleanup_dir(dir: &Path) -> Result<()> {
-    if let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) {
+    cleanup_dir_with(&LinuxHost, dir)
+}
+
+/// [`cleanup_dir`] with the mounts on `host`.
+pub fn cleanup_dir_with(host: &dyn Host, dir: &Path) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string(pid_file(dir)) {
         for (name, pid, exe) in parse_pid_file(&text) {
             if pid_runs(pid, &exe) {
                 tracing::warn!("killing leftover {name} (pid {pid}, {})", exe.display());
@@ -76,7 +163,17 @@ pub fn cleanup_dir(dir: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     network::cleanup_saved(dir);
-    cleanup_mounts_and_dir(dir)
+    cleanup_mounts_and_dir_with(host, dir)
+}
+
+/// `delete` of one container of a pod after a crashed shim: its share entry only (the
+/// pod's VM belongs to the sandbox container's delete).
+pub fn cleanup_container_share(dir: &Path, container_id: &str) -> Result<()> {
+    let d = container_share(dir, container_id);
+    if d.exists() {
+        crate::resources::mount::cleanup_mounts_and_dir(&d)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -111,6 +208,29 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[0], ("qemu".into(), 123, PathBuf::from("/usr/bin/qemu-system-x86_64")));
         assert_eq!(v[1].2, PathBuf::from("/a b/c"));
+    }
+
+    #[test]
+    fn files_and_listing() {
+        let rd = crate::host::fake::temp_dir("state-dir-list");
+        let d = sandbox_dir(&rd, "k8s.io", "pod1");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::create_dir_all(rd.join("default").join("c1")).unwrap();
+        std::fs::create_dir_all(rd.join("h-0123")).unwrap();
+        std::fs::write(rd.join("accel-probe"), b"x").unwrap();
+        let found = list(&rd);
+        let names: Vec<_> = found.iter().map(|f| (f.namespace.as_deref(), f.name.as_str())).collect();
+        assert_eq!(names, [(Some("default"), "c1"), (None, "h-0123"), (Some("k8s.io"), "pod1")]);
+        assert_eq!(found[2].dir, d);
+        assert_eq!(pid_file(&d), d.join("pids"));
+        assert_eq!(container_share(&d, "c"), d.join("share").join("c"));
+        let logs = logs(&d);
+        assert_eq!(logs[0], d.join("console.log"));
+        assert!(logs.contains(&d.join("qemu.log")) && logs.contains(&d.join("virtiofsd.log")), "{logs:?}");
+        assert!(read_pids(&d).is_empty());
+        std::fs::write(pid_file(&d), "qemu 123 /usr/bin/qemu-system-x86_64\n").unwrap();
+        assert_eq!(read_pids(&d).len(), 1);
+        std::fs::remove_dir_all(&rd).unwrap();
     }
 
     #[test]

@@ -245,7 +245,7 @@ impl Inner {
     {
         if let Some((size, why)) = boot {
             tracing::info!("sandbox {}: {why}", sandbox.id);
-            let accel = crate::vmm::accel::resolve(cfg).await;
+            let accel = crate::sandbox::resolve_accel(cfg).await;
             sandbox.boot(accel, size, Duration::from_secs(cfg.vm.boot_timeout_secs)).await?;
         }
         let agent =

@@ -5,38 +5,19 @@
 //! real boot of the configured kernel+initrd under KVM reaches the agent's READY line; else
 //! TCG. The result is cached in `<runtime_dir>/accel-probe`, keyed by the host boot id and
 //! the kernel's path and mtime, so the probe runs once per host boot (and kernel).
-//! The probe itself is [`probe_kvm_boot`], one function, so a cheaper one can replace it.
+//! The boot probe is GIVEN to [`resolve`] as a [`KvmBootProbe`]: booting a guest is the
+//! sandbox layer's job (sandbox/boot.rs supplies it), so this module does not call up.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use async_trait::async_trait;
 
 use crate::config::Config;
 
-/// The configured setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Acceleration {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl std::str::FromStr for Acceleration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Acceleration::Auto),
-            "kvm" => Ok(Acceleration::Kvm),
-            "tcg" => Ok(Acceleration::Tcg),
-            other => Err(format!("unknown acceleration {other:?}: use auto, kvm or tcg")),
-        }
-    }
-}
+pub use crate::config::Acceleration;
 
 /// What a VM actually runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +40,16 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 const CACHE_FILE: &str = "accel-probe";
 const CACHE_VERSION: &str = "bulwark-accel-probe-v1";
 
-/// Chooses the acceleration for a new VM, logging (info) what and why.
-pub async fn resolve(cfg: &Config) -> Accel {
+/// Whether a real guest boots under KVM: `Ok` once the agent answered, else why not.
+#[async_trait]
+pub trait KvmBootProbe: Send + Sync {
+    /// Boots the configured kernel+initrd under KVM within [`PROBE_TIMEOUT`].
+    async fn probe(&self, cfg: &Config) -> Result<(), String>;
+}
+
+/// Chooses the acceleration for a new VM, logging (info) what and why. `probe` is only run
+/// for `auto`, when KVM_CREATE_VM works and no cached result fits.
+pub async fn resolve(cfg: &Config, probe: &dyn KvmBootProbe) -> Accel {
     match cfg.vm.acceleration {
         Acceleration::Kvm => {
             tracing::info!("acceleration: kvm (vm.acceleration = \"kvm\" in the config)");
@@ -71,14 +60,14 @@ pub async fn resolve(cfg: &Config) -> Accel {
             Accel::Tcg
         }
         Acceleration::Auto => {
-            let (accel, why) = auto(cfg).await;
+            let (accel, why) = auto(cfg, probe).await;
             tracing::info!("acceleration: {} (auto: {why})", accel.as_str());
             accel
         }
     }
 }
 
-async fn auto(cfg: &Config) -> (Accel, String) {
+async fn auto(cfg: &Config, probe: &dyn KvmBootProbe) -> (Accel, String) {
     if let Err(e) = kvm_create_vm() {
         return (Accel::Tcg, format!("KVM unusable: {e}"));
     }
@@ -97,7 +86,7 @@ async fn auto(cfg: &Config) -> (Accel, String) {
             return (accel, format!("cached probe result from {}: {why}", cache.display()));
         }
     }
-    let (accel, why) = match probe_kvm_boot(cfg).await {
+    let (accel, why) = match probe.probe(cfg).await {
         Ok(()) => (Accel::Kvm, "KVM_CREATE_VM works and the guest booted under KVM".to_string()),
         Err(e) => (Accel::Tcg, format!("KVM_CREATE_VM works but the guest did not boot under KVM: {e}")),
     };
@@ -136,9 +125,10 @@ pub fn kvm_create_vm() -> Result<(), String> {
         .write(true)
         .open("/dev/kvm")
         .map_err(|e| format!("opening /dev/kvm: {e}"))?;
-    const KVM_CREATE_VM: libc::c_ulong = 0xAE01; // _IO(KVMIO = 0xAE, 0x01)
-                                                 // SAFETY: KVM_CREATE_VM takes an integer argument (machine type 0) and returns a new fd
-                                                 // or -1; no memory is passed to the kernel. The fd is owned and closed right here.
+    // _IO(KVMIO = 0xAE, 0x01)
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    // SAFETY: KVM_CREATE_VM takes an integer argument (machine type 0) and returns a new fd
+    // or -1; no memory is passed to the kernel. The fd is owned and closed right here.
     let fd = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0 as libc::c_ulong) };
     if fd < 0 {
         return Err(format!("KVM_CREATE_VM: {}", std::io::Error::last_os_error()));
@@ -146,12 +136,6 @@ pub fn kvm_create_vm() -> Result<(), String> {
     // SAFETY: fd was just returned by the kernel and is not used anywhere else.
     unsafe { libc::close(fd) };
     Ok(())
-}
-
-/// The probe: a real boot of the configured kernel+initrd under KVM, up to the agent's
-/// READY line, within [`PROBE_TIMEOUT`]. Swap this function for a cheaper probe.
-pub async fn probe_kvm_boot(cfg: &Config) -> Result<(), String> {
-    crate::sandbox::probe_boot(cfg, Accel::Kvm, PROBE_TIMEOUT).await.map_err(|e| e.to_string())
 }
 
 /// "<boot id> <kernel path> <kernel mtime ns>".
@@ -208,5 +192,27 @@ mod tests {
         assert_eq!(parse_cache(&format!("{CACHE_VERSION}\nk\nfast\n"), "k"), None);
         let t = format_cache("k", Accel::Kvm, "ok");
         assert_eq!(parse_cache(&t, "k").map(|x| x.0), Some(Accel::Kvm));
+    }
+
+    /// Counts its calls; never boots anything.
+    struct CountingProbe(std::sync::atomic::AtomicU32);
+
+    #[async_trait]
+    impl KvmBootProbe for CountingProbe {
+        async fn probe(&self, _cfg: &Config) -> Result<(), String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forced_setting_does_not_probe() {
+        let probe = CountingProbe(Default::default());
+        let mut cfg = Config::default();
+        cfg.vm.acceleration = Acceleration::Tcg;
+        assert_eq!(resolve(&cfg, &probe).await, Accel::Tcg);
+        cfg.vm.acceleration = Acceleration::Kvm;
+        assert_eq!(resolve(&cfg, &probe).await, Accel::Kvm);
+        assert_eq!(probe.0.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }

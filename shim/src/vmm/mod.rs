@@ -1,22 +1,77 @@
-//! Hypervisor backends behind one trait, so Cloud Hypervisor or Firecracker can be added
-//! without touching the task service. QEMU (microvm) is the only backend today.
+//! VMM backends behind one trait ([`Vmm`]), the way Kata's runtime-rs puts hypervisors
+//! behind one: a backend prepares, starts, watches and stops one sandbox VM together with
+//! the helper processes it needs, names its processes, tells how the host reaches the
+//! guest's vsock ports, and declares what it can do ([`Capabilities`]). QEMU (microvm, with
+//! virtiofsd and vhost-device-vsock) is the only backend today (qemu/); Cloud Hypervisor or
+//! Firecracker would be another file here, and the sandbox would not change.
+//! The acceleration choice (KVM or TCG) is accel.rs.
 
 pub mod accel;
+#[cfg(test)]
+pub mod fake;
 pub mod qemu;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::error::Result;
-use crate::host::child::Child;
+use crate::host::Host;
+use crate::resources::network::VmNic;
 
 pub use accel::Accel;
 
-/// Everything a backend needs to start one sandbox VM. Paths come from the node
-/// configuration and the shim's own state directory, never from the pod.
+/// The VM's exit status once its hypervisor process is gone (None while it runs).
+pub type ExitWatch = watch::Receiver<Option<ExitStatus>>;
+
+/// What a backend can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Serves a host directory to the guest over virtio-fs (tag `bulwark-share`).
+    pub fs_share: bool,
+    /// Hybrid vsock ([`AgentSocket::HybridVsock`]).
+    pub hybrid_vsock: bool,
+    /// Devices (disks, NICs, vCPUs, memory) can be added to a running VM.
+    pub hotplug: bool,
+}
+
+/// How the host reaches the guest's vsock ports, and where the guest's connections to the
+/// host arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSocket {
+    /// Firecracker-style hybrid vsock: connect to `uds_path` and send `CONNECT <port>\n` to
+    /// reach guest port P; guest connections to the host's port P arrive on `<uds_path>_P`.
+    HybridVsock { uds_path: PathBuf },
+}
+
+impl AgentSocket {
+    /// The unix socket the host connects to (then `CONNECT <port>`).
+    pub fn connect_path(&self) -> &Path {
+        match self {
+            AgentSocket::HybridVsock { uds_path } => uds_path,
+        }
+    }
+
+    /// Where the guest's connections to the host's `port` arrive (the host listens there).
+    pub fn host_port_path(&self, port: u32) -> PathBuf {
+        match self {
+            AgentSocket::HybridVsock { uds_path } => {
+                let mut s = uds_path.as_os_str().to_owned();
+                s.push(format!("_{port}"));
+                PathBuf::from(s)
+            }
+        }
+    }
+}
+
+/// The VM a sandbox asks for (backend-neutral). Paths come from the node configuration and
+/// the sandbox's state directory, never from the pod.
 #[derive(Debug, Clone)]
-pub struct VmSpec {
+pub struct VmConfig {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub accel: Accel,
@@ -24,32 +79,78 @@ pub struct VmSpec {
     pub initrd: PathBuf,
     /// Operator-supplied extra kernel parameters (config `vm.kernel_params`).
     pub extra_kernel_params: String,
-    /// vhost-user socket of the vsock backend (vhost-device-vsock).
-    pub vsock_socket: PathBuf,
-    /// vhost-user socket of virtiofsd, when the VM gets the share.
-    pub fs_socket: Option<PathBuf>,
-    /// Guest serial console is written here.
+    /// Host directory served to the guest (virtio-fs), if any.
+    pub share: Option<PathBuf>,
+    /// The guest's serial console is written here.
     pub console_log: PathBuf,
-    /// The hypervisor's own stdout/stderr go here.
-    pub log: PathBuf,
-    /// Pod NICs: open tap fds (owned by the sandbox's network) and the guest MACs.
-    pub nics: Vec<crate::resources::network::VmNic>,
 }
 
-/// One VM's hypervisor process.
+/// One host process of a VM (hypervisor or helper), as recorded in the pid file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmProcess {
+    /// "qemu", "virtiofsd", "vhost-device-vsock", ...
+    pub name: &'static str,
+    pub pid: u32,
+    /// The program (checked against /proc/<pid>/exe before killing a leftover).
+    pub exe: PathBuf,
+}
+
+/// One sandbox VM and the host processes that serve it.
+///
+/// Order: [`prepare`](Vmm::prepare) (helpers up, sockets ready; the host may then listen on
+/// [`AgentSocket::host_port_path`]) → [`start`](Vmm::start) (the hypervisor runs) →
+/// [`exit_watch`](Vmm::exit_watch) / [`kill`](Vmm::kill) → [`stop`](Vmm::stop). The backend
+/// supervises its helpers: when the VM exits they are stopped too.
 #[async_trait]
-pub trait Hypervisor: Send + Sync {
+pub trait Vmm: Send + Sync {
     /// Short name for logs ("qemu").
     fn name(&self) -> &'static str;
-    /// Starts the VM. Returns once the hypervisor process runs (not when the guest booted).
-    async fn start(&mut self, spec: &VmSpec) -> Result<()>;
-    /// The hypervisor process, once started: pid, exit status, wait.
-    fn process(&self) -> Option<&Child>;
-    /// Stops the VM (hard: the guest holds no state the host needs). Idempotent.
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+    /// How to reach the guest's vsock ports (known before `prepare`).
+    fn agent_socket(&self) -> AgentSocket;
+    /// Checks the binaries and guest image, starts the helper processes and waits until they
+    /// serve. On error, what was started is left for `stop`.
+    async fn prepare(&mut self, vm: &VmConfig) -> Result<()>;
+    /// Starts the VM with `nics` (tap fds the caller keeps open until this returns). Returns
+    /// once the hypervisor process runs, not when the guest booted.
+    async fn start(&mut self, nics: Vec<VmNic>) -> Result<()>;
+    /// The VM's exit status channel, once started.
+    fn exit_watch(&self) -> Option<ExitWatch>;
+    /// Host pid of the hypervisor, once started.
+    fn pid(&self) -> Option<u32>;
+    /// Every host process of this VM so far (hypervisor and helpers): for the pid file and
+    /// the host cgroup.
+    fn processes(&self) -> Vec<VmmProcess>;
+    /// The logs of its processes ("qemu", path), for error messages.
+    fn logs(&self) -> Vec<(&'static str, PathBuf)>;
+    /// SIGKILLs the hypervisor (a guest that no longer answers); the helpers follow.
+    async fn kill(&mut self);
+    /// Stops the VM and its helpers (hard: the guest holds no state the host needs).
+    /// Idempotent.
     async fn stop(&mut self);
 }
 
-/// The configured backend.
-pub fn new_backend(qemu_binary: PathBuf) -> Box<dyn Hypervisor> {
-    Box::new(qemu::Qemu::new(qemu_binary))
+/// The configured backend for the sandbox whose state directory is `dir` (its sockets and
+/// logs go there; see [`state_files`]).
+pub fn new_backend(cfg: &Config, dir: &Path, host: Arc<dyn Host>) -> Box<dyn Vmm> {
+    Box::new(qemu::Qemu::new(qemu::QemuPaths::from_config(cfg), dir, host))
+}
+
+/// The files the configured backend keeps in a state directory `dir`: ("what", path) of
+/// its sockets and logs (pure).
+pub fn state_files(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    qemu::state_files(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_vsock_paths() {
+        let s = AgentSocket::HybridVsock { uds_path: "/run/b/x/vsock.sock".into() };
+        assert_eq!(s.connect_path(), Path::new("/run/b/x/vsock.sock"));
+        assert_eq!(s.host_port_path(1025), PathBuf::from("/run/b/x/vsock.sock_1025"));
+    }
 }

@@ -21,7 +21,8 @@ use bulwark_e2e::cri_client::{read_cri_log, ContainerSpec, CriClient};
 use bulwark_e2e::leftovers;
 use bulwark_e2e::process::poll;
 use bulwark_e2e::{Artifacts, RUNTIME, TEST_IMAGE};
-use bulwark_shim::vmm::{qemu, Accel, VmSpec};
+use bulwark_shim::vmm::qemu::{self, VmSpec};
+use bulwark_shim::vmm::Accel;
 
 fn main() {
     let rounds: usize = std::env::var("BULWARK_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);

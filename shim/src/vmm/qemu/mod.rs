@@ -1,130 +1,237 @@
-//! The QEMU backend: `qemu-system-x86_64 -M microvm` with vhost-user vsock and virtio-fs,
-//! argument building (pure, unit tested) and the process.
+//! The QEMU backend of [`Vmm`]: `qemu-system-x86_64 -M microvm` and the two helper processes
+//! it owns, vhost-device-vsock (hybrid vsock, vhost_vsock.rs) and virtiofsd (the share,
+//! virtiofsd.rs). It starts them in order, waits for their sockets, supervises them (an
+//! unexpected VM exit stops the helpers; vhost-device-vsock never exits by itself) and stops
+//! them. The command line is args.rs (pure). Its sockets and logs live in the sandbox's state
+//! directory under the names of [`state_files`].
 
+pub mod args;
 pub mod vhost_vsock;
 pub mod virtiofsd;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Accel, Hypervisor, VmSpec};
+use super::{AgentSocket, Capabilities, ExitWatch, VmConfig, Vmm, VmmProcess};
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::host::child::Child;
+use crate::host::child::log_tail;
+use crate::host::{Child, Command, Host};
+use crate::resources::network::VmNic;
 
-/// Kernel parameters that make the Debian cloud kernel boot fast under microvm/TCG
-/// (measured, see shared/PLATFORM.md).
-pub const BASE_KERNEL_PARAMS: &str = "console=ttyS0 reboot=t panic=-1 quiet mitigations=off \
-nokaslr i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd cryptomgr.notests \
-random.trust_cpu=on no_timer_check";
+pub use args::{build_args, host_tsc_khz, kernel_cmdline, parse_cpu_khz, VmSpec, BASE_KERNEL_PARAMS};
 
-/// QEMU backend state: the binary and, once started, the process.
+/// The programs the backend runs (from the node configuration).
+#[derive(Debug, Clone)]
+pub struct QemuPaths {
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vhost_device_vsock: PathBuf,
+}
+
+impl QemuPaths {
+    pub fn from_config(cfg: &Config) -> Self {
+        QemuPaths {
+            qemu: cfg.paths.qemu.clone(),
+            virtiofsd: cfg.paths.virtiofsd.clone(),
+            vhost_device_vsock: cfg.paths.vhost_device_vsock.clone(),
+        }
+    }
+}
+
+/// QEMU's own log in the state directory `dir`.
+pub fn log(dir: &Path) -> PathBuf {
+    dir.join("qemu.log")
+}
+
+/// The backend's sockets and logs in the state directory `dir` (pure).
+pub fn state_files(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    vec![
+        ("qemu log", log(dir)),
+        ("vhost-device-vsock log", vhost_vsock::log(dir)),
+        ("virtiofsd log", virtiofsd::log(dir)),
+        ("vhost-user vsock socket", vhost_vsock::backend_socket(dir)),
+        ("hybrid vsock socket", vhost_vsock::uds_path(dir)),
+        ("vhost-user fs socket", virtiofsd::socket(dir)),
+    ]
+}
+
+/// One QEMU VM and its helpers.
 pub struct Qemu {
-    binary: PathBuf,
-    child: Option<Child>,
+    paths: QemuPaths,
+    dir: PathBuf,
+    host: Arc<dyn Host>,
+    /// What `prepare` was given (`start` needs it).
+    vm: Option<VmConfig>,
+    vsock: Option<Arc<Child>>,
+    virtiofsd: Option<Arc<Child>>,
+    qemu: Option<Arc<Child>>,
+    /// Set by `stop`: a VM exit after that is expected.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Qemu {
-    pub fn new(binary: PathBuf) -> Self {
-        Qemu { binary, child: None }
+    /// A backend for the sandbox whose state directory is `dir`. Starts nothing.
+    pub fn new(paths: QemuPaths, dir: &Path, host: Arc<dyn Host>) -> Self {
+        Qemu {
+            paths,
+            dir: dir.to_path_buf(),
+            host,
+            vm: None,
+            vsock: None,
+            virtiofsd: None,
+            qemu: None,
+            stopping: Arc::new(AtomicBool::new(false)),
+        }
     }
-}
 
-/// Escapes a value for QEMU's `key=value,key=value` option syntax (',' doubles).
-fn opt(value: &Path) -> String {
-    value.to_string_lossy().replace(',', ",,")
-}
+    fn helpers(&self) -> Vec<Arc<Child>> {
+        // virtiofsd first: it lets go of the share before the vsock device goes.
+        [&self.virtiofsd, &self.vsock].into_iter().flatten().cloned().collect()
+    }
 
-/// The guest kernel command line.
-pub fn kernel_cmdline(tsc_khz: Option<u64>, extra: &str) -> String {
-    let mut s = String::from(BASE_KERNEL_PARAMS);
-    if let Some(khz) = tsc_khz {
-        // microvm has no PIT/HPET to calibrate the TSC against: tell the kernel.
-        s.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+    /// An unexpected exit of QEMU stops the helpers.
+    fn supervise(&self, qemu: Arc<Child>) {
+        let helpers = self.helpers();
+        let stopping = self.stopping.clone();
+        let console = self.vm.as_ref().map(|v| v.console_log.clone());
+        tokio::spawn(async move {
+            let st = qemu.wait().await;
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            tracing::warn!(
+                "QEMU (pid {}) exited ({st}); stopping its helpers. Console: {}",
+                qemu.pid,
+                console.as_deref().map(log_tail).unwrap_or_default()
+            );
+            for c in helpers {
+                c.stop(Duration::from_secs(1)).await;
+            }
+        });
     }
-    let extra = extra.trim();
-    if !extra.is_empty() {
-        s.push(' ');
-        s.push_str(extra);
-    }
-    s
-}
-
-/// The full QEMU argument list for `spec` (pure).
-pub fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
-    let mem = spec.memory_mib;
-    let mut a: Vec<String> = Vec::new();
-    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
-    push(&["-M", "microvm,x-option-roms=off,memory-backend=mem"]);
-    match spec.accel {
-        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
-    }
-    push(&["-smp", &spec.vcpus.to_string(), "-m", &format!("{mem}M")]);
-    push(&["-object", &format!("memory-backend-memfd,id=mem,size={mem}M,share=on")]);
-    push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-    push(&["-kernel", &spec.kernel.to_string_lossy(), "-initrd", &spec.initrd.to_string_lossy()]);
-    push(&["-append", &kernel_cmdline(tsc_khz, &spec.extra_kernel_params)]);
-    push(&["-chardev", &format!("file,id=console,path={}", opt(&spec.console_log))]);
-    push(&["-serial", "chardev:console"]);
-    push(&["-chardev", &format!("socket,id=vsock,path={}", opt(&spec.vsock_socket))]);
-    push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
-    if let Some(fs) = &spec.fs_socket {
-        push(&["-chardev", &format!("socket,id=fs,path={}", opt(fs))]);
-        push(&["-device", &format!("vhost-user-fs-device,chardev=fs,tag={}", bulwark_protocol::SHARE_TAG)]);
-    }
-    for (n, nic) in spec.nics.iter().enumerate() {
-        // vhost=off: no /dev/vhost-net on every host; the fd is inherited (spawn_with_fds).
-        push(&["-netdev", &format!("tap,id=net{n},fd={},vhost=off", nic.tap_fd)]);
-        push(&["-device", &format!("virtio-net-device,netdev=net{n},mac={}", nic.mac)]);
-    }
-    a
-}
-
-/// Host TSC frequency in kHz from /proc/cpuinfo's first "cpu MHz" line (pure).
-pub fn parse_cpu_khz(cpuinfo: &str) -> Option<u64> {
-    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
-    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    if !(1.0..=100_000.0).contains(&mhz) {
-        return None;
-    }
-    Some((mhz * 1000.0).round() as u64)
-}
-
-/// The host's TSC frequency in kHz, from /proc/cpuinfo.
-pub fn host_tsc_khz() -> Option<u64> {
-    parse_cpu_khz(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
 }
 
 #[async_trait]
-impl Hypervisor for Qemu {
+impl Vmm for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
     }
 
-    async fn start(&mut self, spec: &VmSpec) -> Result<()> {
-        if !self.binary.exists() {
-            return Err(Error::Missing {
-                what: "QEMU binary",
-                path: self.binary.clone(),
-                hint: "install qemu-system-x86 or set paths.qemu in the bulwark config".into(),
-            });
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { fs_share: true, hybrid_vsock: true, hotplug: false }
+    }
+
+    fn agent_socket(&self) -> AgentSocket {
+        AgentSocket::HybridVsock { uds_path: vhost_vsock::uds_path(&self.dir) }
+    }
+
+    async fn prepare(&mut self, vm: &VmConfig) -> Result<()> {
+        for (what, key, path) in [("guest kernel", "kernel", &vm.kernel), ("guest initramfs", "initrd", &vm.initrd)] {
+            if !path.exists() {
+                return Err(Error::Missing {
+                    what,
+                    path: path.clone(),
+                    hint: format!(
+                        "set paths.{key} in {} or build it with images/build-guest-image",
+                        Config::path().display()
+                    ),
+                });
+            }
         }
-        let args = build_args(spec, host_tsc_khz());
-        let fds: Vec<_> = spec.nics.iter().map(|n| n.tap_fd).collect();
-        self.child = Some(Child::spawn_with_fds("qemu", &self.binary, &args, &spec.log, &fds)?);
+        self.vm = Some(vm.clone());
+        let mut vsock = None;
+        let r = vhost_vsock::start(self.host.as_ref(), &self.paths.vhost_device_vsock, &self.dir, &mut vsock).await;
+        self.vsock = vsock.map(Arc::new);
+        r?;
+        if let Some(share) = &vm.share {
+            let mut fs = None;
+            let r = virtiofsd::start(self.host.as_ref(), &self.paths.virtiofsd, &self.dir, share, &mut fs).await;
+            self.virtiofsd = fs.map(Arc::new);
+            r?;
+        }
         Ok(())
     }
 
-    fn process(&self) -> Option<&Child> {
-        self.child.as_ref()
+    async fn start(&mut self, nics: Vec<VmNic>) -> Result<()> {
+        let vm = self.vm.as_ref().ok_or_else(|| Error::Boot("QEMU started before its helpers".into()))?;
+        if !self.paths.qemu.exists() {
+            return Err(Error::Missing {
+                what: "QEMU binary",
+                path: self.paths.qemu.clone(),
+                hint: "install qemu-system-x86 or set paths.qemu in the bulwark config".into(),
+            });
+        }
+        let fds: Vec<_> = nics.iter().map(|n| n.tap_fd).collect();
+        let spec = VmSpec {
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            accel: vm.accel,
+            kernel: vm.kernel.clone(),
+            initrd: vm.initrd.clone(),
+            extra_kernel_params: vm.extra_kernel_params.clone(),
+            vsock_socket: vhost_vsock::backend_socket(&self.dir),
+            fs_socket: vm.share.as_ref().map(|_| virtiofsd::socket(&self.dir)),
+            console_log: vm.console_log.clone(),
+            log: log(&self.dir),
+            nics,
+        };
+        let args = build_args(&spec, host_tsc_khz());
+        let child = self.host.spawn(&Command {
+            name: "qemu",
+            exe: &self.paths.qemu,
+            args: &args,
+            log: &spec.log,
+            keep_fds: &fds,
+        })?;
+        let child = Arc::new(child);
+        self.qemu = Some(child.clone());
+        self.supervise(child);
+        Ok(())
+    }
+
+    fn exit_watch(&self) -> Option<ExitWatch> {
+        self.qemu.as_ref().map(|c| c.exit_watch())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.qemu.as_ref().map(|c| c.pid)
+    }
+
+    fn processes(&self) -> Vec<VmmProcess> {
+        [&self.vsock, &self.virtiofsd, &self.qemu]
+            .into_iter()
+            .flatten()
+            .map(|c| VmmProcess { name: c.name, pid: c.pid, exe: c.exe.clone() })
+            .collect()
+    }
+
+    fn logs(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("qemu", log(&self.dir)),
+            ("vhost-device-vsock", vhost_vsock::log(&self.dir)),
+            ("virtiofsd", virtiofsd::log(&self.dir)),
+        ]
+    }
+
+    async fn kill(&mut self) {
+        if let Some(c) = &self.qemu {
+            c.stop(Duration::ZERO).await;
+        }
     }
 
     async fn stop(&mut self) {
-        if let Some(c) = &self.child {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(c) = &self.qemu {
             // No guest state to save: SIGTERM makes QEMU quit at once; SIGKILL after 2s.
             c.stop(Duration::from_secs(2)).await;
+        }
+        for c in self.helpers() {
+            c.stop(Duration::from_secs(1)).await;
         }
     }
 }
@@ -132,73 +239,79 @@ impl Hypervisor for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::{temp_dir, FakeHost};
 
-    fn spec(accel: Accel, fs: bool) -> VmSpec {
-        VmSpec {
-            vcpus: 2,
+    fn vm(dir: &Path, share: bool) -> VmConfig {
+        std::fs::write(dir.join("vmlinux"), b"").unwrap();
+        std::fs::write(dir.join("initrd"), b"").unwrap();
+        VmConfig {
+            vcpus: 1,
             memory_mib: 256,
-            accel,
-            kernel: "/k/vmlinux".into(),
-            initrd: "/k/initrd".into(),
-            extra_kernel_params: " loglevel=7 ".into(),
-            vsock_socket: "/run/b/x/vhost-vsock.sock".into(),
-            fs_socket: fs.then(|| PathBuf::from("/run/b/x/virtiofsd.sock")),
-            console_log: "/run/b/a,b/console.log".into(),
-            log: "/run/b/x/qemu.log".into(),
-            nics: vec![],
+            accel: super::super::Accel::Tcg,
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("initrd"),
+            extra_kernel_params: String::new(),
+            share: share.then(|| dir.join("share")),
+            console_log: dir.join("console.log"),
         }
     }
 
-    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    /// Existing programs (the test binary itself) so the backend's checks pass; the fake
+    /// host spawns nothing.
+    fn paths() -> QemuPaths {
+        let me = std::env::current_exe().unwrap();
+        QemuPaths { qemu: me.clone(), virtiofsd: me.clone(), vhost_device_vsock: me }
     }
 
-    #[test]
-    fn tcg_args() {
-        let a = build_args(&spec(Accel::Tcg, true), Some(2_095_078));
-        assert_eq!(after(&a, "-accel"), ["tcg"]);
-        assert_eq!(after(&a, "-cpu"), ["max"]);
-        assert_eq!(after(&a, "-smp"), ["2"]);
-        assert_eq!(after(&a, "-m"), ["256M"]);
-        assert_eq!(after(&a, "-object"), ["memory-backend-memfd,id=mem,size=256M,share=on"]);
-        assert_eq!(after(&a, "-M"), ["microvm,x-option-roms=off,memory-backend=mem"]);
-        let append = after(&a, "-append")[0];
-        assert!(append.starts_with("console=ttyS0 "));
-        assert!(append.contains("tsc_early_khz=2095078 tsc=reliable"));
-        assert!(append.ends_with(" loglevel=7"));
-        let devs = after(&a, "-device");
-        assert!(devs.contains(&"vhost-user-vsock-device,chardev=vsock"));
-        assert!(devs.contains(&"vhost-user-fs-device,chardev=fs,tag=bulwark-share"));
-        // commas in paths are escaped for QEMU's option parser
-        assert!(after(&a, "-chardev").contains(&"file,id=console,path=/run/b/a,,b/console.log"));
-        assert!(a.iter().any(|x| x == "-no-reboot"));
+    #[tokio::test]
+    async fn helper_that_exits_at_start_fails_prepare_and_is_recorded() {
+        let dir = temp_dir("qemu-helper-exit");
+        let host = FakeHost::new();
+        host.exit_at_spawn("vhost-device-vsock");
+        std::fs::write(vhost_vsock::log(&dir), b"bad option\n").unwrap();
+        let mut q = Qemu::new(paths(), &dir, host.clone());
+        let e = q.prepare(&vm(&dir, true)).await.unwrap_err().to_string();
+        assert!(e.contains("vhost-device-vsock exited") && e.contains("bad option"), "{e}");
+        // started, so recorded for the pid file and stopped by `stop`
+        assert_eq!(q.processes().len(), 1);
+        assert!(!host.calls().iter().any(|c| c.starts_with("spawn virtiofsd")));
+        q.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn kvm_args_without_share() {
-        let a = build_args(&spec(Accel::Kvm, false), None);
-        assert_eq!(after(&a, "-accel"), ["kvm"]);
-        assert_eq!(after(&a, "-cpu"), ["host"]);
-        assert!(!after(&a, "-append")[0].contains("tsc_early_khz"));
-        assert!(!a.iter().any(|x| x.contains("vhost-user-fs")));
+    #[tokio::test]
+    async fn helpers_start_in_order_and_stop_with_the_vm() {
+        let dir = temp_dir("qemu-order");
+        let host = FakeHost::new();
+        // the helpers' sockets appear at once
+        std::fs::write(vhost_vsock::backend_socket(&dir), b"").unwrap();
+        std::fs::write(virtiofsd::socket(&dir), b"").unwrap();
+        let mut q = Qemu::new(paths(), &dir, host.clone());
+        q.prepare(&vm(&dir, true)).await.unwrap();
+        q.start(Vec::new()).await.unwrap();
+        let names: Vec<_> = q.processes().iter().map(|p| p.name).collect();
+        assert_eq!(names, ["vhost-device-vsock", "virtiofsd", "qemu"]);
+        let spawns: Vec<_> = host.calls().into_iter().filter(|c| c.starts_with("spawn")).collect();
+        assert!(spawns[2].contains("vhost-user-fs-device"), "{spawns:?}");
+        // an unexpected VM exit stops the helpers
+        let helpers = q.helpers();
+        host.exit("qemu", libc::SIGKILL);
+        for h in helpers {
+            tokio::time::timeout(Duration::from_secs(5), h.wait()).await.unwrap();
+        }
+        q.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn nic_args() {
-        let mut s = spec(Accel::Tcg, true);
-        s.nics = vec![crate::resources::network::VmNic { tap_fd: 17, mac: "0a:58:0a:00:00:05".into() }];
-        let a = build_args(&s, None);
-        assert_eq!(after(&a, "-netdev"), ["tap,id=net0,fd=17,vhost=off"]);
-        assert!(after(&a, "-device").contains(&"virtio-net-device,netdev=net0,mac=0a:58:0a:00:00:05"));
-        assert!(!build_args(&spec(Accel::Tcg, true), None).iter().any(|x| x == "-netdev"));
-    }
-
-    #[test]
-    fn cpuinfo_parsing() {
-        assert_eq!(parse_cpu_khz("processor\t: 0\ncpu MHz\t\t: 2095.078\n"), Some(2_095_078));
-        assert_eq!(parse_cpu_khz("cpu MHz : 3000\n"), Some(3_000_000));
-        assert_eq!(parse_cpu_khz("cpu MHz : fast\n"), None);
-        assert_eq!(parse_cpu_khz("cpu MHz : -5\n"), None);
-        assert_eq!(parse_cpu_khz(""), None);
+    #[tokio::test]
+    async fn no_share_no_virtiofsd() {
+        let dir = temp_dir("qemu-noshare");
+        let host = FakeHost::new();
+        std::fs::write(vhost_vsock::backend_socket(&dir), b"").unwrap();
+        let mut q = Qemu::new(paths(), &dir, host.clone());
+        q.prepare(&vm(&dir, false)).await.unwrap();
+        assert!(!host.calls().iter().any(|c| c.starts_with("spawn virtiofsd")));
+        q.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,15 +1,24 @@
-//! virtiofsd: serves the sandbox share `<dir>/share` (container rootfs, later volumes) to
-//! the guest as virtio-fs tag `bulwark-share`.
+//! virtiofsd, a helper of the QEMU backend: serves the sandbox share to the guest as
+//! virtio-fs tag `bulwark-share` over a vhost-user socket in the state directory. It exits by
+//! itself when QEMU disconnects; the backend stops it anyway on teardown.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::host::child::Child;
+use crate::host::{Child, Command, Host};
+
+/// How long virtiofsd may take to create its socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
 /// virtiofsd's vhost-user socket (QEMU connects to it).
 pub fn socket(dir: &Path) -> PathBuf {
     dir.join("virtiofsd.sock")
+}
+
+/// virtiofsd's log.
+pub fn log(dir: &Path) -> PathBuf {
+    dir.join("virtiofsd.log")
 }
 
 /// The argument list (pure).
@@ -23,17 +32,21 @@ pub fn args(dir: &Path, share: &Path) -> Vec<String> {
     ]
 }
 
-/// Starts virtiofsd for the sandbox in `dir`. It exits by itself when QEMU disconnects.
-pub fn spawn(cfg: &Config, dir: &Path, share: &Path) -> Result<Child> {
-    let exe = &cfg.paths.virtiofsd;
+/// Starts virtiofsd serving `share` for the sandbox in `dir` and waits for its socket. The
+/// child is put in `started` as soon as it runs, so the caller can stop it on error.
+pub async fn start(host: &dyn Host, exe: &Path, dir: &Path, share: &Path, started: &mut Option<Child>) -> Result<()> {
     if !exe.exists() {
         return Err(Error::Missing {
             what: "virtiofsd binary",
-            path: exe.clone(),
+            path: exe.to_path_buf(),
             hint: "install it (cargo install virtiofsd) or set paths.virtiofsd in the bulwark config".into(),
         });
     }
-    Child::spawn("virtiofsd", exe, &args(dir, share), &dir.join("virtiofsd.log"))
+    let args = args(dir, share);
+    let log = log(dir);
+    let child = host.spawn(&Command { name: "virtiofsd", exe, args: &args, log: &log, keep_fds: &[] })?;
+    let child = started.insert(child);
+    child.wait_for_path(&socket(dir), &log, SOCKET_WAIT).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,84 @@
+//! The real [`Host`]: fork/exec through [`Child`], mount(2)/umount2(2), /proc/self/mountinfo.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::{Child, Command, Host};
+use crate::error::Result;
+
+/// The host the shim runs on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxHost;
+
+impl Host for LinuxHost {
+    fn spawn(&self, cmd: &Command<'_>) -> Result<Child> {
+        Child::spawn_with_fds(cmd.name, cmd.exe, cmd.args, cmd.log, cmd.keep_fds)
+    }
+
+    fn mount(&self, source: Option<&Path>, target: &Path, flags: MsFlags) -> std::io::Result<()> {
+        mount(source, target, None::<&str>, flags, None::<&str>).map_err(std::io::Error::from)
+    }
+
+    fn unmount(&self, target: &Path) -> std::io::Result<()> {
+        umount2(target, MntFlags::MNT_DETACH).map_err(std::io::Error::from)
+    }
+
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        mounts_under(dir)
+    }
+
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::create_dir(path)
+    }
+}
+
+/// Decodes a mountinfo path field (`\040` style octal escapes) (pure).
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let oct = &b[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points at or below `dir` (from /proc/self/mountinfo), deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/bad\\09"), "/bad\\09");
+        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
+    }
+}

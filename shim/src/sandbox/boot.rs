@@ -1,0 +1,206 @@
+//! The boot sequence of a sandbox VM, one step after the other:
+//! VMM helpers (`Vmm::prepare`: for QEMU, vhost-device-vsock then virtiofsd) → the host's
+//! listener for the agent's READY + log connection → the pod network → the VM
+//! (`Vmm::start`) → READY from the agent (or the VM's exit, or the timeout) → the log
+//! forwarder → CONNECT to the agent's port → Check → SetupSandbox. Then a watcher marks the
+//! sandbox dead when the VM exits.
+//!
+//! Also the KVM boot probe that `vmm::accel` is given ([`resolve_accel`]): a throwaway
+//! sandbox booted up to the agent's Check.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{state_dir, Sandbox, SandboxState};
+use crate::agent::{handshake, streams, AgentApi};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::host::child::{log_tail, wait_exit};
+use crate::resources::network;
+use crate::sandbox::sizing::VmSize;
+use crate::vmm::accel::{self, KvmBootProbe, PROBE_TIMEOUT};
+use crate::vmm::{Accel, VmConfig};
+
+/// Attempts at CONNECT to the agent's port after READY, and the pause between them.
+const CONNECT_ATTEMPTS: u32 = 3;
+const CONNECT_RETRY: Duration = Duration::from_millis(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Sandbox {
+    /// Starts the VMM (helpers and VM) and waits for the agent. On error the caller tears
+    /// down. `accel` comes from [`resolve_accel`] (or is forced, for the KVM probe).
+    pub async fn boot(self: &Arc<Self>, accel: Accel, size: VmSize, timeout: Duration) -> Result<()> {
+        if let Err(s) = self.transition(&[SandboxState::Prepared], SandboxState::Booting) {
+            return Err(Error::FailedPrecondition(format!("sandbox {} cannot boot: it is {s:?}", self.id)));
+        }
+        let res = self.boot_steps(accel, size, timeout).await;
+        let to = if res.is_ok() { SandboxState::Ready } else { SandboxState::Dead };
+        // Teardown may have begun meanwhile: Stopping stays.
+        let _ = self.transition(&[SandboxState::Booting], to);
+        if res.is_ok() {
+            self.watch_vm_exit();
+        }
+        res
+    }
+
+    async fn boot_steps(self: &Arc<Self>, accel: Accel, size: VmSize, timeout: Duration) -> Result<()> {
+        let cfg = &self.cfg;
+        let started = Instant::now();
+        let console = state_dir::console_log(&self.dir);
+        let mut vmm = self.vmm.lock().await;
+        let caps = vmm.capabilities();
+        if !caps.fs_share {
+            tracing::warn!("sandbox {}: the {} backend cannot share files: the VM gets no share", self.id, vmm.name());
+        }
+        let vm = VmConfig {
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            accel,
+            kernel: cfg.paths.kernel.clone(),
+            initrd: cfg.paths.initrd.clone(),
+            extra_kernel_params: cfg.vm.kernel_params.clone(),
+            share: caps.fs_share.then(|| self.share.clone()),
+            console_log: console.clone(),
+        };
+        let socket = vmm.agent_socket();
+
+        let prepared = vmm.prepare(&vm).await;
+        self.write_pid_file(&vmm.processes());
+        prepared?;
+
+        let listener = handshake::bind_log_listener(&socket.host_port_path(bulwark_protocol::LOG_PORT))?;
+
+        let pod = super::lock(&self.pod).clone();
+        let mut net = self.network.lock().await;
+        if let Some(path) = pod.as_ref().and_then(|p| p.netns.as_ref()) {
+            let attached = network::attach(path).await?;
+            attached.save(&self.dir);
+            *net = Some(attached);
+        }
+        let started_vm = vmm.start(net.as_ref().map(|n| n.vm_nics()).unwrap_or_default()).await;
+        if let Some(n) = net.as_mut() {
+            n.release_taps();
+        }
+        let setup = pod.map(|p| match net.as_ref() {
+            Some(n) => n.setup_request(&p.hostname),
+            None => network::setup_request(&p.hostname, &[], &[]),
+        });
+        drop(net);
+        self.write_pid_file(&vmm.processes());
+        started_vm?;
+        let (pid, vm_exit) = match (vmm.pid(), vmm.exit_watch()) {
+            (Some(pid), Some(w)) => (pid, w),
+            _ => return Err(Error::Boot("the hypervisor did not start".into())),
+        };
+        self.pid.store(pid, Ordering::SeqCst);
+        let _ = self.vm_exit.set(vm_exit.clone());
+        let name = vmm.name();
+        // The hypervisor's own log comes first.
+        let hv_log = vmm.logs().into_iter().next();
+        drop(vmm);
+
+        let ready = tokio::select! {
+            r = handshake::accept_ready(&listener, timeout) => r,
+            st = wait_exit(vm_exit.clone()) => Err(Error::Boot(format!(
+                "the VM ({name}) exited ({st}) before the agent was ready. {}",
+                hv_log.map(|(what, p)| format!("{what} log {}: {}", p.display(), log_tail(&p))).unwrap_or_default()))),
+        };
+        let (version, log_stream) = ready.map_err(|e| {
+            let e = match e {
+                Error::Boot(m) => m,
+                other => other.to_string(),
+            };
+            Error::Boot(format!(
+                "{e} (accel {}, timeout {}s). Guest console {}: {}",
+                accel.as_str(),
+                timeout.as_secs(),
+                console.display(),
+                log_tail(&console)
+            ))
+        })?;
+        drop(listener);
+        crate::agent::check_version(version)?;
+        *super::lock(&self.log_task) = Some(streams::spawn_log_forwarder(log_stream, self.id.clone()));
+
+        let stream = connect_agent_port(socket.connect_path()).await?;
+        let agent: Arc<dyn AgentApi> = (self.connect_agent)(stream, vm_exit);
+        let info = agent.check().await?;
+        tracing::info!(
+            "sandbox {} booted in {:?} ({name} {}, pid {pid}): agent {} protocol {}, guest kernel {}",
+            self.id,
+            started.elapsed(),
+            accel.as_str(),
+            info.agent_version.chars().take(64).collect::<String>(),
+            info.agent_protocol_version,
+            info.kernel_release.chars().take(64).collect::<String>()
+        );
+        if let Some(req) = setup {
+            agent.setup_sandbox(&req).await?;
+        }
+        let _ = self.agent.set(agent);
+        Ok(())
+    }
+
+    /// After boot: an unexpected VM exit makes the sandbox `Dead` (logged with the console's
+    /// tail). The backend stops its helpers; containers learn it through their own watchers.
+    fn watch_vm_exit(self: &Arc<Self>) {
+        let Some(vm_exit) = self.vm_exit() else { return };
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let st = wait_exit(vm_exit).await;
+            let Some(me) = me.upgrade() else { return };
+            if me.transition(&[SandboxState::Ready], SandboxState::Dead).is_ok() {
+                tracing::error!(
+                    "the VM of sandbox {} exited unexpectedly ({st}). Console: {}",
+                    me.id,
+                    log_tail(&state_dir::console_log(&me.dir))
+                );
+            }
+        });
+    }
+}
+
+/// CONNECT to the agent's ttrpc port through the hybrid-vsock socket, a few times.
+async fn connect_agent_port(path: &std::path::Path) -> Result<tokio::net::UnixStream> {
+    let mut last = None;
+    for _ in 0..CONNECT_ATTEMPTS {
+        match handshake::connect(path, bulwark_protocol::AGENT_PORT, CONNECT_TIMEOUT).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(CONNECT_RETRY).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Agent("connect failed".into())))
+}
+
+/// Boots a throwaway VM with `accel` up to the agent's Check, then tears it down.
+pub async fn probe_boot(cfg: &Config, accel: Accel, timeout: Duration) -> Result<()> {
+    // ".probe" cannot clash with a containerd namespace (identifiers start alphanumeric).
+    let id = std::process::id().to_string();
+    let sb = Arc::new(Sandbox::prepare(cfg, ".probe", &id)?);
+    let size = VmSize { vcpus: cfg.vm.vcpus, memory_mib: cfg.vm.memory_mib };
+    let r = sb.boot(accel, size, timeout).await;
+    sb.teardown().await;
+    r
+}
+
+/// The KVM boot probe: a real boot of the configured kernel+initrd under KVM, up to the
+/// agent's Check, within [`PROBE_TIMEOUT`].
+struct BootProbe;
+
+#[async_trait]
+impl KvmBootProbe for BootProbe {
+    async fn probe(&self, cfg: &Config) -> std::result::Result<(), String> {
+        probe_boot(cfg, Accel::Kvm, PROBE_TIMEOUT).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The acceleration for a new VM (`vm.acceleration`; `auto` probes KVM with a real boot).
+pub async fn resolve_accel(cfg: &Config) -> Accel {
+    accel::resolve(cfg, &BootProbe).await
+}
