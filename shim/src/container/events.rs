@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::container::stdio::Stdio;
+use crate::container::process::Stdio;
 
 pub const TOPIC_CREATE: &str = "/tasks/create";
 pub const TOPIC_START: &str = "/tasks/start";

@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::container::process::{Process, Status};
+use crate::container::process::{Process, Status, Stdio};
 use crate::container::spec::validate_id;
-use crate::container::stdio::Stdio;
 use crate::container::Container;
 use crate::error::{Error, Result};
 

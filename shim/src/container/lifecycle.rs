@@ -92,7 +92,8 @@ impl Container {
             match StdinFifo::open(&p.stdio.stdin) {
                 Ok(fifo) => {
                     let fifo = Arc::new(fifo);
-                    p.set_stdin_fifo(fifo.clone());
+                    let f = fifo.clone();
+                    p.set_stdin_unblock(move || f.unblock());
                     let h = stdio::spawn_stdin(
                         self.agent.clone(),
                         self.id.clone(),

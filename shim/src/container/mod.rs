@@ -28,9 +28,8 @@ use crate::error::{Error, Result};
 use crate::resources::rootfs::RootfsMounts;
 use crate::sandbox::oom::OomCount;
 pub use events::EventTx;
-pub use process::{Process, Status};
+pub use process::{Process, Status, Stdio};
 pub use spec::{load_spec, sandbox_id_from_bundle, sandbox_id_of, validate_id};
-pub use stdio::Stdio;
 pub use vm::Vm;
 
 /// What a container is made of, once its init process exists in the guest.

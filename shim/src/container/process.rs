@@ -3,7 +3,8 @@
 //! process's stdio paths, its status and exit, the tasks working for it (stdio copiers, exit
 //! watcher) and the gate that orders its start and exit events. The few ways an init process
 //! and an exec differ are its [`Kind`]; the verbs are the container's (lifecycle.rs).
-//! Also: the mapping of exits to shell-style statuses.
+//! Also: the mapping of exits to shell-style statuses. It depends on nothing else in the
+//! crate (host/child.rs uses `shell_status`).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -12,7 +13,17 @@ use std::sync::{Arc, Mutex};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use tokio::sync::watch;
 
-use crate::container::stdio::{StdinFifo, Stdio};
+/// The stdio paths containerd gave for a process (empty: none).
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// Frees a stdin copier blocked opening containerd's FIFO (stdio.rs's `StdinFifo::unblock`).
+type Unblock = Box<dyn Fn() + Send + Sync>;
 
 /// Lifecycle of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +88,8 @@ pub struct Process {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Tells the stdin copier to finish (CloseIO).
     pub stdin_close: Arc<tokio::sync::Notify>,
-    /// containerd's stdin FIFO, if any (kept to free a blocked open on Delete).
-    stdin_fifo: Mutex<Option<Arc<StdinFifo>>>,
+    /// Frees the stdin copier's blocked open of containerd's FIFO, if there is one (Delete).
+    stdin_unblock: Mutex<Option<Unblock>>,
     /// Held by Start across the agent call + the start event, by Pause/Resume, and by the exit
     /// watcher before it records the exit, so the exit event never precedes the start event.
     pub start_gate: tokio::sync::Mutex<()>,
@@ -108,7 +119,7 @@ impl Process {
             exit_tx: watch::channel(None).0,
             tasks: Mutex::new(Vec::new()),
             stdin_close: Arc::new(tokio::sync::Notify::new()),
-            stdin_fifo: Mutex::new(None),
+            stdin_unblock: Mutex::new(None),
             start_gate: tokio::sync::Mutex::new(()),
         }
     }
@@ -190,9 +201,9 @@ impl Process {
         lock(&self.tasks).extend(handles);
     }
 
-    /// Keeps containerd's stdin FIFO (so Delete can free a copier blocked opening it).
-    pub fn set_stdin_fifo(&self, fifo: Arc<StdinFifo>) {
-        *lock(&self.stdin_fifo) = Some(fifo);
+    /// How to free the stdin copier if it is blocked opening containerd's FIFO on Delete.
+    pub fn set_stdin_unblock(&self, unblock: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.stdin_unblock) = Some(Box::new(unblock));
     }
 
     /// Aborts the tasks and frees a stdin copier blocked in open(2).
@@ -200,8 +211,8 @@ impl Process {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
-        if let Some(f) = lock(&self.stdin_fifo).take() {
-            f.unblock();
+        if let Some(unblock) = lock(&self.stdin_unblock).take() {
+            unblock();
         }
     }
 }

@@ -15,15 +15,6 @@ use tokio::sync::Notify;
 use crate::agent::{AgentApi, Stream};
 use crate::error::{Error, Result};
 
-/// The stdio paths containerd gave for a process (empty: none).
-#[derive(Debug, Clone, Default)]
-pub struct Stdio {
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub terminal: bool,
-}
-
 /// How long to wait for containerd to have the read side of an output FIFO open.
 const FIFO_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -68,6 +68,24 @@ async fn exec_events_in_order_and_exec_exits_before_init() {
 }
 
 #[tokio::test]
+async fn init_exit_waits_for_a_running_exec() {
+    let (agent, _vm, c, mut rx) = setup().await;
+    c.start(&c.init).await.expect("start");
+    let e = c.add_exec("e", Stdio::default(), process_json()).expect("add");
+    c.start(&e).await.expect("start e");
+    for t in [TOPIC_CREATE, TOPIC_START, TOPIC_EXEC_ADDED, TOPIC_EXEC_STARTED] {
+        assert_eq!(next_topic(&mut rx).await, t);
+    }
+    // The guest reports the init process's exit first; the exec's comes a little later.
+    agent.exit("c", "", 1);
+    assert_quiet(&mut rx).await;
+    assert_eq!(c.init.state().status, Status::Running, "not recorded before the exec stops");
+    agent.exit("c", "e", 2);
+    assert_eq!(next_exit(&mut rx).await, ("e".to_string(), 2));
+    assert_eq!(next_exit(&mut rx).await, ("c".to_string(), 1));
+}
+
+#[tokio::test]
 async fn kill_before_start() {
     let (_agent, _vm, c, mut rx) = setup().await;
     assert_eq!(next_topic(&mut rx).await, TOPIC_CREATE);
