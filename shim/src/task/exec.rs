@@ -21,9 +21,12 @@ pub async fn resize_pty(svc: &Service, req: api::ResizePtyRequest) -> Result<()>
     c.resize_pty(&p, req.width, req.height).await
 }
 
+/// CloseIO: only stdin can be closed; without `stdin` it does nothing (not even a lookup of
+/// the exec).
 pub async fn close_io(svc: &Service, req: api::CloseIORequest) -> Result<()> {
-    let (c, p) = svc.process(&req.id, &req.exec_id)?;
+    let c = svc.container(&req.id)?;
     if req.stdin {
+        let p = c.process(&req.exec_id)?;
         c.close_io(&p).await?;
     }
     Ok(())
