@@ -89,8 +89,8 @@ async fn init_exit_waits_for_a_running_exec() {
 async fn kill_before_start() {
     let (_agent, _vm, c, mut rx) = setup().await;
     assert_eq!(next_topic(&mut rx).await, TOPIC_CREATE);
-    // An exec not started: FAILED_PRECONDITION (the container must run to add one... it is
-    // created, so exec into it is allowed and kill is refused).
+    // An exec may be added to a created container; killing it before its start is
+    // FAILED_PRECONDITION, and it cannot start before its container runs.
     let e = c.add_exec("e", Stdio::default(), process_json()).expect("add");
     assert_eq!(next_topic(&mut rx).await, TOPIC_EXEC_ADDED);
     assert!(matches!(c.kill(&e, 9, false).await, Err(Error::FailedPrecondition(_))));
