@@ -1,186 +1,137 @@
-//! One container: validates its id and `<bundle>/config.json` (oci-spec), finds its sandbox,
-//! and holds its init process and its execs (process.rs, exec.rs). Its rootfs and volumes
-//! are resources/rootfs.rs and resources/volumes.rs.
-//! Nothing host-specific goes to the guest except the JSON spec and the relative rootfs path.
+//! One container: its init process and its execs (one [`Process`] model for both,
+//! process.rs), the handles its processes work through — the guest agent, the VM ([`Vm`],
+//! vm.rs) and the event channel ([`EventTx`], events.rs) — and its OOM count. The verbs on
+//! its processes are lifecycle.rs; adding an exec is exec.rs; its id and spec are spec.rs;
+//! stdio copying is stdio.rs. Its rootfs and volumes are resources/rootfs.rs and
+//! resources/volumes.rs.
+//!
+//! Nothing here knows the task service: events go into the channel, and the verbs get what
+//! they need from the container, so they run in unit tests with the fake agent.
 
+pub mod events;
 pub mod exec;
+pub mod lifecycle;
 pub mod process;
+pub mod spec;
 pub mod stdio;
-
-use std::path::Path;
-
-use crate::container::process::Process;
 #[cfg(test)]
-use crate::container::process::Status;
+pub mod testing;
+#[cfg(test)]
+mod tests;
+pub mod vm;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::agent::AgentApi;
 use crate::error::{Error, Result};
-use oci_spec::runtime::Spec;
+use crate::resources::rootfs::RootfsMounts;
+use crate::sandbox::oom::OomCount;
+pub use events::EventTx;
+pub use process::{Process, Status, Stdio};
+pub use spec::{load_spec, sandbox_id_from_bundle, sandbox_id_of, validate_id};
+pub use vm::Vm;
 
-/// Largest config.json accepted.
-const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
-/// CRI annotation naming the pod sandbox a container belongs to.
-pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
-
-/// containerd's identifier rule (the one both sides of the VM boundary enforce: protocol/).
-pub fn validate_id(id: &str) -> Result<()> {
-    bulwark_protocol::validate_id(id).map_err(|e| Error::InvalidArgument(e.to_string()))
+/// What a container is made of, once its init process exists in the guest.
+pub struct ContainerConfig {
+    pub id: String,
+    pub bundle: String,
+    pub sandbox_id: String,
+    /// The init process's stdio.
+    pub stdio: Stdio,
+    pub mounts: RootfsMounts,
+    /// The init process's pid in the guest.
+    pub guest_pid: u32,
 }
 
-/// Reads and validates `<bundle>/config.json`. Returns the parsed spec and the raw JSON
-/// (what the guest agent receives).
-pub fn load_spec(bundle: &Path) -> Result<(Spec, Vec<u8>)> {
-    let path = bundle.join("config.json");
-    let md = std::fs::metadata(&path).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-    if md.len() > MAX_SPEC_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "{}: {} bytes, larger than the {MAX_SPEC_BYTES} bytes accepted",
-            path.display(),
-            md.len()
-        )));
-    }
-    let raw = std::fs::read(&path).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-    let spec: Spec = serde_json::from_slice(&raw)
-        .map_err(|e| Error::InvalidArgument(format!("{} is not a valid OCI runtime spec: {e}", path.display())))?;
-    if spec.process().is_none() {
-        return Err(Error::InvalidArgument(format!("{}: no \"process\": nothing to run", path.display())));
-    }
-    Ok((spec, raw))
-}
-
-/// The sandbox a container belongs to: the CRI sandbox annotation if present, else itself.
-pub fn sandbox_id_of(spec: &Spec, container_id: &str) -> Result<String> {
-    match spec.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID_ANNOTATION)) {
-        Some(sid) => {
-            validate_id(sid)?;
-            Ok(sid.clone())
-        }
-        None => Ok(container_id.to_string()),
-    }
-}
-
-/// Reads the sandbox id from a bundle, without failing: used by `start`/`delete`.
-pub fn sandbox_id_from_bundle(bundle: &Path, container_id: &str) -> String {
-    load_spec(bundle)
-        .ok()
-        .and_then(|(s, _)| sandbox_id_of(&s, container_id).ok())
-        .unwrap_or_else(|| container_id.to_string())
-}
-
-/// The stdio paths containerd gave for a container.
-#[derive(Debug, Clone, Default)]
-pub struct Stdio {
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub terminal: bool,
-}
-
-/// One container of the sandbox, as the task service tracks it. Derefs to its init process
-/// (process.rs), so `c.state()`, `c.tasks`, ... are the init process's.
+/// One container of the sandbox.
 pub struct Container {
     pub id: String,
     pub bundle: String,
     pub sandbox_id: String,
-    pub stdio: Stdio,
-    pub mounts: crate::resources::rootfs::RootfsMounts,
-    pub init: Process,
+    pub mounts: RootfsMounts,
+    pub init: Arc<Process>,
     /// Exec processes (containerd Exec), by exec id.
-    pub execs: crate::container::exec::Execs,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
     /// OOM kills published as /tasks/oom (watcher events and the exit check).
-    pub oom: crate::sandbox::oom::OomCount,
+    oom: OomCount,
+    agent: Arc<dyn AgentApi>,
+    vm: Arc<dyn Vm>,
+    events: EventTx,
 }
 
 impl Container {
-    pub fn new(
-        id: String,
-        bundle: String,
-        sandbox_id: String,
-        stdio: Stdio,
-        mounts: crate::resources::rootfs::RootfsMounts,
-        guest_pid: u32,
-    ) -> Self {
+    pub fn new(cfg: ContainerConfig, agent: Arc<dyn AgentApi>, vm: Arc<dyn Vm>, events: EventTx) -> Self {
         Container {
-            id,
-            bundle,
-            sandbox_id,
-            stdio,
-            mounts,
-            init: Process::new(guest_pid),
-            execs: Default::default(),
-            oom: Default::default(),
+            id: cfg.id,
+            bundle: cfg.bundle,
+            sandbox_id: cfg.sandbox_id,
+            mounts: cfg.mounts,
+            init: Arc::new(Process::init(cfg.stdio, cfg.guest_pid)),
+            execs: Mutex::new(HashMap::new()),
+            oom: OomCount::default(),
+            agent,
+            vm,
+            events,
         }
     }
 
-    /// Stops every task working for the container: its init process's and its execs'.
+    /// The guest agent of the container's VM.
+    pub fn agent(&self) -> &Arc<dyn AgentApi> {
+        &self.agent
+    }
+
+    /// The channel the container's events go into.
+    pub fn events(&self) -> &EventTx {
+        &self.events
+    }
+
+    /// The task pid containerd sees for every process of the container (QEMU's host pid).
+    pub fn pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    pub(crate) fn execs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The process `exec_id` names: the init process when it is empty, else that exec.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id:?} of container {:?} not found", self.id)))
+    }
+
+    /// Fails unless the container still has a process in the guest (created, running or
+    /// paused): for Stats, Update, Pids, Pause and Resume.
+    pub fn live(&self) -> Result<()> {
+        if self.init.state().status == Status::Stopped {
+            return Err(Error::FailedPrecondition(format!("container {} has stopped", self.id)));
+        }
+        Ok(())
+    }
+
+    /// Stops every task working for the container: its init process's and its execs'. Execs
+    /// still running died with it (SIGKILL), which frees their waiters.
     pub fn abort_tasks(&self) {
         self.init.abort_tasks();
-        self.execs.abort_all();
-    }
-}
-
-impl std::ops::Deref for Container {
-    type Target = Process;
-    fn deref(&self) -> &Process {
-        &self.init
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids() {
-        for ok in ["a", "t1", "abc-def.g_h", &"a".repeat(76), "0123456789abcdef"] {
-            assert!(validate_id(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "a--b", "../x", "a/b", "a b", ".", "..", &"a".repeat(77), "é", "a\0b", "a\nb"] {
-            assert!(validate_id(bad).is_err(), "{bad:?}");
+        for e in self.execs().values() {
+            e.abort_tasks();
+            if e.state().status == Status::Running {
+                e.mark_exited(137);
+            }
         }
     }
 
-    #[test]
-    fn spec_errors_name_the_file() {
-        let dir = std::env::temp_dir().join(format!("bulwark-spec-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let e = load_spec(&dir).unwrap_err().to_string();
-        assert!(e.contains("config.json"), "{e}");
-        std::fs::write(dir.join("config.json"), b"{not json").unwrap();
-        let e = load_spec(&dir).unwrap_err().to_string();
-        assert!(e.contains("config.json") && e.contains("not a valid OCI runtime spec"), "{e}");
-        std::fs::write(dir.join("config.json"), br#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},"root":{"path":"rootfs"},"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#).unwrap();
-        let (spec, raw) = load_spec(&dir).unwrap();
-        assert!(!raw.is_empty());
-        assert_eq!(sandbox_id_of(&spec, "c1").unwrap(), "pod1");
-        assert_eq!(sandbox_id_from_bundle(&dir, "c1"), "pod1");
-        std::fs::write(dir.join("config.json"), br#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},"annotations":{"io.kubernetes.cri.sandbox-id":"../etc"}}"#).unwrap();
-        let (spec, _) = load_spec(&dir).unwrap();
-        assert!(sandbox_id_of(&spec, "c1").is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn exit_is_recorded_once() {
-        let c = Container::new(
-            "c".into(),
-            "/b".into(),
-            "c".into(),
-            Stdio::default(),
-            crate::resources::rootfs::RootfsMounts {
-                bundle_rootfs: None,
-                share_dir: "/nonexistent".into(),
-                shared: Vec::new(),
-            },
-            1,
-        );
-        c.set_running();
-        assert_eq!(c.state().status, Status::Running);
-        assert!(c.set_paused(true) && !c.set_paused(true));
-        assert_eq!(c.state().status, Status::Paused);
-        assert!(c.set_paused(false) && !c.set_paused(false));
-        assert_eq!(c.state().status, Status::Running);
-        assert_eq!(c.mark_exited(3).map(|e| e.status), Some(3));
-        assert!(c.mark_exited(137).is_none());
-        assert_eq!(c.wait().await.status, 3);
-        assert_eq!(c.state().exit.unwrap().status, 3);
+    /// An OOM kill the sandbox's watcher reports for this container: `/tasks/oom`, unless the
+    /// exit check published it already.
+    pub fn on_oom_event(&self) {
+        if self.oom.on_event() {
+            self.events.oom(&self.id);
+        }
     }
 }

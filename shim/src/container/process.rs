@@ -1,6 +1,10 @@
-//! The state of one process as containerd sees it (a container's init process or an exec):
-//! status, exit status, exit time, the tasks copying its stdio and watching its exit; and the
-//! mapping of exits to shell-style statuses.
+//! One process of a container — its init process or an exec — as one state machine:
+//! created → running (⇄ paused) → stopped, then deleted by its container. It holds the
+//! process's stdio paths, its status and exit, the tasks working for it (stdio copiers, exit
+//! watcher) and the gate that orders its start and exit events. The few ways an init process
+//! and an exec differ are its [`Kind`]; the verbs are the container's (lifecycle.rs).
+//! Also: the mapping of exits to shell-style statuses. It depends on nothing else in the
+//! crate (host/child.rs uses `shell_status`).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -8,6 +12,18 @@ use std::sync::{Arc, Mutex};
 
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use tokio::sync::watch;
+
+/// The stdio paths containerd gave for a process (empty: none).
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// Frees a stdin copier blocked opening containerd's FIFO (stdio.rs's `StdinFifo::unblock`).
+type Unblock = Box<dyn Fn() + Send + Sync>;
 
 /// Lifecycle of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,35 +65,71 @@ pub struct ProcState {
     pub exit: Option<Exit>,
 }
 
-/// One process (init or exec) as the task service tracks it.
+/// What kind of process: the container's init process (created with the container, its
+/// stdio connected at Create) or an exec (created in the guest at Start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Init,
+    /// `process_json`: the OCI runtime-spec `process` object (JSON) from containerd.
+    Exec {
+        process_json: Vec<u8>,
+    },
+}
+
+/// One process (init or exec).
 pub struct Process {
+    /// The exec id; empty for the init process (how the agent names processes too).
+    pub exec_id: String,
+    pub kind: Kind,
+    pub stdio: Stdio,
     state: Mutex<ProcState>,
     exit_tx: watch::Sender<Option<Exit>>,
     /// Tasks working for this process (exit watcher, stdio copiers), aborted on Delete.
-    pub tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Tells the stdin copier to finish (CloseIO).
     pub stdin_close: Arc<tokio::sync::Notify>,
-    /// containerd's stdin FIFO, if any (kept to free a blocked open on Delete).
-    pub stdin_fifo: Mutex<Option<Arc<crate::container::stdio::StdinFifo>>>,
-    /// Held by Start across the agent call + the start event, and by the exit watcher before
-    /// it records the exit, so the exit event never precedes the start event.
+    /// Frees the stdin copier's blocked open of containerd's FIFO, if there is one (Delete).
+    stdin_unblock: Mutex<Option<Unblock>>,
+    /// Held by Start across the agent call + the start event, by Pause/Resume, and by the exit
+    /// watcher before it records the exit, so the exit event never precedes the start event.
     pub start_gate: tokio::sync::Mutex<()>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Process {
-    pub fn new(guest_pid: u32) -> Self {
+    /// The init process of a container, existing in the guest as `guest_pid`.
+    pub fn init(stdio: Stdio, guest_pid: u32) -> Self {
+        Process::new(String::new(), Kind::Init, stdio, guest_pid)
+    }
+
+    /// An exec, recorded but not created in the guest yet.
+    pub fn exec(exec_id: String, stdio: Stdio, process_json: Vec<u8>) -> Self {
+        Process::new(exec_id, Kind::Exec { process_json }, stdio, 0)
+    }
+
+    fn new(exec_id: String, kind: Kind, stdio: Stdio, guest_pid: u32) -> Self {
         Process {
+            exec_id,
+            kind,
+            stdio,
             state: Mutex::new(ProcState { status: Status::Created, guest_pid, exit: None }),
             exit_tx: watch::channel(None).0,
             tasks: Mutex::new(Vec::new()),
             stdin_close: Arc::new(tokio::sync::Notify::new()),
-            stdin_fifo: Mutex::new(None),
+            stdin_unblock: Mutex::new(None),
             start_gate: tokio::sync::Mutex::new(()),
         }
     }
 
+    pub fn is_init(&self) -> bool {
+        self.kind == Kind::Init
+    }
+
     fn st(&self) -> std::sync::MutexGuard<'_, ProcState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     pub fn state(&self) -> ProcState {
@@ -108,9 +160,15 @@ impl Process {
         self.st().guest_pid = pid;
     }
 
-    /// Records the exit. Returns it if this call made the transition (so only one caller
-    /// publishes the exit event).
+    /// Records the exit without an event (Delete of a process that never reported one).
+    /// Returns it if this call made the transition.
     pub fn mark_exited(&self, status: u32) -> Option<Exit> {
+        self.finish(status, |_| {})
+    }
+
+    /// Records the exit; if this call made the transition, runs `report` (which sends the
+    /// exit event) before anyone waiting for the exit wakes up, and returns the exit.
+    pub fn finish(&self, status: u32, report: impl FnOnce(&Exit)) -> Option<Exit> {
         let mut s = self.st();
         if s.status == Status::Stopped {
             return None;
@@ -118,6 +176,7 @@ impl Process {
         let exit = Exit { status, at: now() };
         s.status = Status::Stopped;
         s.exit = Some(exit.clone());
+        report(&exit);
         drop(s);
         self.exit_tx.send_replace(Some(exit.clone()));
         Some(exit)
@@ -137,34 +196,25 @@ impl Process {
         }
     }
 
+    /// Keeps the handles of tasks working for the process (aborted by [`Process::abort_tasks`]).
+    pub fn add_tasks(&self, handles: impl IntoIterator<Item = tokio::task::AbortHandle>) {
+        lock(&self.tasks).extend(handles);
+    }
+
+    /// How to free the stdin copier if it is blocked opening containerd's FIFO on Delete.
+    pub fn set_stdin_unblock(&self, unblock: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.stdin_unblock) = Some(Box::new(unblock));
+    }
+
     /// Aborts the tasks and frees a stdin copier blocked in open(2).
     pub fn abort_tasks(&self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
-        if let Some(f) = self.stdin_fifo.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            f.unblock();
+        if let Some(unblock) = lock(&self.stdin_unblock).take() {
+            unblock();
         }
     }
-}
-
-/// The /tasks/delete event of a process (`id` = container id for the init process, else the
-/// exec id).
-pub fn delete_event(
-    container_id: &str,
-    id: &str,
-    pid: u32,
-    exit_status: u32,
-    exited_at: containerd_shim::protos::protobuf::MessageField<Timestamp>,
-) -> Box<containerd_shim::protos::events::task::TaskDelete> {
-    Box::new(containerd_shim::protos::events::task::TaskDelete {
-        container_id: container_id.to_string(),
-        id: id.to_string(),
-        pid,
-        exit_status,
-        exited_at,
-        ..Default::default()
-    })
 }
 
 /// Now, as a protobuf timestamp.

@@ -1,22 +1,13 @@
-//! The Task service's resource methods: Stats (cgroup v2 metrics from the guest), Update
-//! (OCI LinuxResources to the guest cgroup), Pause/Resume (guest freezer, TaskPaused and
-//! TaskResumed, PAUSED in State), Pids (guest pids) and the sandbox's OOM watcher (TaskOOM).
-
-use std::sync::Arc;
+//! The resource verbs of a container: Stats (cgroup v2 metrics from the guest, stats.rs),
+//! Update (OCI LinuxResources to the guest cgroup), Pause/Resume (guest freezer; the state
+//! change and its event are the container's).
 
 use containerd_shim::api;
-use containerd_shim::protos::events::task::{TaskOOM, TaskPaused, TaskResumed};
 use containerd_shim::protos::protobuf::MessageField;
-use containerd_shim::protos::types::task::ProcessInfo;
 
-use super::{lock, Inner};
-use crate::agent::AgentApi;
-use crate::container::process::Status;
+use crate::container::Container;
 use crate::error::{Error, Result};
-use crate::sandbox::Sandbox;
-
-/// How long the exit path waits for the cgroup's OOM count.
-const OOM_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::task::service::Service;
 
 /// Type URL prefix containerd uses for OCI runtime-spec types (`ctr task update`, CRI).
 const OCI_RESOURCES_TYPE: &str = "opencontainers/runtime-spec/1/LinuxResources";
@@ -42,108 +33,33 @@ pub fn resources_json(any: Option<&containerd_shim::protos::protobuf::well_known
     Ok(any.value.clone())
 }
 
-impl Inner {
-    /// A container that has a process in the guest (created, running or paused).
-    fn live(&self, id: &str) -> Result<(Arc<crate::container::Container>, Arc<dyn AgentApi>)> {
-        let c = self.container(id)?;
-        if c.state().status == Status::Stopped {
-            return Err(Error::FailedPrecondition(format!("container {id} has stopped")));
-        }
-        let agent = self.agent_of(&c)?;
-        Ok((c, agent))
-    }
+/// Stats: the container's cgroup v2 metrics (the guest's raw files, parsed by stats.rs).
+pub async fn stats(svc: &Service, req: api::StatsRequest) -> Result<api::StatsResponse> {
+    let c = svc.container(&req.id)?;
+    stats_of(&c).await
+}
 
-    pub(super) async fn stats(&self, req: api::StatsRequest) -> Result<api::StatsResponse> {
-        let (_, agent) = self.live(&req.id)?;
-        let files = agent.stats_container(&req.id).await?;
-        let any = crate::task::stats::metrics_any(&files)?;
-        Ok(api::StatsResponse { stats: MessageField::some(any), ..Default::default() })
-    }
+/// Stats of one container (the guest's reply is untrusted: stats.rs bounds it).
+pub async fn stats_of(c: &Container) -> Result<api::StatsResponse> {
+    c.live()?;
+    let files = c.agent().stats_container(&c.id).await?;
+    let any = crate::task::stats::metrics_any(&files)?;
+    Ok(api::StatsResponse { stats: MessageField::some(any), ..Default::default() })
+}
 
-    pub(super) async fn update(&self, req: api::UpdateTaskRequest) -> Result<()> {
-        let json = resources_json(req.resources.as_ref())?;
-        let (_, agent) = self.live(&req.id)?;
-        agent.update_container(&req.id, json).await?;
-        tracing::info!("container {}: resources updated", req.id);
-        Ok(())
-    }
+/// Update: OCI LinuxResources applied to the container's cgroup in the guest.
+pub async fn update(svc: &Service, req: api::UpdateTaskRequest) -> Result<()> {
+    let json = resources_json(req.resources.as_ref())?;
+    let c = svc.container(&req.id)?;
+    c.live()?;
+    c.agent().update_container(&req.id, json).await?;
+    tracing::info!("container {}: resources updated", req.id);
+    Ok(())
+}
 
-    /// Pause (`pause`) or resume the container, then publish TaskPaused / TaskResumed.
-    pub(super) async fn pause_resume(&self, id: &str, pause: bool) -> Result<()> {
-        let (c, agent) = self.live(id)?;
-        let _gate = c.start_gate.lock().await;
-        let (from, what) = if pause { (Status::Running, "running") } else { (Status::Paused, "paused") };
-        if c.state().status != from {
-            return Err(Error::FailedPrecondition(format!("container {id} is not {what}")));
-        }
-        if pause {
-            agent.pause_container(id).await?;
-            c.set_paused(true);
-            self.publish("/tasks/paused", Box::new(TaskPaused { container_id: id.to_string(), ..Default::default() }))
-                .await;
-        } else {
-            agent.resume_container(id).await?;
-            c.set_paused(false);
-            self.publish(
-                "/tasks/resumed",
-                Box::new(TaskResumed { container_id: id.to_string(), ..Default::default() }),
-            )
-            .await;
-        }
-        tracing::info!("container {id} {}", if pause { "paused" } else { "resumed" });
-        Ok(())
-    }
-
-    /// The container's processes with their guest pids.
-    pub(super) async fn pids(&self, req: api::PidsRequest) -> Result<api::PidsResponse> {
-        let (_, agent) = self.live(&req.id)?;
-        let pids = agent.list_processes(&req.id).await?;
-        let processes = pids.into_iter().map(|pid| ProcessInfo { pid, ..Default::default() }).collect();
-        Ok(api::PidsResponse { processes, ..Default::default() })
-    }
-
-    /// Before TaskExit: publishes /tasks/oom for OOM kills in the container's cgroup that the
-    /// watcher has not delivered yet (it races with the exit). Bounded by OOM_CHECK_TIMEOUT;
-    /// a VM that died or an agent that does not answer just skips the check.
-    pub(super) async fn publish_oom_before_exit(&self, c: &crate::container::Container, agent: &dyn AgentApi) {
-        let files = match tokio::time::timeout(OOM_CHECK_TIMEOUT, agent.stats_container(&c.id)).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                tracing::debug!("container {}: no OOM check at exit: {e}", c.id);
-                return;
-            }
-            Err(_) => {
-                tracing::warn!("container {}: OOM check at exit timed out after {OOM_CHECK_TIMEOUT:?}", c.id);
-                return;
-            }
-        };
-        let total = crate::task::stats::parse_metrics(&files).memory_events.oom_kill;
-        for _ in 0..c.oom.on_total(total) {
-            self.publish("/tasks/oom", Box::new(TaskOOM { container_id: c.id.clone(), ..Default::default() })).await;
-        }
-    }
-
-    /// Starts the OOM watcher of a freshly booted sandbox: `/tasks/oom` for every OOM kill
-    /// the guest reports in a container this shim knows; other ids are logged and dropped.
-    pub(super) fn watch_oom(self: &Arc<Self>, sandbox: &Arc<Sandbox>, agent: Arc<dyn AgentApi>) {
-        let inner = Arc::downgrade(self);
-        let sid = sandbox.id.clone();
-        crate::sandbox::oom::spawn(sandbox, agent, move |container_id: String| {
-            let inner = inner.clone();
-            let sid = sid.clone();
-            async move {
-                let Some(inner) = inner.upgrade() else { return };
-                let known = lock(&inner.containers).get(&container_id).filter(|c| c.sandbox_id == sid).cloned();
-                let Some(c) = known else {
-                    tracing::warn!("sandbox {sid}: OOM event for unknown container {container_id:?} ignored");
-                    return;
-                };
-                if c.oom.on_event() {
-                    inner.publish("/tasks/oom", Box::new(TaskOOM { container_id, ..Default::default() })).await;
-                }
-            }
-        });
-    }
+/// Pause (`pause`) or Resume (the container's verb: /tasks/paused, /tasks/resumed).
+pub async fn pause(svc: &Service, id: &str, pause: bool) -> Result<()> {
+    svc.container(id)?.pause(pause).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,93 @@
+//! A container's identity and configuration: containerd's id rule, `<bundle>/config.json`
+//! (oci-spec, bounded) and the pod sandbox the container belongs to.
+//! Nothing host-specific goes to the guest except the JSON spec and the relative rootfs path.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use oci_spec::runtime::Spec;
+
+/// Largest config.json accepted.
+const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
+/// CRI annotation naming the pod sandbox a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// containerd's identifier rule (the one both sides of the VM boundary enforce: protocol/).
+pub fn validate_id(id: &str) -> Result<()> {
+    bulwark_protocol::validate_id(id).map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// Reads and validates `<bundle>/config.json`. Returns the parsed spec and the raw JSON
+/// (what the guest agent receives).
+pub fn load_spec(bundle: &Path) -> Result<(Spec, Vec<u8>)> {
+    let path = bundle.join("config.json");
+    let md = std::fs::metadata(&path).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+    if md.len() > MAX_SPEC_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{}: {} bytes, larger than the {MAX_SPEC_BYTES} bytes accepted",
+            path.display(),
+            md.len()
+        )));
+    }
+    let raw = std::fs::read(&path).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+    let spec: Spec = serde_json::from_slice(&raw)
+        .map_err(|e| Error::InvalidArgument(format!("{} is not a valid OCI runtime spec: {e}", path.display())))?;
+    if spec.process().is_none() {
+        return Err(Error::InvalidArgument(format!("{}: no \"process\": nothing to run", path.display())));
+    }
+    Ok((spec, raw))
+}
+
+/// The sandbox a container belongs to: the CRI sandbox annotation if present, else itself.
+pub fn sandbox_id_of(spec: &Spec, container_id: &str) -> Result<String> {
+    match spec.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID_ANNOTATION)) {
+        Some(sid) => {
+            validate_id(sid)?;
+            Ok(sid.clone())
+        }
+        None => Ok(container_id.to_string()),
+    }
+}
+
+/// Reads the sandbox id from a bundle, without failing: used by `start`/`delete`.
+pub fn sandbox_id_from_bundle(bundle: &Path, container_id: &str) -> String {
+    load_spec(bundle)
+        .ok()
+        .and_then(|(s, _)| sandbox_id_of(&s, container_id).ok())
+        .unwrap_or_else(|| container_id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "t1", "abc-def.g_h", &"a".repeat(76), "0123456789abcdef"] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a--b", "../x", "a/b", "a b", ".", "..", &"a".repeat(77), "é", "a\0b", "a\nb"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spec_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("bulwark-spec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = load_spec(&dir).unwrap_err().to_string();
+        assert!(e.contains("config.json"), "{e}");
+        std::fs::write(dir.join("config.json"), b"{not json").unwrap();
+        let e = load_spec(&dir).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("not a valid OCI runtime spec"), "{e}");
+        std::fs::write(dir.join("config.json"), br#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},"root":{"path":"rootfs"},"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#).unwrap();
+        let (spec, raw) = load_spec(&dir).unwrap();
+        assert!(!raw.is_empty());
+        assert_eq!(sandbox_id_of(&spec, "c1").unwrap(), "pod1");
+        assert_eq!(sandbox_id_from_bundle(&dir, "c1"), "pod1");
+        std::fs::write(dir.join("config.json"), br#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},"annotations":{"io.kubernetes.cri.sandbox-id":"../etc"}}"#).unwrap();
+        let (spec, _) = load_spec(&dir).unwrap();
+        assert!(sandbox_id_of(&spec, "c1").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

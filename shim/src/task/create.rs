@@ -1,0 +1,186 @@
+//! Create: checks the request, boots the pod's sandbox VM on its first container (sized once,
+//! by that container), mounts the rootfs into the share, creates the container in the guest,
+//! and hands the container its init process (container/: /tasks/create, stdio, exit watcher).
+//! Anything done before a failure is undone (VM first, so virtiofsd lets go of the rootfs,
+//! then the mounts). Also starts a new sandbox's OOM watcher.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim::api;
+use tokio::net::unix::pipe;
+
+use crate::agent::{AgentApi, NewContainer};
+use crate::config::Config;
+use crate::container::{self, Container, ContainerConfig, Stdio};
+use crate::error::{Error, Result};
+use crate::resources::rootfs;
+use crate::resources::volumes::SharedMount;
+use crate::sandbox::sizing::{self, VmSize};
+use crate::sandbox::Sandbox;
+use crate::task::service::Service;
+
+/// What creating the container in the guest gave.
+struct InGuest {
+    agent: Arc<dyn AgentApi>,
+    guest_pid: u32,
+    stdout: Option<pipe::Sender>,
+    stderr: Option<pipe::Sender>,
+}
+
+pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+    container::validate_id(&req.id)?;
+    container::validate_id(&svc.namespace)?;
+    if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+        return Err(Error::InvalidArgument("checkpoint/restore is not supported by the bulwark runtime".into()));
+    }
+    let bundle = PathBuf::from(&req.bundle);
+    if !bundle.is_absolute() || !bundle.is_dir() {
+        return Err(Error::InvalidArgument(format!("bundle {:?} is not an absolute directory path", req.bundle)));
+    }
+    let _g = svc.lifecycle.lock().await;
+    if svc.has_container(&req.id) {
+        return Err(Error::AlreadyExists(format!("container {} already exists", req.id)));
+    }
+    let cfg = Config::load()?;
+    let (spec, raw_spec) = container::load_spec(&bundle)?;
+    let sid = container::sandbox_id_of(&spec, &req.id)?;
+
+    let (sandbox, new_sandbox) = match svc.sandbox(&sid) {
+        Some(s) => (s, false),
+        None => (Arc::new(Sandbox::prepare(&cfg, &svc.namespace, &sid)?), true),
+    };
+    let undo_sandbox = |sb: Arc<Sandbox>| async move {
+        if new_sandbox {
+            sb.teardown().await;
+        }
+    };
+    if new_sandbox {
+        if let Err(e) = sandbox.set_pod_config(&spec) {
+            undo_sandbox(sandbox).await;
+            return Err(e);
+        }
+    }
+
+    // The VM is sized once, by the container that boots it.
+    let boot =
+        new_sandbox.then(|| sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default())));
+    let mounts = {
+        let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.share.clone(), req.rootfs.clone());
+        match tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&id, &b, &spec, &rootfs, &share)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                undo_sandbox(sandbox).await;
+                return Err(e);
+            }
+            Err(e) => {
+                undo_sandbox(sandbox).await;
+                return Err(Error::Mount(format!("rootfs mount task failed: {e}")));
+            }
+        }
+    };
+
+    let in_guest = match create_in_vm(&cfg, &req, raw_spec, &sandbox, boot, &mounts.shared).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("creating container {}: {e}", req.id);
+            // VM first (virtiofsd lets go of the rootfs), then the mounts.
+            undo_sandbox(sandbox).await;
+            let m = mounts.clone();
+            let _ = tokio::task::spawn_blocking(move || rootfs::unmount_rootfs(&m)).await;
+            return Err(e);
+        }
+    };
+    if new_sandbox {
+        svc.insert_sandbox(sandbox.clone());
+        watch_oom(svc, &sandbox, in_guest.agent.clone());
+    }
+
+    let c = Arc::new(Container::new(
+        ContainerConfig {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            sandbox_id: sid,
+            stdio: Stdio {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            },
+            mounts,
+            guest_pid: in_guest.guest_pid,
+        },
+        in_guest.agent,
+        sandbox.clone(),
+        svc.events.clone(),
+    ));
+    svc.insert_container(c.clone());
+    c.init_created(&req.rootfs, in_guest.stdout, in_guest.stderr);
+    let pid = c.pid();
+    tracing::info!(
+        "container {} created in sandbox {} (QEMU pid {pid}, guest pid {})",
+        req.id,
+        sandbox.id,
+        in_guest.guest_pid
+    );
+    Ok(api::CreateTaskResponse { pid, ..Default::default() })
+}
+
+/// Boots the VM if new, opens the output FIFOs and creates the container in the guest.
+async fn create_in_vm(
+    cfg: &Config,
+    req: &api::CreateTaskRequest,
+    raw_spec: Vec<u8>,
+    sandbox: &Arc<Sandbox>,
+    boot: Option<(VmSize, String)>,
+    shared_mounts: &[SharedMount],
+) -> Result<InGuest> {
+    if let Some((size, why)) = boot {
+        tracing::info!("sandbox {}: {why}", sandbox.id);
+        let accel = crate::sandbox::resolve_accel(cfg).await;
+        sandbox.boot(accel, size, Duration::from_secs(cfg.vm.boot_timeout_secs)).await?;
+    }
+    let agent =
+        sandbox.agent().ok_or_else(|| Error::FailedPrecondition(format!("sandbox {} has no agent", sandbox.id)))?;
+    let stdout = container::stdio::open_output(&req.stdout).await?;
+    let stderr = container::stdio::open_output(&req.stderr).await?;
+    let guest_pid = agent
+        .create_container(NewContainer {
+            id: req.id.clone(),
+            sandbox_id: sandbox.id.clone(),
+            spec_json: raw_spec,
+            rootfs_path: rootfs::guest_rootfs_path(&req.id),
+            stdin: !req.stdin.is_empty(),
+            terminal: req.terminal,
+            shared_mounts: shared_mounts
+                .iter()
+                .map(|m| bulwark_protocol::agent::SharedMount {
+                    mount_index: m.index,
+                    share_path: m.share_path.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await?;
+    Ok(InGuest { agent, guest_pid, stdout, stderr })
+}
+
+/// Starts the OOM watcher of a freshly booted sandbox: `/tasks/oom` for every OOM kill the
+/// guest reports in a container of that sandbox this shim knows; other ids are logged and
+/// dropped.
+fn watch_oom(svc: &Arc<Service>, sandbox: &Arc<Sandbox>, agent: Arc<dyn AgentApi>) {
+    let svc = Arc::downgrade(svc);
+    let sid = sandbox.id.clone();
+    crate::sandbox::oom::spawn(sandbox, agent, move |container_id: String| {
+        let svc = svc.clone();
+        let sid = sid.clone();
+        async move {
+            let Some(svc) = svc.upgrade() else { return };
+            match svc.container(&container_id) {
+                Ok(c) if c.sandbox_id == sid => c.on_oom_event(),
+                _ => tracing::warn!("sandbox {sid}: OOM event for unknown container {container_id:?} ignored"),
+            }
+        }
+    });
+}

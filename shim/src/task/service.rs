@@ -1,0 +1,95 @@
+//! What the task verbs share: the shim's containers and sandboxes by id, the sending end of
+//! the event channel (and the forwarder's progress), the lock that serialises Create and Delete (sandbox boot and teardown
+//! decisions), and the shim's exit signal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::ExitSignal;
+
+use crate::container::{Container, EventTx, Process};
+use crate::error::{Error, Result};
+use crate::sandbox::Sandbox;
+use crate::task::events::Forwarded;
+
+/// The state of the task service.
+pub struct Service {
+    pub namespace: String,
+    pub events: EventTx,
+    pub exit: Arc<ExitSignal>,
+    /// The forwarder's progress (None in unit tests, which read the channel themselves).
+    pub forwarded: Option<Forwarded>,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Serialises Create and Delete (sandbox boot/teardown decisions).
+    pub lifecycle: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Service {
+    pub fn new(namespace: String, events: EventTx, forwarded: Option<Forwarded>, exit: Arc<ExitSignal>) -> Self {
+        Service {
+            namespace,
+            events,
+            exit,
+            forwarded,
+            sandboxes: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The container `id`.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found in this shim")))
+    }
+
+    /// The container `id` and its process `exec_id` (empty: the init process).
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>)> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id)?;
+        Ok((c, p))
+    }
+
+    pub fn has_container(&self, id: &str) -> bool {
+        lock(&self.containers).contains_key(id)
+    }
+
+    pub fn has_containers(&self) -> bool {
+        !lock(&self.containers).is_empty()
+    }
+
+    pub fn insert_container(&self, c: Arc<Container>) {
+        lock(&self.containers).insert(c.id.clone(), c);
+    }
+
+    /// Forgets the container; returns whether it was the last of its sandbox.
+    pub fn remove_container(&self, c: &Container) -> bool {
+        let mut map = lock(&self.containers);
+        map.remove(&c.id);
+        !map.values().any(|o| o.sandbox_id == c.sandbox_id)
+    }
+
+    pub fn sandbox(&self, id: &str) -> Option<Arc<Sandbox>> {
+        lock(&self.sandboxes).get(id).cloned()
+    }
+
+    pub fn insert_sandbox(&self, sb: Arc<Sandbox>) {
+        lock(&self.sandboxes).insert(sb.id.clone(), sb);
+    }
+
+    pub fn remove_sandbox(&self, id: &str) -> Option<Arc<Sandbox>> {
+        lock(&self.sandboxes).remove(id)
+    }
+
+    /// Every sandbox, forgotten (Shutdown).
+    pub fn take_sandboxes(&self) -> Vec<Arc<Sandbox>> {
+        lock(&self.sandboxes).drain().map(|(_, s)| s).collect()
+    }
+}

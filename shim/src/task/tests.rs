@@ -1,0 +1,173 @@
+//! The task verbs through their dispatch (container, then process, then verb) with the fake
+//! agent: events in order across Start/Kill/Exec/Delete, containerd's error codes, and Stats
+//! with hostile replies. No VM, no containerd: the containers are made by the test kit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use containerd_shim::api;
+use containerd_shim::protos::cgroups_v2::metrics::Metrics;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{Message, MessageField};
+use containerd_shim::ExitSignal;
+
+use crate::agent::fake::{Failure, FakeAgent};
+use crate::container::events::*;
+use crate::container::testing::*;
+use crate::error::Error;
+use crate::task::service::Service;
+use crate::task::{delete, exec, kill, resources, start, state};
+
+/// A service holding container `c` (its own sandbox); the test reads the event channel.
+async fn service() -> (Arc<Service>, Arc<FakeAgent>, EventRx) {
+    let agent = Arc::new(FakeAgent::default());
+    let vm = Arc::new(FakeVm::default());
+    let (tx, rx) = EventTx::channel();
+    let svc = Arc::new(Service::new("ns".into(), tx.clone(), None, Arc::new(ExitSignal::default())));
+    svc.insert_container(created(&agent, &vm, &tx, "c", "c").await);
+    (svc, agent, rx)
+}
+
+fn exec_req(exec_id: &str) -> api::ExecProcessRequest {
+    api::ExecProcessRequest {
+        id: "c".into(),
+        exec_id: exec_id.into(),
+        spec: MessageField::some(Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: process_json(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn start_req(exec_id: &str) -> api::StartRequest {
+    api::StartRequest { id: "c".into(), exec_id: exec_id.into(), ..Default::default() }
+}
+
+fn kill_req(exec_id: &str, signal: u32) -> api::KillRequest {
+    api::KillRequest { id: "c".into(), exec_id: exec_id.into(), signal, ..Default::default() }
+}
+
+fn delete_req(exec_id: &str) -> api::DeleteRequest {
+    api::DeleteRequest { id: "c".into(), exec_id: exec_id.into(), ..Default::default() }
+}
+
+fn state_req(exec_id: &str) -> api::StateRequest {
+    api::StateRequest { id: "c".into(), exec_id: exec_id.into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_container_and_an_exec_through_the_task_api() {
+    let (svc, agent, mut rx) = service().await;
+    assert_eq!(start::start(&svc, start_req("")).await.expect("start").pid, VM_PID);
+    exec::exec(&svc, exec_req("e")).expect("exec");
+    let st = state::state(&svc, state_req("e")).expect("state");
+    assert_eq!((st.pid, st.status.enum_value_or_default()), (0, api::Status::CREATED));
+    assert!(matches!(kill::kill(&svc, kill_req("e", 9)).await, Err(Error::FailedPrecondition(_))));
+    assert!(matches!(kill::kill(&svc, kill_req("nope", 9)).await, Err(Error::NotFound(_))));
+    assert_eq!(start::start(&svc, start_req("e")).await.expect("start e").pid, VM_PID);
+    assert!(matches!(delete::delete(&svc, delete_req("e")).await, Err(Error::FailedPrecondition(_))));
+    kill::kill(&svc, kill_req("e", 15)).await.expect("kill e");
+    let w = state::wait(&svc, api::WaitRequest { id: "c".into(), exec_id: "e".into(), ..Default::default() })
+        .await
+        .expect("wait");
+    assert_eq!(w.exit_status, 143);
+    let d = delete::delete(&svc, delete_req("e")).await.expect("delete e");
+    assert_eq!((d.pid, d.exit_status), (VM_PID, 143));
+    assert!(matches!(state::state(&svc, state_req("e")), Err(Error::NotFound(_))));
+
+    agent.exit("c", "", 0);
+    let w = state::wait(&svc, api::WaitRequest { id: "c".into(), ..Default::default() }).await.expect("wait");
+    assert_eq!(w.exit_status, 0);
+    let d = delete::delete(&svc, delete_req("")).await.expect("delete");
+    assert_eq!((d.pid, d.exit_status), (VM_PID, 0));
+    assert!(matches!(svc.container("c"), Err(Error::NotFound(_))), "the container is forgotten");
+    assert!(!svc.has_containers());
+
+    let expected = [
+        TOPIC_CREATE,
+        TOPIC_START,
+        TOPIC_EXEC_ADDED,
+        TOPIC_EXEC_STARTED,
+        TOPIC_EXIT,
+        TOPIC_DELETE,
+        TOPIC_EXIT,
+        TOPIC_DELETE,
+    ];
+    for t in expected {
+        assert_eq!(next_topic(&mut rx).await, t);
+    }
+    assert_quiet(&mut rx).await;
+}
+
+#[tokio::test]
+async fn delete_of_a_running_container_is_refused_and_keeps_it() {
+    let (svc, _agent, mut rx) = service().await;
+    start::start(&svc, start_req("")).await.expect("start");
+    assert!(matches!(delete::delete(&svc, delete_req("")).await, Err(Error::FailedPrecondition(_))));
+    assert!(svc.container("c").is_ok());
+    resources::pause(&svc, "c", true).await.expect("pause");
+    assert!(matches!(delete::delete(&svc, delete_req("")).await, Err(Error::FailedPrecondition(_))));
+    assert_eq!(state::state(&svc, state_req("")).expect("state").status.enum_value_or_default(), api::Status::PAUSED);
+    for t in [TOPIC_CREATE, TOPIC_START, TOPIC_PAUSED] {
+        assert_eq!(next_topic(&mut rx).await, t);
+    }
+    assert_quiet(&mut rx).await;
+}
+
+#[tokio::test]
+async fn unknown_container_or_process() {
+    let (svc, _agent, _rx) = service().await;
+    let req = api::StartRequest { id: "other".into(), ..Default::default() };
+    assert!(matches!(start::start(&svc, req).await, Err(Error::NotFound(_))));
+    assert!(matches!(state::state(&svc, state_req("nope")), Err(Error::NotFound(_))));
+    let mut bad = exec_req("e");
+    bad.id = "other".into();
+    assert!(matches!(exec::exec(&svc, bad), Err(Error::NotFound(_))));
+    assert_eq!(state::connect(&svc, api::ConnectRequest { id: "c".into(), ..Default::default() }).task_pid, VM_PID);
+}
+
+fn metrics(r: &api::StatsResponse) -> Metrics {
+    let any = r.stats.as_ref().expect("stats");
+    assert!(any.type_url.ends_with("io.containerd.cgroups.v2.Metrics"), "{}", any.type_url);
+    Metrics::parse_from_bytes(&any.value).expect("metrics decode")
+}
+
+#[tokio::test]
+async fn stats_with_oversized_or_malformed_replies() {
+    let (svc, agent, _rx) = service().await;
+    let req = || api::StatsRequest { id: "c".into(), ..Default::default() };
+    // Oversized: a huge io.stat (more devices than kept) and a huge memory.events.
+    let io: String = (0..10_000).map(|i| format!("8:{i} rbytes=1 wbytes=2 rios=3 wios=4\n")).collect();
+    let mut events = vec![b'x'; 8 * 1024 * 1024];
+    events.extend_from_slice(b"\noom_kill 9\n");
+    agent.set_stats(HashMap::from([
+        ("io.stat".to_string(), io.into_bytes()),
+        ("memory.events".to_string(), events),
+        ("pids.current".to_string(), b"12\n".to_vec()),
+    ]));
+    let m = metrics(&resources::stats(&svc, req()).await.expect("oversized reply: bounded, not an error"));
+    assert!(!m.io.usage.is_empty() && m.io.usage.len() <= 256, "io devices bounded: {}", m.io.usage.len());
+    assert_eq!(m.memory_events.oom_kill, 0, "a line past the size bound is not read");
+    assert_eq!(m.pids.current, 12);
+    // Malformed: binary garbage, overflowing numbers, wrong shapes: zeros, no panic.
+    agent.set_stats(HashMap::from([
+        ("cpu.stat".to_string(), vec![0xff, 0xfe, 0x00, b'\n']),
+        ("memory.current".to_string(), b"99999999999999999999999999\n".to_vec()),
+        ("pids.max".to_string(), b"max\n".to_vec()),
+        ("io.stat".to_string(), b"8:x rbytes=y\n:\n8:0 rbytes\n".to_vec()),
+    ]));
+    let m = metrics(&resources::stats(&svc, req()).await.expect("malformed reply"));
+    assert_eq!((m.cpu.usage_usec, m.memory.usage, m.pids.limit), (0, 0, u64::MAX));
+    assert_eq!(m.io.usage.len(), 1, "only the well-formed device line is kept");
+    // The agent fails: a clear error, not a panic.
+    agent.set_failure("stats_container", Some(Failure::Unreachable));
+    assert!(matches!(resources::stats(&svc, req()).await, Err(Error::AgentUnreachable(_))));
+    // A stopped container has no stats.
+    agent.set_failure("stats_container", None);
+    agent.exit("c", "", 0);
+    let c = svc.container("c").expect("c");
+    c.wait(&c.init).await;
+    assert!(matches!(resources::stats(&svc, req()).await, Err(Error::FailedPrecondition(_))));
+}
