@@ -21,8 +21,6 @@ pub mod client;
 #[cfg(test)]
 pub mod fake;
 
-pub use client::TtrpcAgent;
-
 /// What CreateContainer sends.
 #[derive(Debug, Clone, Default)]
 pub struct NewContainer {

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use nix::mount::MsFlags;
 use tokio::sync::watch;
 
-use super::{Child, Command, Host};
+use super::child::Child;
+use super::{Command, Host};
 use crate::error::{Error, Result};
 
 /// The fake host.

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::{Child, Command, Host};
+use super::child::Child;
+use super::{Command, Host};
 use crate::error::Result;
 
 /// The host the shim runs on.

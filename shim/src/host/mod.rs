@@ -21,9 +21,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 
 use crate::error::Result;
-
-pub use child::Child;
-pub use linux::LinuxHost;
+use child::Child;
 
 /// A helper program to start ([`Host::spawn`]).
 #[derive(Debug, Clone, Copy)]

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::host::{Host, LinuxHost};
+use crate::host::linux::LinuxHost;
+use crate::host::Host;
 
 /// Unmounts everything under `dir` (lazily), then removes it — but never removes through
 /// a mount that is still there (that would delete a container's files).

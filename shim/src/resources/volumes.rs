@@ -17,7 +17,8 @@ use nix::mount::MsFlags;
 use oci_spec::runtime::{Mount, Spec};
 
 use crate::error::{Error, Result};
-use crate::host::{Host, LinuxHost};
+use crate::host::linux::LinuxHost;
+use crate::host::Host;
 
 /// Most host bind mounts one container may have.
 const MAX_SHARED_MOUNTS: usize = 256;

@@ -21,15 +21,15 @@ use nix::mount::MsFlags;
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
-use crate::agent::{AgentApi, TtrpcAgent};
+use crate::agent::client::TtrpcAgent;
+use crate::agent::AgentApi;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::host::{Host, LinuxHost};
+use crate::host::linux::LinuxHost;
+use crate::host::Host;
 use crate::resources::mount::cleanup_mounts_and_dir_with;
 use crate::resources::network::{HostNetwork, PodConfig};
 use crate::vmm::{self, ExitWatch, Vmm};
-
-pub use boot::{probe_boot, resolve_accel};
 
 /// Where a sandbox is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl SandboxDeps {
     pub fn production(cfg: &Config, dir: &Path) -> SandboxDeps {
         let host: Arc<dyn Host> = Arc::new(LinuxHost);
         SandboxDeps {
-            vmm: vmm::new_backend(cfg, dir, host.clone()),
+            vmm: vmm::backend::new_backend(cfg, dir, host.clone()),
             connect_agent: Arc::new(|stream, vm_exit| Arc::new(TtrpcAgent::new(stream, vm_exit)) as Arc<dyn AgentApi>),
             host,
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
-use crate::host::{Host, LinuxHost};
+use crate::host::linux::LinuxHost;
+use crate::host::Host;
 use crate::resources::mount::cleanup_mounts_and_dir_with;
 use crate::resources::network;
 
@@ -67,7 +68,7 @@ pub fn network_state(dir: &Path) -> PathBuf {
 
 /// The VMM backend's files: ("what", path) of its sockets and its processes' logs.
 pub fn vmm_files(dir: &Path) -> Vec<(&'static str, PathBuf)> {
-    crate::vmm::state_files(dir)
+    crate::vmm::backend::state_files(dir)
 }
 
 /// Every log of the sandbox: the guest console, then the VMM's processes' logs.

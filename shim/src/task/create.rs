@@ -138,7 +138,7 @@ async fn create_in_vm(
 ) -> Result<InGuest> {
     if let Some((size, why)) = boot {
         tracing::info!("sandbox {}: {why}", sandbox.id);
-        let accel = crate::sandbox::resolve_accel(cfg).await;
+        let accel = crate::sandbox::boot::resolve_accel(cfg).await;
         sandbox.boot(accel, size, Duration::from_secs(cfg.vm.boot_timeout_secs)).await?;
     }
     let agent =

@@ -7,20 +7,18 @@
 //! The acceleration choice (KVM or TCG) is accel.rs.
 
 pub mod accel;
+pub mod backend;
 #[cfg(test)]
 pub mod fake;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::config::Config;
 use crate::error::Result;
-use crate::host::Host;
 use crate::resources::network::VmNic;
 
 pub use accel::Accel;
@@ -129,18 +127,6 @@ pub trait Vmm: Send + Sync {
     /// Stops the VM and its helpers (hard: the guest holds no state the host needs).
     /// Idempotent.
     async fn stop(&mut self);
-}
-
-/// The configured backend for the sandbox whose state directory is `dir` (its sockets and
-/// logs go there; see [`state_files`]).
-pub fn new_backend(cfg: &Config, dir: &Path, host: Arc<dyn Host>) -> Box<dyn Vmm> {
-    Box::new(qemu::Qemu::new(qemu::QemuPaths::from_config(cfg), dir, host))
-}
-
-/// The files the configured backend keeps in a state directory `dir`: ("what", path) of
-/// its sockets and logs (pure).
-pub fn state_files(dir: &Path) -> Vec<(&'static str, PathBuf)> {
-    qemu::state_files(dir)
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMe
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::TAP_SUFFIX;
+/// Name suffix of the taps Bulwark creates (`tap0_bwk`, ...).
+pub const TAP_SUFFIX: &str = "_bwk";
 use bulwark_rtnl::Netlink;
 
 /// At most this many pod interfaces are passed to the VM.

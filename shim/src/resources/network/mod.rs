@@ -9,6 +9,7 @@
 //! Modules: netns.rs (path validation, running code in the netns), links.rs (reading what
 //! CNI set up), tap.rs (tap devices), tc.rs (the redirects), netlink.rs (rtnetlink socket).
 
+pub mod error;
 pub mod links;
 pub mod netns;
 pub mod tap;
@@ -26,27 +27,8 @@ use crate::error::Error;
 use bulwark_rtnl::Netlink;
 use links::{format_mac, Interface};
 
-/// Name suffix of the taps Bulwark creates (`tap0_bwk`, ...).
-pub const TAP_SUFFIX: &str = "_bwk";
-
-/// Errors of the pod network setup.
-#[derive(Debug, thiserror::Error)]
-pub enum NetworkError {
-    #[error("network namespace path {path:?} in the OCI spec is not accepted: {why}")]
-    InvalidNetnsPath { path: String, why: String },
-    #[error("opening the pod network namespace {path}: {source} (check that CNI created it and that it still exists)")]
-    NetnsOpen { path: PathBuf, source: std::io::Error },
-    #[error("{0} is the host's own network namespace; refusing to attach a VM to the host network")]
-    HostNetns(PathBuf),
-    #[error("entering the network namespace {path}: {source}")]
-    Setns { path: PathBuf, source: std::io::Error },
-    #[error("network namespace {0} has no interface besides lo: CNI did not attach one (check the CNI configuration and plugins)")]
-    NoInterface(PathBuf),
-    #[error("pod network namespace {path}: {what}: {source}")]
-    Netlink { path: PathBuf, what: String, source: std::io::Error },
-    #[error("running the netns worker thread: {0}")]
-    Thread(std::io::Error),
-}
+pub use error::NetworkError;
+pub use links::TAP_SUFFIX;
 
 impl From<NetworkError> for Error {
     fn from(e: NetworkError) -> Self {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 
-use super::NetworkError;
+use super::error::NetworkError;
 
 /// Longest netns path accepted.
 const MAX_PATH: usize = 512;

@@ -20,7 +20,8 @@ use super::{AgentSocket, Capabilities, ExitWatch, VmConfig, Vmm, VmmProcess};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::child::log_tail;
-use crate::host::{Child, Command, Host};
+use crate::host::child::Child;
+use crate::host::{Command, Host};
 use crate::resources::network::VmNic;
 
 pub use args::{build_args, host_tsc_khz, kernel_cmdline, parse_cpu_khz, VmSpec, BASE_KERNEL_PARAMS};

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::host::{Child, Command, Host};
+use crate::host::child::Child;
+use crate::host::{Command, Host};
 
 /// How long virtiofsd may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
