@@ -67,7 +67,7 @@ pub async fn created(
         bundle: format!("/bundles/{id}"),
         sandbox_id: sandbox_id.into(),
         stdio: Stdio::default(),
-        mounts: RootfsMounts { bundle_rootfs: None, share_dir: "/nonexistent/bulwark-test".into(), shared: Vec::new() },
+        mounts: RootfsMounts::default(),
         guest_pid,
     };
     let c = Arc::new(Container::new(cfg, agent.clone(), vm.clone(), events.clone()));

@@ -112,6 +112,15 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn mount_tmpfs(&self, target: &Path, options: &str) -> std::io::Result<()> {
+        self.record(format!("mount tmpfs {} {options}", target.display()));
+        if !target.exists() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        lock(&self.mounts).push(target.to_path_buf());
+        Ok(())
+    }
+
     fn unmount(&self, target: &Path) -> std::io::Result<()> {
         self.record(format!("unmount {}", target.display()));
         let mut m = lock(&self.mounts);

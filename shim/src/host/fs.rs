@@ -113,6 +113,66 @@ pub fn mount_id(fd: &impl AsRawFd) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no mnt_id in fdinfo"))
 }
 
+/// Opens a bind source (a host path from the node, resolved normally) as an `O_PATH` fd:
+/// its type is then checked and it is mounted on the same inode.
+pub fn open_source(source: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(source)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", source.display())))?;
+    Ok(OwnedFd::from(f))
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set: set})`.
+fn set_attr(fd: &impl AsRawFd, set: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let empty = c"";
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: `fd` is an open fd; `empty` and `attr` are valid for the call and the size passed
+    // is that of `attr`; the kernel only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `move_mount(from, "", to, "", F_EMPTY_PATH | T_EMPTY_PATH)`: attaches (or moves) the mount
+/// at `from` onto the directory `to`, both given as fds.
+fn move_mount(from: &impl AsRawFd, to: &impl AsRawFd) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: both fds are open; the empty strings with the *_EMPTY_PATH flags make the kernel
+    // use the fds themselves; nothing is written to user memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            to.as_raw_fd(),
+            empty.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl Beneath {
     /// Opens `dir` (a directory the caller created and trusts: the path is resolved normally).
     pub fn open(dir: &Path) -> io::Result<Beneath> {
@@ -122,11 +182,6 @@ impl Beneath {
             .open(dir)
             .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", dir.display())))?;
         Ok(Beneath { root, path: dir.to_path_buf() })
-    }
-
-    /// The directory's path (for messages and for the recorded-mount check).
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn parent_fd(&self, parent: &Path) -> io::Result<Option<OwnedFd>> {
@@ -175,19 +230,6 @@ impl Beneath {
         Ok(())
     }
 
-    /// Creates directory `rel` and its missing parents, each with `mode`.
-    pub fn mkdir_all(&self, rel: &Path, mode: u32) -> io::Result<()> {
-        check_relative(rel).map_err(|e| self.err("creating directory", rel, e))?;
-        let mut cur = PathBuf::new();
-        for c in rel.components() {
-            if let Component::Normal(n) = c {
-                cur.push(n);
-                self.mkdir(&cur, mode)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Creates the empty regular file `rel` with `mode`; fails if anything exists there
     /// (`O_EXCL`): never truncates, never follows a planted symlink.
     pub fn create_file(&self, rel: &Path, mode: u32) -> io::Result<File> {
@@ -206,15 +248,24 @@ impl Beneath {
     /// target's fd: no writable window, no path lookup through the share. Returns the new
     /// mount's id, to be checked before it is unmounted ([`Beneath::unmount`]).
     pub fn bind(&self, source: &Path, rel: &Path, flags: BindFlags) -> io::Result<u64> {
+        let src = open_source(source)?;
+        self.bind_fd(&src, source, rel, flags)
+    }
+
+    /// [`Beneath::bind`] of an already opened source (`O_PATH` fd, e.g. from
+    /// [`open_source`], so its type was checked on the same inode that gets mounted).
+    pub fn bind_fd(&self, src: &OwnedFd, source: &Path, rel: &Path, flags: BindFlags) -> io::Result<u64> {
         let what = format!("bind-mounting {} onto", source.display());
         let target = self.open_path(rel).map_err(|e| self.err(&what, rel, e))?;
-        let src = cstr(source)?;
         let mut tree_flags = (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint;
+        tree_flags |= libc::AT_EMPTY_PATH as libc::c_uint;
         if flags.recursive {
             tree_flags |= libc::AT_RECURSIVE as libc::c_uint;
         }
-        // SAFETY: `src` is a valid C string alive for the call; open_tree only reads it.
-        let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, src.as_ptr(), tree_flags) };
+        let empty = c"";
+        // SAFETY: `src` is an open fd and `empty` a valid C string for the call; with
+        // AT_EMPTY_PATH open_tree clones the mount at the fd itself.
+        let tree = unsafe { libc::syscall(libc::SYS_open_tree, src.as_raw_fd(), empty.as_ptr(), tree_flags) };
         if tree < 0 {
             return Err(self.err(&what, rel, io::Error::last_os_error()));
         }
@@ -245,23 +296,62 @@ impl Beneath {
                 io::Error::last_os_error(),
             ));
         }
-        // SAFETY: both fds are open (the detached tree and the O_PATH target); the empty
-        // strings with the *_EMPTY_PATH flags make the kernel use the fds themselves.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                tree.as_raw_fd(),
-                empty.as_ptr(),
-                target.as_raw_fd(),
-                empty.as_ptr(),
-                libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
-            )
-        };
-        if r != 0 {
-            return Err(self.err(&what, rel, io::Error::last_os_error()));
-        }
+        move_mount(&tree, &target).map_err(|e| self.err(&what, rel, e))?;
         let mounted = self.open_path(rel)?;
         mount_id(&mounted)
+    }
+
+    /// Opens directory `rel` (no symlinks, no `..`) as a new [`Beneath`].
+    pub fn open_dir(&self, rel: &Path) -> io::Result<Beneath> {
+        check_relative(rel).map_err(|e| self.err("opening directory", rel, e))?;
+        let fd = openat2_beneath(self.root.as_raw_fd(), rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| self.err("opening directory", rel, e))?;
+        Ok(Beneath { root: File::from(fd), path: self.path.join(rel) })
+    }
+
+    /// Mounts a new tmpfs with `options` (e.g. "size=64k,nr_inodes=512,mode=0755") on
+    /// directory `rel`, nosuid, nodev, noexec; the target is reached through its fd
+    /// (`/proc/self/fd/N`), never by path. Returns the new mount's id.
+    pub fn mount_tmpfs(&self, rel: &Path, options: &str) -> io::Result<u64> {
+        let target = self.open_path(rel)?;
+        let proc_path = format!("/proc/self/fd/{}", target.as_raw_fd());
+        nix::mount::mount(
+            Some("tmpfs"),
+            proc_path.as_str(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+            Some(options),
+        )
+        .map_err(|e| self.err("mounting a tmpfs on", rel, io::Error::from(e)))?;
+        mount_id(&self.open_path(rel)?)
+    }
+
+    /// Makes the mount whose root is `rel` read-only (that mount only; its submounts keep
+    /// their own flags).
+    pub fn set_readonly(&self, rel: &Path) -> io::Result<()> {
+        let fd = self.open_path(rel)?;
+        set_attr(&fd, libc::MOUNT_ATTR_RDONLY, false).map_err(|e| self.err("making read-only", rel, e))
+    }
+
+    /// Moves the mount whose root is `from_rel` below `from` (with its submounts) onto the
+    /// directory `rel` below this one, at once: where this directory's mount propagates
+    /// (a shared mount and its peers), the whole tree appears there complete. Returns the id
+    /// of the moved mount.
+    pub fn move_here(&self, from: &Beneath, from_rel: &Path, rel: &Path) -> io::Result<u64> {
+        let src = from.open_path(from_rel)?;
+        let target = self.open_path(rel)?;
+        move_mount(&src, &target).map_err(|e| self.err(&format!("moving {} onto", from_rel.display()), rel, e))?;
+        mount_id(&self.open_path(rel)?)
+    }
+
+    /// Removes the empty directory `rel` (no symlinks on the way).
+    pub fn rmdir(&self, rel: &Path) -> io::Result<()> {
+        check_relative(rel)?;
+        let (parent, name) = split_parent(rel)?;
+        let pfd = self.parent_fd(parent)?;
+        let dirfd = pfd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(self.root.as_raw_fd());
+        nix::unistd::unlinkat(Some(dirfd), name, nix::unistd::UnlinkatFlags::RemoveDir)
+            .map_err(|e| self.err("removing directory", rel, io::Error::from(e)))
     }
 
     /// Unmounts `rel` (lazily, with its submounts) if it is still the mount `expected_id`
@@ -322,7 +412,6 @@ mod tests {
         // Through a symlinked directory.
         assert!(b.mkdir(Path::new("evil/x"), 0o700).is_err());
         assert!(b.create_file(Path::new("evil/f"), 0o600).is_err());
-        assert!(b.mkdir_all(Path::new("evil/a/b"), 0o700).is_err());
         // Onto a symlink as the final component: no create, no truncate of the target.
         std::fs::write(outside.join("victim"), b"keep").expect("victim");
         assert!(b.create_file(Path::new("file-link"), 0o600).is_err());
@@ -341,7 +430,8 @@ mod tests {
     fn modes_are_explicit_and_files_exclusive() {
         let d = tmp("modes");
         let b = Beneath::open(&d).expect("open");
-        b.mkdir_all(Path::new("a/b"), 0o700).expect("mkdir_all");
+        b.mkdir(Path::new("a"), 0o700).expect("mkdir");
+        b.mkdir(Path::new("a/b"), 0o700).expect("mkdir");
         assert_eq!(std::fs::metadata(d.join("a/b")).expect("md").permissions().mode() & 0o777, 0o700);
         b.mkdir(Path::new("a/b"), 0o700).expect("an existing directory is fine");
         b.create_file(Path::new("a/b/f"), 0o640).expect("create");

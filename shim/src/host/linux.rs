@@ -21,8 +21,13 @@ impl Host for LinuxHost {
         mount(source, target, None::<&str>, flags, None::<&str>).map_err(std::io::Error::from)
     }
 
+    fn mount_tmpfs(&self, target: &Path, options: &str) -> std::io::Result<()> {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options)).map_err(std::io::Error::from)
+    }
+
     fn unmount(&self, target: &Path) -> std::io::Result<()> {
-        umount2(target, MntFlags::MNT_DETACH).map_err(std::io::Error::from)
+        umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).map_err(std::io::Error::from)
     }
 
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {

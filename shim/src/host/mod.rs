@@ -10,8 +10,6 @@
 pub mod child;
 #[cfg(test)]
 pub mod fake;
-// Used by the share once it is rebuilt on it (issue 8); tested on its own until then.
-#[allow(dead_code)]
 pub mod fs;
 pub mod linux;
 
@@ -43,7 +41,10 @@ pub trait Host: Send + Sync {
     /// mount(2) without a filesystem type or data: bind mounts (`MS_BIND`, `MS_REC`), read-only
     /// remounts and propagation changes (`MS_PRIVATE`, `MS_SHARED`).
     fn mount(&self, source: Option<&Path>, target: &Path, flags: MsFlags) -> std::io::Result<()>;
-    /// Lazily unmounts the top mount on `target` (`MNT_DETACH`).
+    /// Mounts a new tmpfs with `options` on `target`, nosuid, nodev, noexec.
+    fn mount_tmpfs(&self, target: &Path, options: &str) -> std::io::Result<()>;
+    /// Lazily unmounts the top mount on `target` (`MNT_DETACH`), never following a symlink
+    /// as its last component (`UMOUNT_NOFOLLOW`).
     fn unmount(&self, target: &Path) -> std::io::Result<()>;
     /// Mount points at or below `dir`, deepest first.
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf>;

@@ -5,4 +5,5 @@
 pub mod mount;
 pub mod network;
 pub mod rootfs;
+pub mod share;
 pub mod volumes;

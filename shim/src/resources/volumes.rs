@@ -1,9 +1,9 @@
 //! Host bind mounts of one container — what the kubelet passes: `/etc/hosts`,
 //! `/etc/resolv.conf`, `/etc/hostname`, the termination-message file, and emptyDir,
-//! configMap, secret and projected volumes. Each is bind-mounted into the sandbox share at
-//! `<share>/<id>/mounts/<n>` (read-only on the host too when the spec says `ro`, so the
-//! guest cannot write through virtiofsd), and the agent is told which spec mount it
-//! replaces (protocol SharedMount). Directories are shared whole, so kubelet's atomic
+//! configMap, secret and projected volumes. Each is bind-mounted into the container's tree in
+//! the sandbox share at `<id>/mounts/<n>` (read-only on the host too, recursively, when the
+//! spec says `ro`, so the guest cannot write through virtiofsd; always nosuid, nodev), and the
+//! agent is told which spec mount it replaces (protocol SharedMount). Directories are shared whole, so kubelet's atomic
 //! `..data` symlink swap in configMap/secret volumes reaches the guest (virtio-fs,
 //! cache=auto: within about a second).
 //!
@@ -13,12 +13,12 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
+use std::os::fd::AsRawFd;
+
 use oci_spec::runtime::{Mount, Spec};
 
 use crate::error::{Error, Result};
-use crate::host::linux::LinuxHost;
-use crate::host::Host;
+use crate::host::fs::{open_source, Beneath, BindFlags};
 
 /// Most host bind mounts one container may have.
 const MAX_SHARED_MOUNTS: usize = 256;
@@ -57,16 +57,13 @@ pub fn to_share(spec: &Spec) -> Vec<(u32, PathBuf)> {
         .collect()
 }
 
-/// Bind-mounts every host bind mount of `spec` below `<share_dir>/mounts`. `share_dir` is
-/// the container's directory in the share (`<share>/<id>`); share paths are relative to its
-/// parent. On error, what was mounted stays below `share_dir`, which the caller's rootfs
-/// cleanup unmounts and removes.
-pub fn share(id: &str, spec: &Spec, share_dir: &Path) -> Result<Vec<SharedMount>> {
-    share_with(&LinuxHost, id, spec, share_dir)
-}
-
-/// [`share`], mounting through `host`.
-pub fn share_with(host: &dyn Host, id: &str, spec: &Spec, share_dir: &Path) -> Result<Vec<SharedMount>> {
+/// Bind-mounts every host bind mount of `spec` below `mounts/` of the container's tree
+/// (`tree`: the tree's root, still in staging, not visible to the guest). Each source is
+/// opened once and mounted from that fd (its type checked on the same inode); mount points
+/// are created exclusively, without following symlinks; `ro` mounts are read-only
+/// recursively before they are attached. Share paths are relative to the share root. On
+/// error, what was mounted stays in the tree, which the caller's cleanup removes whole.
+pub fn share_into(tree: &Beneath, id: &str, spec: &Spec) -> Result<Vec<SharedMount>> {
     let wanted = to_share(spec);
     if wanted.len() > MAX_SHARED_MOUNTS {
         return Err(Error::InvalidArgument(format!(
@@ -75,21 +72,21 @@ pub fn share_with(host: &dyn Host, id: &str, spec: &Spec, share_dir: &Path) -> R
         )));
     }
     let mounts = spec.mounts().as_deref().unwrap_or_default();
-    let dir = share_dir.join("mounts");
     let mut shared = Vec::with_capacity(wanted.len());
+    let mut made_dir = false;
     for (index, source) in wanted {
         let m = &mounts[index as usize];
-        let md = match std::fs::metadata(&source) {
-            Ok(md) => md,
-            Err(e) => {
-                return Err(Error::InvalidArgument(format!(
-                    "bind mount source {} (for {}) is not usable: {e}",
-                    source.display(),
-                    m.destination().display()
-                )))
-            }
+        let unusable = |e: std::io::Error| {
+            Error::InvalidArgument(format!(
+                "bind mount source {} (for {}) is not usable: {e}",
+                source.display(),
+                m.destination().display()
+            ))
         };
-        if !md.is_dir() && !md.is_file() {
+        let src = open_source(&source).map_err(unusable)?;
+        let md = nix::sys::stat::fstat(src.as_raw_fd()).map_err(|e| unusable(e.into()))?;
+        let kind = md.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFDIR && kind != libc::S_IFREG {
             tracing::warn!(
                 "container {id}: bind mount of {} on {} is neither a file nor a directory; not shared into the VM",
                 source.display(),
@@ -97,17 +94,15 @@ pub fn share_with(host: &dyn Host, id: &str, spec: &Spec, share_dir: &Path) -> R
             );
             continue;
         }
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let target = dir.join(index.to_string());
-        if md.is_dir() { std::fs::create_dir(&target) } else { std::fs::File::create(&target).map(drop) }
-            .map_err(|e| Error::io(format!("creating mount point {}", target.display()), e))?;
-        let rec = if has_option(m, "rbind") { MsFlags::MS_REC } else { MsFlags::empty() };
-        host.mount(Some(&source), &target, MsFlags::MS_BIND | rec)
-            .map_err(|e| Error::Mount(format!("binding {} to {}: {e}", source.display(), target.display())))?;
-        if has_option(m, "ro") {
-            host.mount(None, &target, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | rec)
-                .map_err(|e| Error::Mount(format!("making {} read-only: {e}", target.display())))?;
+        if !made_dir {
+            tree.mkdir(Path::new("mounts"), 0o755).map_err(|e| Error::Mount(e.to_string()))?;
+            made_dir = true;
         }
+        let target = PathBuf::from(format!("mounts/{index}"));
+        if kind == libc::S_IFDIR { tree.mkdir(&target, 0o755) } else { tree.create_file(&target, 0o644).map(drop) }
+            .map_err(|e| Error::Mount(format!("creating the mount point: {e}")))?;
+        let flags = BindFlags { readonly: has_option(m, "ro"), recursive: has_option(m, "rbind") };
+        tree.bind_fd(&src, &source, &target, flags).map_err(|e| Error::Mount(e.to_string()))?;
         shared.push(SharedMount { index, share_path: format!("{id}/mounts/{index}") });
     }
     Ok(shared)
@@ -141,31 +136,35 @@ mod tests {
         assert_eq!(got, [1, 3]);
     }
 
+    /// Real mounts (the test suite runs as root): files and directories, `ro` read-only even
+    /// in a submount of the source, a missing source refused, a planted symlink never followed.
     #[test]
     fn shares_files_and_dirs_read_only_as_asked() {
-        use crate::host::fake::{temp_dir, FakeHost};
-        let tmp = temp_dir("volumes");
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
+        let tmp = crate::host::fake::temp_dir("volumes");
         let (file, dir) = (tmp.join("hosts"), tmp.join("cm"));
         std::fs::write(&file, b"127.0.0.1 localhost\n").unwrap();
-        std::fs::create_dir(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        // A submount inside the ro source: recursively read-only too.
+        nix::mount::mount(Some("tmpfs"), &dir.join("sub"), Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+            .unwrap();
         let s = spec(serde_json::json!([
             {"destination": "/etc/hosts", "type": "bind", "source": file, "options": ["rbind", "rw"]},
-            {"destination": "/cfg", "type": "bind", "source": dir, "options": ["bind", "ro"]},
+            {"destination": "/cfg", "type": "bind", "source": dir, "options": ["rbind", "ro"]},
             {"destination": "/missing", "type": "bind", "source": tmp.join("nope"), "options": ["bind"]}
         ]));
-        let share_dir = tmp.join("share").join("c1");
-        std::fs::create_dir_all(&share_dir).unwrap();
-        let host = FakeHost::new();
-        // a missing source is refused
-        let e = share_with(host.as_ref(), "c1", &s, &share_dir).unwrap_err().to_string();
+        let tree_dir = tmp.join("tree");
+        std::fs::create_dir(&tree_dir).unwrap();
+        let tree = Beneath::open(&tree_dir).unwrap();
+        let e = share_into(&tree, "c1", &s).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
         let mut ok = s.clone();
         ok.set_mounts(s.mounts().as_ref().map(|m| m[..2].to_vec()));
         // (what the failed call mounted stays for the caller's cleanup: start afresh)
-        let share_dir = tmp.join("share2").join("c1");
-        std::fs::create_dir_all(&share_dir).unwrap();
-        let host = FakeHost::new();
-        let shared = share_with(host.as_ref(), "c1", &ok, &share_dir).unwrap();
+        let tree_dir = tmp.join("tree2");
+        std::fs::create_dir(&tree_dir).unwrap();
+        let tree = Beneath::open(&tree_dir).unwrap();
+        let shared = share_into(&tree, "c1", &ok).unwrap();
         assert_eq!(
             shared,
             [
@@ -173,11 +172,25 @@ mod tests {
                 SharedMount { index: 1, share_path: "c1/mounts/1".into() }
             ]
         );
-        assert!(share_dir.join("mounts/0").is_file() && share_dir.join("mounts/1").is_dir());
-        let calls: Vec<_> = host.calls().into_iter().filter(|c| c.starts_with("mount")).collect();
-        assert_eq!(calls.len(), 3, "{calls:?}");
-        assert!(calls[0].contains("MS_BIND | MS_REC") && !calls[0].contains("MS_RDONLY"), "{calls:?}");
-        assert!(calls[2].contains("MS_RDONLY") && calls[2].contains("MS_REMOUNT"), "{calls:?}");
+        assert_eq!(std::fs::read(tree_dir.join("mounts/0")).unwrap(), b"127.0.0.1 localhost\n");
+        std::fs::write(tree_dir.join("mounts/0"), b"rw\n").expect("rw file volume");
+        let ro = std::fs::write(tree_dir.join("mounts/1/x"), b"x").unwrap_err();
+        assert_eq!(ro.raw_os_error(), Some(libc::EROFS));
+        let ro_sub = std::fs::write(tree_dir.join("mounts/1/sub/x"), b"x").unwrap_err();
+        assert_eq!(ro_sub.raw_os_error(), Some(libc::EROFS), "ro is recursive");
+        // A second container's tree where `mounts` is a planted symlink: nothing is created
+        // or mounted through it.
+        let evil_dir = tmp.join("evil-tree");
+        let outside = tmp.join("outside");
+        std::fs::create_dir_all(&evil_dir).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, evil_dir.join("mounts")).unwrap();
+        let evil = Beneath::open(&evil_dir).unwrap();
+        assert!(share_into(&evil, "c2", &ok).is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing created outside");
+        for m in crate::host::linux::mounts_under(&tmp) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -62,7 +62,7 @@ impl Sandbox {
             kernel: cfg.paths.kernel.clone(),
             initrd: cfg.paths.initrd.clone(),
             extra_kernel_params: cfg.vm.kernel_params.clone(),
-            share: caps.fs_share.then(|| self.share.clone()),
+            share: caps.fs_share.then(|| state_dir::export(&self.dir)),
             console_log: console.clone(),
         };
         let socket = vmm.agent_socket();

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use nix::mount::MsFlags;
+use std::os::unix::fs::PermissionsExt;
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
@@ -121,7 +121,10 @@ impl Sandbox {
         }
         host.create_dir(&dir).map_err(|e| Error::io(format!("creating sandbox dir {}", dir.display()), e))?;
         let share = state_dir::share(&dir);
-        if let Err(e) = make_share(host.as_ref(), &share) {
+        let made = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("making {} private (0700)", dir.display()), e))
+            .and_then(|()| crate::resources::share::create(host.as_ref(), &dir));
+        if let Err(e) = made {
             let _ = state_dir::cleanup_dir_with(host.as_ref(), &dir);
             return Err(e);
         }
@@ -229,19 +232,6 @@ impl Sandbox {
         }
         let _ = self.transition(&[SandboxState::Stopping], SandboxState::TornDown);
     }
-}
-
-/// Creates the share directory and makes it a shared mount of its own (bind onto itself,
-/// private, then shared).
-fn make_share(host: &dyn Host, share: &Path) -> Result<()> {
-    host.create_dir(share).map_err(|e| Error::io(format!("creating {}", share.display()), e))?;
-    let m = |flags: MsFlags, src: Option<&Path>| {
-        host.mount(src, share, flags).map_err(|e| Error::Mount(format!("{} ({flags:?}): {e}", share.display())))
-    };
-    m(MsFlags::MS_BIND, Some(share))?;
-    m(MsFlags::MS_PRIVATE, None)?;
-    m(MsFlags::MS_SHARED, None)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -41,9 +41,14 @@ pub fn sandbox_dir(runtime_dir: &Path, ns: &str, id: &str) -> PathBuf {
     runtime_dir.join(format!("h-{hex}"))
 }
 
-/// The directory served to the guest (virtio-fs): container rootfs and volumes below it.
+/// The host-only skeleton of the share: one mount point per container (resources/share.rs).
 pub fn share(dir: &Path) -> PathBuf {
-    dir.join("share")
+    crate::resources::share::share_dir(dir)
+}
+
+/// The read-only view of the share that virtiofsd serves to the guest.
+pub fn export(dir: &Path) -> PathBuf {
+    crate::resources::share::export_dir(dir)
 }
 
 /// One container's entry in the share: `<share>/<container id>` (its rootfs and volumes).
@@ -170,9 +175,11 @@ pub fn cleanup_dir_with(host: &dyn Host, dir: &Path) -> Result<()> {
 /// `delete` of one container of a pod after a crashed shim: its share entry only (the
 /// pod's VM belongs to the sandbox container's delete).
 pub fn cleanup_container_share(dir: &Path, container_id: &str) -> Result<()> {
-    let d = container_share(dir, container_id);
-    if d.exists() {
-        crate::resources::mount::cleanup_mounts_and_dir(&d)?;
+    let staged = crate::resources::share::staging_dir(dir).join(container_id);
+    for d in [container_share(dir, container_id), staged] {
+        if d.exists() {
+            crate::resources::mount::cleanup_mounts_and_dir(&d)?;
+        }
     }
     Ok(())
 }

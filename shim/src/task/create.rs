@@ -67,7 +67,7 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     let boot =
         new_sandbox.then(|| sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default())));
     let mounts = {
-        let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.share.clone(), req.rootfs.clone());
+        let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.dir.clone(), req.rootfs.clone());
         match tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&id, &b, &spec, &rootfs, &share)).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
