@@ -43,13 +43,13 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     if svc.has_container(&req.id) {
         return Err(Error::AlreadyExists(format!("container {} already exists", req.id)));
     }
-    let cfg = Config::load()?;
+    let cfg = (svc.env.config)()?;
     let (spec, raw_spec) = container::load_spec(&bundle)?;
     let sid = container::sandbox_id_of(&spec, &req.id)?;
 
     let (sandbox, new_sandbox) = match svc.sandbox(&sid) {
         Some(s) => (s, false),
-        None => (Arc::new(Sandbox::prepare(&cfg, &svc.namespace, &sid)?), true),
+        None => (Arc::new((svc.env.prepare)(&cfg, &svc.namespace, &sid)?), true),
     };
     let undo_sandbox = |sb: Arc<Sandbox>| async move {
         if new_sandbox {

@@ -7,13 +7,29 @@ use std::sync::{Arc, Mutex};
 
 use containerd_shim::ExitSignal;
 
+use crate::config::Config;
 use crate::container::{Container, EventTx, Process};
 use crate::error::{Error, Result};
 use crate::sandbox::Sandbox;
 use crate::task::events::Forwarded;
 
+/// Where Create gets the node configuration and a new pod's sandbox from: the real ones
+/// (`/etc/bulwark/config.toml`, [`Sandbox::prepare`]), or, in unit tests, a test config and
+/// sandboxes built on the fake VMM and agent.
+pub struct Env {
+    pub config: Box<dyn Fn() -> Result<Config> + Send + Sync>,
+    pub prepare: Box<dyn Fn(&Config, &str, &str) -> Result<Sandbox> + Send + Sync>,
+}
+
+impl Env {
+    pub fn production() -> Env {
+        Env { config: Box::new(Config::load), prepare: Box::new(Sandbox::prepare) }
+    }
+}
+
 /// The state of the task service.
 pub struct Service {
+    pub env: Env,
     pub namespace: String,
     pub events: EventTx,
     pub exit: Arc<ExitSignal>,
@@ -31,7 +47,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Service {
     pub fn new(namespace: String, events: EventTx, forwarded: Option<Forwarded>, exit: Arc<ExitSignal>) -> Self {
+        Self::with_env(Env::production(), namespace, events, forwarded, exit)
+    }
+
+    /// [`Service::new`] with the configuration and sandboxes from `env`.
+    pub fn with_env(
+        env: Env,
+        namespace: String,
+        events: EventTx,
+        forwarded: Option<Forwarded>,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
         Service {
+            env,
             namespace,
             events,
             exit,

@@ -171,3 +171,112 @@ async fn stats_with_oversized_or_malformed_replies() {
     c.wait(&c.init).await;
     assert!(matches!(resources::stats(&svc, req()).await, Err(Error::FailedPrecondition(_))));
 }
+
+/// Create through the real Create verb: the pod's sandbox prepared on the host for real (its
+/// share mounted in a temporary runtime directory; the test runs as root, like scripts/test)
+/// with the fake VMM and the fake agent; then Start, the guest's exit, Delete — events in order,
+/// and nothing left behind. A VM that dies while booting fails Create and leaves nothing.
+mod create_through_fakes {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::agent::AgentApi;
+    use crate::config::{Acceleration, Config};
+    use crate::host::fake::temp_dir;
+    use crate::host::linux::{mounts_under, LinuxHost};
+    use crate::sandbox::state_dir;
+    use crate::sandbox::{Sandbox, SandboxDeps};
+    use crate::task::create;
+    use crate::task::service::Env;
+    use crate::vmm::fake::{Behaviour, FakeVmm, FAKE_PID};
+
+    fn bundle(dir: &Path) -> PathBuf {
+        let b = dir.join("bundle");
+        std::fs::create_dir_all(b.join("rootfs")).unwrap();
+        std::fs::write(b.join("rootfs/hello"), b"hi").unwrap();
+        std::fs::write(
+            b.join("config.json"),
+            br#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},"root":{"path":"rootfs"}}"#,
+        )
+        .unwrap();
+        b
+    }
+
+    fn service(runtime_dir: &Path, behaviour: Behaviour) -> (Arc<Service>, Arc<FakeAgent>, EventRx) {
+        let agent = Arc::new(FakeAgent::default());
+        let (a, rd) = (agent.clone(), runtime_dir.to_path_buf());
+        let env = Env {
+            config: Box::new(move || {
+                let mut c = Config::default();
+                c.paths.runtime_dir = rd.clone();
+                c.vm.acceleration = Acceleration::Tcg;
+                Ok(c)
+            }),
+            prepare: Box::new(move |cfg, ns, id| {
+                let (vmm, _handle) = FakeVmm::new(&state_dir::sandbox_dir(&cfg.paths.runtime_dir, ns, id), behaviour);
+                let a = a.clone();
+                let deps = SandboxDeps {
+                    vmm: Box::new(vmm),
+                    connect_agent: Arc::new(move |_stream, _exit| a.clone() as Arc<dyn AgentApi>),
+                    host: Arc::new(LinuxHost),
+                };
+                Sandbox::prepare_with(cfg, ns, id, deps)
+            }),
+        };
+        let (tx, rx) = EventTx::channel();
+        let svc = Arc::new(Service::with_env(env, "ns".into(), tx, None, Arc::new(ExitSignal::default())));
+        (svc, agent, rx)
+    }
+
+    fn create_req(bundle: &Path) -> api::CreateTaskRequest {
+        api::CreateTaskRequest { id: "pod1".into(), bundle: bundle.display().to_string(), ..Default::default() }
+    }
+
+    fn assert_nothing_left(runtime_dir: &Path) {
+        let dir = state_dir::sandbox_dir(runtime_dir, "ns", "pod1");
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        assert!(mounts_under(runtime_dir).is_empty(), "mounts left: {:?}", mounts_under(runtime_dir));
+    }
+
+    #[tokio::test]
+    async fn create_start_exit_delete() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
+        let tmp = temp_dir("task-create");
+        let (svc, agent, mut rx) = service(&tmp.join("run"), Behaviour::Boots);
+        let r = create::create(&svc, create_req(&bundle(&tmp))).await.expect("create");
+        assert_eq!(r.pid, FAKE_PID, "the task pid is the VM's");
+        assert_eq!(next_topic(&mut rx).await, TOPIC_CREATE);
+        let export = state_dir::export(&state_dir::sandbox_dir(&tmp.join("run"), "ns", "pod1"));
+        assert_eq!(std::fs::read(export.join("pod1/rootfs/hello")).unwrap(), b"hi", "the guest sees the rootfs");
+        let calls = agent.calls();
+        assert!(calls.iter().any(|c| c == "check") && calls.iter().any(|c| c == "create_container pod1"), "{calls:?}");
+        let again = create::create(&svc, create_req(&bundle(&tmp))).await;
+        assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
+
+        let req = api::StartRequest { id: "pod1".into(), ..Default::default() };
+        assert_eq!(start::start(&svc, req).await.expect("start").pid, FAKE_PID);
+        assert_eq!(next_topic(&mut rx).await, TOPIC_START);
+        agent.exit("pod1", "", 3);
+        assert_eq!(next_exit(&mut rx).await, ("pod1".to_string(), 3));
+        let req = api::DeleteRequest { id: "pod1".into(), ..Default::default() };
+        let d = delete::delete(&svc, req).await.expect("delete");
+        assert_eq!((d.pid, d.exit_status), (FAKE_PID, 3));
+        assert_eq!(next_topic(&mut rx).await, TOPIC_DELETE);
+        assert_nothing_left(&tmp.join("run"));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[tokio::test]
+    async fn a_vm_dying_during_boot_fails_create_and_leaves_nothing() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
+        let tmp = temp_dir("task-create-dies");
+        let (svc, agent, mut rx) = service(&tmp.join("run"), Behaviour::DiesDuringBoot);
+        let e = create::create(&svc, create_req(&bundle(&tmp))).await.expect_err("create must fail");
+        assert!(e.to_string().contains("exited"), "{e}");
+        assert!(!agent.calls().iter().any(|c| c.starts_with("create_container")), "{:?}", agent.calls());
+        assert!(!svc.has_containers());
+        assert_quiet(&mut rx).await;
+        assert_nothing_left(&tmp.join("run"));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}
