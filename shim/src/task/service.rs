@@ -18,8 +18,11 @@ use crate::task::events::Forwarded;
 /// sandboxes built on the fake VMM and agent.
 pub struct Env {
     pub config: Box<dyn Fn() -> Result<Config> + Send + Sync>,
-    pub prepare: Box<dyn Fn(&Config, &str, &str) -> Result<Sandbox> + Send + Sync>,
+    pub prepare: PrepareSandbox,
 }
+
+/// Prepares the sandbox of (configuration, containerd namespace, sandbox id).
+pub type PrepareSandbox = Box<dyn Fn(&Config, &str, &str) -> Result<Sandbox> + Send + Sync>;
 
 impl Env {
     pub fn production() -> Env {
