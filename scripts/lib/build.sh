@@ -45,6 +45,10 @@ vcpus = 1
 memory_mib = 256
 acceleration = "auto"
 boot_timeout_secs = 120
+
+[tenant]
+# bind mount sources (and containerd's own files) live under the private containerd's directory
+host_paths = ["$(dirname "$runtime_dir")"]
 TOML
 }
 

@@ -22,6 +22,20 @@
 //! acceleration = "auto"     # auto | kvm | tcg (auto probes KVM once per host boot)
 //! boot_timeout_secs = 60    # how long to wait for the agent's READY line (1..=3600)
 //! kernel_params = ""        # extra guest kernel parameters, set by the operator only
+//!
+//! [tenant]                  # the policy of every tenant not listed under [tenants] (policy.rs)
+//! max_vcpus = 8             # most vCPUs a pod's VM may ask for (more: the pod is refused)
+//! max_memory_mib = 16384    # most memory a pod's VM may ask for
+//! pids_max = 16384          # pids.max of the pod's host cgroup
+//! io_weight = 100           # io.weight of the pod's host cgroup (1..=10000)
+//! allow_exec = true         # exec into the tenant's pods
+//! allow_unconfined_seccomp = false  # false: containers without a profile get the default one
+//! host_paths = ["/var/lib/kubelet/pods", "/var/lib/containerd", "/run/containerd", "/var/run/containerd"]
+//!                           # host directories whose contents may be bind-mounted into pods
+//!
+//! [tenants.team-a]          # one tenant (the pod's bulwark.io/tenant annotation, else its
+//! max_vcpus = 2             # namespace): only the keys that differ from [tenant]
+//! allow_exec = false
 //! ```
 //!
 //! Unknown keys are errors naming the key: a typo must not silently fall back to a default.
@@ -31,6 +45,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::policy::{TenantOverride, TenantPolicy};
 
 /// `vm.acceleration`: what the VMM backend runs guests with (vmm/accel.rs resolves `auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -68,6 +83,10 @@ pub const MAX_RUNTIME_DIR_LEN: usize = 60;
 pub struct Config {
     pub paths: Paths,
     pub vm: Vm,
+    /// The default tenant policy.
+    pub tenant: TenantPolicy,
+    /// Per-tenant overrides of [`Config::tenant`], by tenant name.
+    pub tenants: std::collections::BTreeMap<String, TenantOverride>,
 }
 
 /// `[paths]`: binaries, guest image and state directory.
@@ -225,7 +244,23 @@ impl Config {
                 "vm.kernel_params must be at most 1024 bytes of printable characters without '\"'".to_string()
             ));
         }
+        self.tenant.validate("tenant").map_err(err)?;
+        for (name, over) in &self.tenants {
+            if !crate::policy::valid_tenant_name(name) {
+                return Err(err(format!("[tenants.{name:?}]: not a valid tenant name (a Kubernetes label value)")));
+            }
+            self.tenant.merged(over).validate(&format!("tenants.{name}")).map_err(err)?;
+        }
         Ok(())
+    }
+
+    /// The policy of `tenant` (`None`: a pod outside Kubernetes, or an unknown tenant: the
+    /// default policy).
+    pub fn tenant_policy(&self, tenant: Option<&str>) -> TenantPolicy {
+        match tenant.and_then(|t| self.tenants.get(t)) {
+            Some(over) => self.tenant.merged(over),
+            None => self.tenant.clone(),
+        }
     }
 }
 

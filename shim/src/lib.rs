@@ -26,6 +26,7 @@ mod container;
 mod error;
 mod host;
 mod jail;
+mod policy;
 mod resources;
 pub mod sandbox;
 pub mod shim;

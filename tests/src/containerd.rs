@@ -31,6 +31,9 @@ pub struct ShimConfig {
     pub memory_mib: u32,
     pub acceleration: String,
     pub boot_timeout_secs: u32,
+    /// `[tenant] host_paths`: where the test's bind mount sources (and containerd's own
+    /// files) live: the test's directory.
+    pub host_paths: Vec<PathBuf>,
 }
 
 impl ShimConfig {
@@ -48,6 +51,7 @@ impl ShimConfig {
             memory_mib: 256,
             acceleration: std::env::var("BULWARK_TEST_ACCEL").unwrap_or_else(|_| "auto".into()),
             boot_timeout_secs: 120,
+            host_paths: vec![dir.to_path_buf()],
         }
     }
 
@@ -56,7 +60,7 @@ impl ShimConfig {
         format!(
             "[paths]\nqemu = {:?}\nvirtiofsd = {:?}\nvhost_device_vsock = {:?}\nkernel = {:?}\n\
              initrd = {:?}\nruntime_dir = {:?}\n\n[vm]\nvcpus = {}\nmemory_mib = {}\n\
-             acceleration = {:?}\nboot_timeout_secs = {}\n",
+             acceleration = {:?}\nboot_timeout_secs = {}\n\n[tenant]\nhost_paths = {:?}\n",
             self.qemu,
             self.virtiofsd,
             self.vhost_device_vsock,
@@ -66,7 +70,8 @@ impl ShimConfig {
             self.vcpus,
             self.memory_mib,
             self.acceleration,
-            self.boot_timeout_secs
+            self.boot_timeout_secs,
+            self.host_paths
         )
     }
 }

@@ -68,3 +68,41 @@ fn broken_config_json_is_named_and_leaves_nothing() -> Result<(), String> {
     assert_eq!(containers.stdout.trim(), "", "container record left behind");
     Ok(())
 }
+
+/// A bind mount of a host path outside the tenant policy's `host_paths` (here `/etc`, while
+/// the test's configuration allows only its own directory) is refused at Create, naming the
+/// path and the policy key, and leaves nothing behind; a path inside it works.
+#[test]
+fn a_host_path_outside_the_policy_is_refused() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let run = |src: &str| {
+        let mount = format!("type=bind,src={src},dst=/x,options=rbind:ro");
+        c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--mount",
+            &mount,
+            bulwark_e2e::TEST_IMAGE,
+            "hostpath",
+            "ls",
+            "/x",
+        ])
+    };
+    let out = run("/etc")?;
+    assert!(!out.status.success(), "a bind of /etc must be refused: {out:?}");
+    assert!(
+        out.stderr.contains("/etc") && out.stderr.contains("host_paths"),
+        "the error should name the path and the policy: {}",
+        out.stderr
+    );
+    c.assert_clean()?;
+    let allowed = c.dir.join("allowed-volume");
+    std::fs::create_dir_all(&allowed).map_err(|e| e.to_string())?;
+    std::fs::write(allowed.join("inside"), b"ok").map_err(|e| e.to_string())?;
+    let out = run(&allowed.to_string_lossy())?;
+    assert!(out.status.success() && out.stdout.contains("inside"), "a path inside host_paths works: {out:?}");
+    c.assert_clean()?;
+    Ok(())
+}

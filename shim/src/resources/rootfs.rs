@@ -11,6 +11,7 @@ use oci_spec::runtime::Spec;
 
 use crate::error::{Error, Result};
 use crate::host::fs::BindFlags;
+use crate::policy::TenantPolicy;
 use crate::resources::share::{Share, Tree};
 
 /// The host mounts of one container's rootfs.
@@ -39,6 +40,7 @@ pub fn mount_rootfs(
     spec: &Spec,
     mounts: &[Mount],
     sandbox_dir: &Path,
+    tenant: &TenantPolicy,
 ) -> Result<RootfsMounts> {
     let (source, ours) = if !mounts.is_empty() {
         let target = bundle.join("rootfs");
@@ -78,7 +80,7 @@ pub fn mount_rootfs(
         root.mkdir(Path::new("rootfs"), 0o755).map_err(|e| Error::Mount(e.to_string()))?;
         root.bind(&source, Path::new("rootfs"), BindFlags { readonly: false, recursive: true })
             .map_err(|e| Error::Mount(e.to_string()))?;
-        rm.shared = crate::resources::volumes::share_into(&root, id, spec)?;
+        rm.shared = crate::resources::volumes::share_into(&root, id, spec, tenant)?;
         share.expose(&mut rm.tree)
     })();
     match res {
@@ -117,6 +119,11 @@ mod tests {
     use crate::host::linux::{mounts_under, LinuxHost};
     use std::os::unix::fs::symlink;
 
+    /// A tenant policy that allows bind mounts from anywhere (the volume is in /tmp).
+    fn open() -> TenantPolicy {
+        TenantPolicy { host_paths: vec!["/".into()], ..Default::default() }
+    }
+
     fn spec_with(root: &Path, volume: &Path) -> Spec {
         serde_json::from_value(serde_json::json!({
             "ociVersion": "1.0.2",
@@ -152,7 +159,7 @@ mod tests {
 
         crate::resources::share::create(&LinuxHost, &dir).expect("share");
         let export = crate::resources::share::export_dir(&dir);
-        let c1 = mount_rootfs("c1", &tmp, &spec_with(&root1, &vol), &[], &dir).expect("c1");
+        let c1 = mount_rootfs("c1", &tmp, &spec_with(&root1, &vol), &[], &dir, &open()).expect("c1");
         // What the guest sees: the rootfs and the volume, complete.
         assert_eq!(std::fs::read(export.join("c1/rootfs/hello")).unwrap(), b"1");
         assert_eq!(std::fs::read(export.join("c1/mounts/0/cfg")).unwrap(), b"cfg");
@@ -170,13 +177,13 @@ mod tests {
         std::fs::rename(export.join("c1/rootfs/hello"), export.join("c1/rootfs/hello2")).unwrap();
 
         // A second container while the guest has done all that, then the first one removed.
-        let c2 = mount_rootfs("c2", &tmp, &spec_with(&root2, &vol), &[], &dir).expect("c2");
+        let c2 = mount_rootfs("c2", &tmp, &spec_with(&root2, &vol), &[], &dir, &open()).expect("c2");
         assert!(export.join("c2/rootfs").is_dir() && export.join("c2/mounts/0/cfg").is_file());
         unmount_rootfs(&c1);
         assert!(!export.join("c1").exists(), "c1's tree is gone from the guest's view");
         assert!(export.join("c2/mounts/0/cfg").is_file(), "c2 is untouched");
         // An id the guest might aim at a host path is refused before any path is built.
-        assert!(mount_rootfs("../../etc", &tmp, &spec_with(&root2, &vol), &[], &dir).is_err());
+        assert!(mount_rootfs("../../etc", &tmp, &spec_with(&root2, &vol), &[], &dir, &open()).is_err());
         unmount_rootfs(&c2);
 
         assert_eq!(std::fs::read(&canary).unwrap(), b"untouched");

@@ -19,6 +19,7 @@ use oci_spec::runtime::{Mount, Spec};
 
 use crate::error::{Error, Result};
 use crate::host::fs::{open_source, Beneath, BindFlags};
+use crate::policy::TenantPolicy;
 
 /// Most host bind mounts one container may have.
 const MAX_SHARED_MOUNTS: usize = 256;
@@ -63,7 +64,7 @@ pub fn to_share(spec: &Spec) -> Vec<(u32, PathBuf)> {
 /// are created exclusively, without following symlinks; `ro` mounts are read-only
 /// recursively before they are attached. Share paths are relative to the share root. On
 /// error, what was mounted stays in the tree, which the caller's cleanup removes whole.
-pub fn share_into(tree: &Beneath, id: &str, spec: &Spec) -> Result<Vec<SharedMount>> {
+pub fn share_into(tree: &Beneath, id: &str, spec: &Spec, tenant: &TenantPolicy) -> Result<Vec<SharedMount>> {
     let wanted = to_share(spec);
     if wanted.len() > MAX_SHARED_MOUNTS {
         return Err(Error::InvalidArgument(format!(
@@ -84,6 +85,19 @@ pub fn share_into(tree: &Beneath, id: &str, spec: &Spec) -> Result<Vec<SharedMou
             ))
         };
         let src = open_source(&source).map_err(unusable)?;
+        // The path the fd really names (symlinks resolved), checked against the tenant's
+        // allowed host paths: what is mounted is this inode, whatever the path says later.
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", src.as_raw_fd())).map_err(unusable)?;
+        if !tenant.host_path_allowed(&real) {
+            return Err(Error::InvalidArgument(format!(
+                "bind mount of {} (for {}) is not allowed: {} is outside the host paths the node's tenant \
+                 policy allows ({:?}; host_paths in config.toml)",
+                source.display(),
+                m.destination().display(),
+                real.display(),
+                tenant.host_paths
+            )));
+        }
         let md = nix::sys::stat::fstat(src.as_raw_fd()).map_err(|e| unusable(e.into()))?;
         let kind = md.st_mode & libc::S_IFMT;
         if kind != libc::S_IFDIR && kind != libc::S_IFREG {
@@ -156,7 +170,8 @@ mod tests {
         let tree_dir = tmp.join("tree");
         std::fs::create_dir(&tree_dir).unwrap();
         let tree = Beneath::open(&tree_dir).unwrap();
-        let e = share_into(&tree, "c1", &s).unwrap_err().to_string();
+        let anywhere = TenantPolicy { host_paths: vec!["/".into()], ..Default::default() };
+        let e = share_into(&tree, "c1", &s, &anywhere).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
         let mut ok = s.clone();
         ok.set_mounts(s.mounts().as_ref().map(|m| m[..2].to_vec()));
@@ -164,7 +179,12 @@ mod tests {
         let tree_dir = tmp.join("tree2");
         std::fs::create_dir(&tree_dir).unwrap();
         let tree = Beneath::open(&tree_dir).unwrap();
-        let shared = share_into(&tree, "c1", &ok).unwrap();
+        // Outside the tenant's host paths: refused, nothing mounted.
+        let strict = TenantPolicy { host_paths: vec!["/var/lib/kubelet/pods".into()], ..Default::default() };
+        let e = share_into(&tree, "c1", &ok, &strict).unwrap_err().to_string();
+        assert!(e.contains("not allowed") && e.contains("host_paths"), "{e}");
+        assert!(!tree_dir.join("mounts/0").exists());
+        let shared = share_into(&tree, "c1", &ok, &anywhere).unwrap();
         assert_eq!(
             shared,
             [
@@ -186,7 +206,7 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, evil_dir.join("mounts")).unwrap();
         let evil = Beneath::open(&evil_dir).unwrap();
-        assert!(share_into(&evil, "c2", &ok).is_err());
+        assert!(share_into(&evil, "c2", &ok, &anywhere).is_err());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing created outside");
         for m in crate::host::linux::mounts_under(&tmp) {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);

@@ -45,6 +45,16 @@ fn positive(annotations: &HashMap<String, String>, key: &str) -> Option<u64> {
     }
 }
 
+/// What the pod asks for, before any bound: (vCPUs, MiB), each `None` without a value (pure).
+pub fn requested(annotations: &HashMap<String, String>) -> (Option<u32>, Option<u32>) {
+    let vcpus = match (positive(annotations, CPU_QUOTA_ANNOTATION), positive(annotations, CPU_PERIOD_ANNOTATION)) {
+        (Some(q), Some(p)) => Some(q.div_ceil(p).min(u32::MAX as u64) as u32),
+        _ => None,
+    };
+    let memory = positive(annotations, MEMORY_ANNOTATION).map(|b| b.div_ceil(MIB).min(u32::MAX as u64) as u32);
+    (vcpus, memory)
+}
+
 /// Sizes the VM of a pod from its sandbox annotations and the node config (pure). Returns
 /// the size and a line saying how it was chosen, for the log.
 pub fn size_vm(vm: &Vm, annotations: &HashMap<String, String>) -> (VmSize, String) {

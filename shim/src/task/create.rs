@@ -15,6 +15,7 @@ use crate::agent::{AgentApi, NewContainer};
 use crate::config::Config;
 use crate::container::{self, Container, ContainerConfig, Stdio};
 use crate::error::{Error, Result};
+use crate::policy::{self, Tenant, TenantPolicy};
 use crate::resources::rootfs;
 use crate::resources::volumes::SharedMount;
 use crate::sandbox::sizing::{self, VmSize};
@@ -47,12 +48,31 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     let (spec, raw_spec) = container::load_spec(&bundle)?;
     let sid = container::sandbox_id_of(&spec, &req.id)?;
 
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let new_pod = svc.sandbox(&sid).is_none();
+    if new_pod {
+        let tenant = policy::tenant_of(&annotations);
+        let tp = cfg.tenant_policy(tenant.as_deref());
+        check_tenant_ceilings(&annotations, tenant.as_deref(), &tp)?;
+        for a in policy::ignored_annotations(&annotations) {
+            tracing::warn!("sandbox {sid}: annotation {a:?} is not one Bulwark reads; ignored");
+        }
+        svc.set_tenant(&sid, Tenant { name: tenant, policy: tp });
+    }
+    let tenant = svc.tenant(&sid);
     let (sandbox, new_sandbox) = match svc.sandbox(&sid) {
         Some(s) => (s, false),
-        None => (Arc::new((svc.env.prepare)(&cfg, &svc.namespace, &sid)?), true),
+        None => match (svc.env.prepare)(&cfg, &svc.namespace, &sid) {
+            Ok(s) => (Arc::new(s), true),
+            Err(e) => {
+                svc.remove_sandbox(&sid);
+                return Err(e);
+            }
+        },
     };
     let undo_sandbox = |sb: Arc<Sandbox>| async move {
         if new_sandbox {
+            svc.remove_sandbox(&sb.id);
             sb.teardown().await;
         }
     };
@@ -64,11 +84,15 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     }
 
     // The VM is sized once, by the container that boots it.
-    let boot =
-        new_sandbox.then(|| sizing::size_vm(&cfg.vm, spec.annotations().as_ref().unwrap_or(&Default::default())));
+    let boot = new_sandbox
+        .then(|| sizing::size_vm(&cfg.vm, &annotations))
+        .map(|(size, why)| within_ceilings(size, why, &tenant.policy));
     let mounts = {
         let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.dir.clone(), req.rootfs.clone());
-        match tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&id, &b, &spec, &rootfs, &share)).await {
+        let tenant = tenant.clone();
+        match tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&id, &b, &spec, &rootfs, &share, &tenant.policy))
+            .await
+        {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
                 undo_sandbox(sandbox).await;
@@ -125,6 +149,43 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
         in_guest.guest_pid
     );
     Ok(api::CreateTaskResponse { pid, ..Default::default() })
+}
+
+/// Refuses a pod that asks for more than its tenant may have (pure).
+fn check_tenant_ceilings(
+    annotations: &std::collections::HashMap<String, String>,
+    tenant: Option<&str>,
+    tp: &TenantPolicy,
+) -> Result<()> {
+    let who = match tenant {
+        Some(t) => format!("tenant {t:?} ([tenants.{t}] or [tenant] in the node's config.toml)"),
+        None => "pods outside a known tenant ([tenant] in the node's config.toml)".to_string(),
+    };
+    let (vcpus, mib) = sizing::requested(annotations);
+    if let Some(v) = vcpus.filter(|v| *v > tp.max_vcpus) {
+        return Err(Error::InvalidArgument(format!(
+            "the pod asks for {v} vCPUs (CPU limits plus overhead); {who} allows at most {}",
+            tp.max_vcpus
+        )));
+    }
+    if let Some(m) = mib.filter(|m| *m > tp.max_memory_mib) {
+        return Err(Error::InvalidArgument(format!(
+            "the pod asks for {m} MiB of memory (limits plus overhead); {who} allows at most {} MiB",
+            tp.max_memory_mib
+        )));
+    }
+    Ok(())
+}
+
+/// The VM size within the tenant's ceilings (pods without limits get the node's default
+/// size, which may exceed a small tenant's ceiling).
+fn within_ceilings(size: VmSize, why: String, tp: &TenantPolicy) -> (VmSize, String) {
+    let capped = VmSize { vcpus: size.vcpus.min(tp.max_vcpus), memory_mib: size.memory_mib.min(tp.max_memory_mib) };
+    if capped == size {
+        (size, why)
+    } else {
+        (capped, format!("{why}; capped to the tenant's ceiling: {} vCPU, {} MiB", capped.vcpus, capped.memory_mib))
+    }
 }
 
 /// Boots the VM if new, opens the output FIFOs and creates the container in the guest.

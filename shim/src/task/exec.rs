@@ -5,11 +5,18 @@
 use containerd_shim::api;
 
 use crate::container::Stdio;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::task::service::Service;
 
 pub fn exec(svc: &Service, req: api::ExecProcessRequest) -> Result<()> {
     let c = svc.container(&req.id)?;
+    let tenant = svc.tenant(&c.sandbox_id);
+    if !tenant.policy.allow_exec {
+        let who = tenant.name.as_deref().map(|t| format!("tenant {t:?}")).unwrap_or_else(|| "this pod".into());
+        return Err(Error::FailedPrecondition(format!(
+            "exec into the pods of {who} is not allowed by the node's tenant policy (allow_exec = false)"
+        )));
+    }
     let json = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
     let stdio = Stdio { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
     c.add_exec(&req.exec_id, stdio, json)?;

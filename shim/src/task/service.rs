@@ -10,6 +10,7 @@ use containerd_shim::ExitSignal;
 use crate::config::Config;
 use crate::container::{Container, EventTx, Process};
 use crate::error::{Error, Result};
+use crate::policy::Tenant;
 use crate::sandbox::Sandbox;
 use crate::task::events::Forwarded;
 
@@ -39,6 +40,8 @@ pub struct Service {
     /// The forwarder's progress (None in unit tests, which read the channel themselves).
     pub forwarded: Option<Forwarded>,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    /// The tenant (name, policy) of each sandbox, decided when it was created.
+    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Serialises Create and Delete (sandbox boot/teardown decisions).
     pub lifecycle: tokio::sync::Mutex<()>,
@@ -68,6 +71,7 @@ impl Service {
             exit,
             forwarded,
             sandboxes: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
         }
@@ -116,7 +120,18 @@ impl Service {
     }
 
     pub fn remove_sandbox(&self, id: &str) -> Option<Arc<Sandbox>> {
+        lock(&self.tenants).remove(id);
         lock(&self.sandboxes).remove(id)
+    }
+
+    /// Records the tenant of sandbox `id`.
+    pub fn set_tenant(&self, id: &str, tenant: Tenant) {
+        lock(&self.tenants).insert(id.to_string(), Arc::new(tenant));
+    }
+
+    /// The tenant (name, policy) of sandbox `id`; the default policy if none was recorded.
+    pub fn tenant(&self, id: &str) -> Arc<Tenant> {
+        lock(&self.tenants).get(id).cloned().unwrap_or_default()
     }
 
     /// Every sandbox, forgotten (Shutdown).

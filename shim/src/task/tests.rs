@@ -191,18 +191,33 @@ mod create_through_fakes {
     use crate::vmm::fake::{Behaviour, FakeVmm, FAKE_PID};
 
     fn bundle(dir: &Path) -> PathBuf {
+        bundle_with(dir, serde_json::json!({}))
+    }
+
+    /// A bundle whose config.json has `annotations`.
+    fn bundle_with(dir: &Path, annotations: serde_json::Value) -> PathBuf {
         let b = dir.join("bundle");
         std::fs::create_dir_all(b.join("rootfs")).unwrap();
         std::fs::write(b.join("rootfs/hello"), b"hi").unwrap();
-        std::fs::write(
-            b.join("config.json"),
-            br#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":0,"gid":0}},"root":{"path":"rootfs"}}"#,
-        )
-        .unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"cwd": "/", "args": ["sh"], "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "annotations": annotations
+        });
+        std::fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
         b
     }
 
     fn service(runtime_dir: &Path, behaviour: Behaviour) -> (Arc<Service>, Arc<FakeAgent>, EventRx) {
+        service_with(runtime_dir, behaviour, |_| {})
+    }
+
+    fn service_with(
+        runtime_dir: &Path,
+        behaviour: Behaviour,
+        tweak: fn(&mut Config),
+    ) -> (Arc<Service>, Arc<FakeAgent>, EventRx) {
         let agent = Arc::new(FakeAgent::default());
         let (a, rd) = (agent.clone(), runtime_dir.to_path_buf());
         let env = Env {
@@ -210,6 +225,7 @@ mod create_through_fakes {
                 let mut c = Config::default();
                 c.paths.runtime_dir = rd.clone();
                 c.vm.acceleration = Acceleration::Tcg;
+                tweak(&mut c);
                 Ok(c)
             }),
             prepare: Box::new(move |cfg, ns, id| {
@@ -277,6 +293,61 @@ mod create_through_fakes {
         assert!(!svc.has_containers());
         assert_quiet(&mut rx).await;
         assert_nothing_left(&tmp.join("run"));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// The tenant policy: a pod over its tenant's ceiling is refused before anything is made;
+    /// a hostile annotation changes nothing; exec is refused where the tenant may not exec.
+    #[tokio::test]
+    async fn the_tenant_policy_is_enforced() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
+        let tmp = temp_dir("task-tenant");
+        let run = tmp.join("run");
+        let small = |c: &mut Config| {
+            let over =
+                crate::policy::TenantOverride { max_vcpus: Some(2), allow_exec: Some(false), ..Default::default() };
+            c.tenants.insert("team-a".into(), over);
+        };
+        let (svc, agent, mut rx) = service_with(&run, Behaviour::Boots, small);
+        let greedy = bundle_with(
+            &tmp,
+            serde_json::json!({
+                "io.kubernetes.cri.sandbox-namespace": "team-a",
+                "io.kubernetes.cri.sandbox-cpu-quota": "400000",
+                "io.kubernetes.cri.sandbox-cpu-period": "100000"
+            }),
+        );
+        let e = create::create(&svc, create_req(&greedy)).await.expect_err("over the ceiling");
+        let msg = e.to_string();
+        assert!(matches!(e, Error::InvalidArgument(_)) && msg.contains("4 vCPUs") && msg.contains("team-a"), "{msg}");
+        assert!(agent.calls().is_empty(), "nothing reached a VM: {:?}", agent.calls());
+        assert_nothing_left(&run);
+
+        // Within the ceiling, with an annotation that tries to pick a kernel: created, and the
+        // annotation is ignored (only READ_ANNOTATIONS are read).
+        let ok = bundle_with(
+            &tmp,
+            serde_json::json!({
+                "io.kubernetes.cri.sandbox-namespace": "team-a",
+                "io.kubernetes.cri.sandbox-cpu-quota": "200000",
+                "io.kubernetes.cri.sandbox-cpu-period": "100000",
+                "bulwark.io/kernel": "/tmp/evil-vmlinux"
+            }),
+        );
+        create::create(&svc, create_req(&ok)).await.expect("create");
+        assert_eq!(next_topic(&mut rx).await, TOPIC_CREATE);
+        let req = api::StartRequest { id: "pod1".into(), ..Default::default() };
+        start::start(&svc, req).await.expect("start");
+        assert_eq!(next_topic(&mut rx).await, TOPIC_START);
+        let mut x = exec_req("e");
+        x.id = "pod1".into();
+        let e = exec::exec(&svc, x).expect_err("exec refused");
+        assert!(e.to_string().contains("allow_exec"), "{e}");
+        agent.exit("pod1", "", 0);
+        assert_eq!(next_exit(&mut rx).await, ("pod1".to_string(), 0));
+        let req = api::DeleteRequest { id: "pod1".into(), ..Default::default() };
+        delete::delete(&svc, req).await.expect("delete");
+        assert_nothing_left(&run);
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }
