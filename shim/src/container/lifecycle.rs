@@ -4,7 +4,9 @@
 //!   exec is created in the guest only now (ExecProcess), and only in a running container.
 //!   Events: /tasks/start, or /tasks/exec-started.
 //! - Kill: of an exited process NOT_FOUND; of an exec not started FAILED_PRECONDITION; a SIGKILL
-//!   for a sandbox container's init process whose agent cannot be reached kills the VM.
+//!   for a sandbox container's init process whose agent cannot be reached kills the VM. The
+//!   host owns the lifecycle: a SIGKILL not carried out by the guest within the grace period
+//!   kills the VM (sandbox container) or is reported by the host as exit 137 (others).
 //! - Delete: refused while the process runs; the init process is forgotten in the guest with
 //!   its container (and counts as killed, 137, if it never exited), an exec by itself.
 //! - the exit watcher: waits for the guest's exit (init: a dead VM means 137 if it was
@@ -154,8 +156,12 @@ impl Container {
         Ok(pid)
     }
 
-    /// Kill: sends `signal` to the process (`all`: every process of the container).
-    pub async fn kill(&self, p: &Process, signal: u32, all: bool) -> Result<()> {
+    /// Kill: sends `signal` to the process (`all`: every process of the container). The host
+    /// owns the lifecycle: a SIGKILL is carried out whatever the guest answers. If the
+    /// process has not exited `kill_grace` later (a guest that lies, stalls or cannot be
+    /// reached), a sandbox container's VM is killed (every container of the pod then exits),
+    /// and any other process is reported killed (137) by the host.
+    pub async fn kill(self: &Arc<Self>, p: &Arc<Process>, signal: u32, all: bool) -> Result<()> {
         let st = p.state();
         match (st.status, &p.kind) {
             (Status::Stopped, _) => return Err(Error::NotFound(format!("{} already finished", self.name(p)))),
@@ -165,19 +171,63 @@ impl Container {
             _ => {}
         }
         tracing::debug!("signal {signal} to {} (guest pid {})", self.name(p), st.guest_pid);
+        let sigkill = signal == libc::SIGKILL as u32;
+        let sandbox_init = p.is_init() && self.id == self.sandbox_id;
         match self.agent.signal_process(&self.id, &p.exec_id, signal, all).await {
             // StopPodSandbox must be able to end a pod whose guest no longer answers: a SIGKILL
-            // for the sandbox container that cannot reach the agent kills the VM instead (every
+            // for the sandbox container that cannot reach the agent kills the VM at once (every
             // container of the pod then exits with 137).
-            Err(e @ Error::AgentUnreachable(_))
-                if p.is_init() && signal == libc::SIGKILL as u32 && self.id == self.sandbox_id =>
-            {
+            Err(e @ Error::AgentUnreachable(_)) if sigkill && sandbox_init => {
                 tracing::error!("SIGKILL for sandbox container {}: {e}; killing its VM", self.id);
                 self.vm.kill().await;
                 Ok(())
             }
+            Err(e @ (Error::AgentUnreachable(_) | Error::Agent(_))) if sigkill => {
+                tracing::error!("SIGKILL for {}: {e}; the host ends it after {:?}", self.name(p), self.kill_grace);
+                self.enforce_kill(p.clone());
+                Ok(())
+            }
+            Ok(()) if sigkill => {
+                self.enforce_kill(p.clone());
+                Ok(())
+            }
             r => r,
         }
+    }
+
+    /// After a SIGKILL: if the process is still there `kill_grace` later, the host ends it
+    /// (see [`Container::kill`]).
+    fn enforce_kill(self: &Arc<Self>, p: Arc<Process>) {
+        let c = self.clone();
+        let grace = self.kill_grace;
+        let keep = p.clone();
+        let task = tokio::spawn(async move {
+            if tokio::time::timeout(grace, p.wait()).await.is_ok() || p.exit_seen() {
+                return;
+            }
+            if p.is_init() && c.id == c.sandbox_id {
+                tracing::error!("sandbox container {}: SIGKILL not carried out within {grace:?}; killing its VM", c.id);
+                c.vm.kill().await;
+                return;
+            }
+            tracing::error!("{}: SIGKILL not carried out within {grace:?}; reporting it killed (137)", c.name(&p));
+            if p.is_init() {
+                // Its execs die with it (its PID namespace), and their exits come first.
+                let execs: Vec<Arc<Process>> = c.execs().values().cloned().collect();
+                for e in execs {
+                    c.host_exit(&e, 137).await;
+                }
+            }
+            c.host_exit(&p, 137).await;
+        });
+        keep.add_tasks([task.abort_handle()]);
+    }
+
+    /// Records an exit the host decided (the guest never reported one) and sends /tasks/exit.
+    async fn host_exit(&self, p: &Process, status: u32) {
+        let _gate = p.start_gate.lock().await;
+        let pid = self.pid();
+        p.finish(status, |exit| self.events.exited(&self.id, self.event_id(p), pid, exit.status, exit.at.clone()));
     }
 
     /// Delete of a process, refused while it runs. The init process: the container is removed
@@ -355,7 +405,9 @@ fn oom_kills(files: &HashMap<String, Vec<u8>>) -> u64 {
 /// Waits for the process to exit (or its VM to die), lets its output drain, then records the
 /// exit and sends /tasks/exit (see the module header for the init process's extra steps).
 async fn watch_exit(c: Arc<Container>, p: Arc<Process>, outputs: Vec<tokio::task::JoinHandle<()>>) {
-    let status = match c.agent.wait_process(&c.id, &p.exec_id).await {
+    let answer = c.agent.wait_process(&c.id, &p.exec_id).await;
+    p.set_exit_seen();
+    let status = match answer {
         Ok(code) => guest_status(code),
         Err(e) => {
             let status = match p.kind {

@@ -58,7 +58,12 @@ pub struct Container {
     agent: Arc<dyn AgentApi>,
     vm: Arc<dyn Vm>,
     events: EventTx,
+    /// How long a SIGKILL may take before the host carries it out itself.
+    kill_grace: std::time::Duration,
 }
+
+/// How long a SIGKILL may take in the guest before the host carries it out itself.
+pub const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Container {
     pub fn new(cfg: ContainerConfig, agent: Arc<dyn AgentApi>, vm: Arc<dyn Vm>, events: EventTx) -> Self {
@@ -73,7 +78,15 @@ impl Container {
             agent,
             vm,
             events,
+            kill_grace: KILL_GRACE,
         }
+    }
+
+    /// This container with another SIGKILL grace period (tests use a short one).
+    #[cfg(test)]
+    pub fn with_kill_grace(mut self, grace: std::time::Duration) -> Self {
+        self.kill_grace = grace;
+        self
     }
 
     /// The guest agent of the container's VM.

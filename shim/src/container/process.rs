@@ -93,6 +93,9 @@ pub struct Process {
     /// Held by Start across the agent call + the start event, by Pause/Resume, and by the exit
     /// watcher before it records the exit, so the exit event never precedes the start event.
     pub start_gate: tokio::sync::Mutex<()>,
+    /// Whether the guest (or the VM's death) has answered the exit watcher: the exit is on
+    /// its way, even if not recorded yet (output still draining).
+    exit_seen: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -121,7 +124,18 @@ impl Process {
             stdin_close: Arc::new(tokio::sync::Notify::new()),
             stdin_unblock: Mutex::new(None),
             start_gate: tokio::sync::Mutex::new(()),
+            exit_seen: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The exit watcher heard the process's end (see the field).
+    pub fn set_exit_seen(&self) {
+        self.exit_seen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the process's end was heard of, recorded or not yet.
+    pub fn exit_seen(&self) -> bool {
+        self.exit_seen.load(std::sync::atomic::Ordering::SeqCst) || self.state().status == Status::Stopped
     }
 
     pub fn is_init(&self) -> bool {

@@ -18,6 +18,8 @@ use crate::resources::rootfs::RootfsMounts;
 
 /// The task pid the stand-in VM reports.
 pub const VM_PID: u32 = 4242;
+/// The SIGKILL grace period of the test kit's containers.
+pub const TEST_KILL_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A stand-in VM: a fixed pid, a settable exit status, and a record of kills.
 #[derive(Default)]
@@ -70,7 +72,7 @@ pub async fn created(
         mounts: RootfsMounts::default(),
         guest_pid,
     };
-    let c = Arc::new(Container::new(cfg, agent.clone(), vm.clone(), events.clone()));
+    let c = Arc::new(Container::new(cfg, agent.clone(), vm.clone(), events.clone()).with_kill_grace(TEST_KILL_GRACE));
     c.init_created(&[], None, None);
     c
 }

@@ -181,12 +181,20 @@ async fn kill_with_an_unreachable_agent_or_a_dying_vm() {
     c.kill(&c.init, libc::SIGKILL as u32, false).await.expect("SIGKILL of the sandbox container");
     assert!(vm.killed.load(Ordering::SeqCst), "a sandbox container's unreachable guest: the VM is killed");
 
-    // Not the sandbox container: the error is the caller's.
+    // Not the sandbox container: the SIGKILL is accepted, and the host reports the container
+    // killed after the grace period (the guest never confirmed it); its VM lives on.
     let vm2 = Arc::new(FakeVm::default());
     let (tx, mut rx2) = EventTx::channel();
     let other = created(&agent, &vm2, &tx, "app", "c").await;
-    assert!(matches!(other.kill(&other.init, libc::SIGKILL as u32, false).await, Err(Error::AgentUnreachable(_))));
+    other.start(&other.init).await.expect("start app");
+    other.kill(&other.init, libc::SIGKILL as u32, false).await.expect("SIGKILL is the host's to carry out");
     assert!(!vm2.killed.load(Ordering::SeqCst));
+    for t in [TOPIC_CREATE, TOPIC_START] {
+        assert_eq!(next_topic(&mut rx2).await, t);
+    }
+    assert_eq!(next_exit(&mut rx2).await, ("app".to_string(), 137), "reported killed by the host");
+    let other = created(&agent, &vm2, &tx, "app2", "c").await;
+    assert_eq!(next_topic(&mut rx2).await, TOPIC_CREATE);
 
     // The VM dies while a kill waits for the guest: the kill fails, the exit is 255 when the
     // VM's end is unknown.
@@ -197,8 +205,7 @@ async fn kill_with_an_unreachable_agent_or_a_dying_vm() {
     assert!(!kill.is_finished());
     agent.kill_vm();
     assert!(matches!(kill.await.expect("join"), Err(Error::Agent(_))));
-    assert_eq!(next_topic(&mut rx2).await, TOPIC_CREATE);
-    assert_eq!(next_exit(&mut rx2).await, ("app".to_string(), 255));
+    assert_eq!(next_exit(&mut rx2).await, ("app2".to_string(), 255));
     for t in [TOPIC_CREATE, TOPIC_START] {
         assert_eq!(next_topic(&mut rx).await, t);
     }
@@ -272,4 +279,43 @@ async fn exit_is_recorded_once() {
     assert_eq!(reported, 1, "one exit event");
     assert_eq!(p.wait().await.status, 3);
     assert_eq!(p.state().exit.map(|e| e.status), Some(3));
+}
+
+/// A guest that lies: it answers SignalProcess with OK and never reports the exit. The host
+/// owns the lifecycle: an app container (and its exec, first) is reported killed after the
+/// grace period and can be deleted; the sandbox container's SIGKILL kills the VM.
+#[tokio::test]
+async fn a_lying_guest_cannot_keep_a_killed_container_alive() {
+    let (agent, vm, sandbox, mut rx) = setup().await;
+    agent.exit_on_signal.store(false, Ordering::SeqCst);
+    sandbox.start(&sandbox.init).await.expect("start");
+    let app = created(&agent, &vm, sandbox.events(), "app", "c").await;
+    app.start(&app.init).await.expect("start app");
+    let e = app.add_exec("e", Stdio::default(), process_json()).expect("exec");
+    app.start(&e).await.expect("start exec");
+    for t in [TOPIC_CREATE, TOPIC_START, TOPIC_CREATE, TOPIC_START, TOPIC_EXEC_ADDED, TOPIC_EXEC_STARTED] {
+        assert_eq!(next_topic(&mut rx).await, t);
+    }
+    app.kill(&app.init, libc::SIGKILL as u32, false).await.expect("kill app");
+    assert_eq!(next_exit(&mut rx).await, ("e".to_string(), 137), "the exec's exit first");
+    assert_eq!(next_exit(&mut rx).await, ("app".to_string(), 137));
+    let d = app.delete(&app.init).await.expect("Delete works after the host-decided exit");
+    assert_eq!(d.status, 137);
+    assert!(!vm.killed.load(Ordering::SeqCst), "the pod's VM lives on");
+
+    sandbox.kill(&sandbox.init, libc::SIGKILL as u32, false).await.expect("kill sandbox");
+    tokio::time::sleep(TEST_KILL_GRACE * 3).await;
+    assert!(vm.killed.load(Ordering::SeqCst), "the sandbox container's lying guest: the VM is killed");
+
+    // A guest that does carry out the SIGKILL in time is not overruled.
+    let (agent, vm, c, mut rx) = setup().await;
+    c.start(&c.init).await.expect("start");
+    c.kill(&c.init, libc::SIGKILL as u32, false).await.expect("kill");
+    for t in [TOPIC_CREATE, TOPIC_START] {
+        assert_eq!(next_topic(&mut rx).await, t);
+    }
+    assert_eq!(next_exit(&mut rx).await, ("c".to_string(), 137));
+    tokio::time::sleep(TEST_KILL_GRACE * 3).await;
+    assert!(!vm.killed.load(Ordering::SeqCst));
+    assert!(agent.calls().iter().any(|c| c.starts_with("signal_process c 9")));
 }

@@ -9,6 +9,7 @@
 //! host with [`Sandbox::prepare_with`] and [`SandboxDeps`].
 
 pub mod boot;
+pub mod health;
 pub mod oom;
 pub mod sizing;
 pub mod state_dir;

@@ -119,6 +119,7 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     if new_sandbox {
         svc.insert_sandbox(sandbox.clone());
         watch_oom(svc, &sandbox, in_guest.agent.clone());
+        watch_health(&sandbox, in_guest.agent.clone());
     }
 
     let c = Arc::new(Container::new(
@@ -230,6 +231,23 @@ async fn create_in_vm(
 /// Starts the OOM watcher of a freshly booted sandbox: `/tasks/oom` for every OOM kill the
 /// guest reports in a container of that sandbox this shim knows; other ids are logged and
 /// dropped.
+/// Starts the health check of a freshly booted sandbox: a guest that stops answering ends
+/// its pod (the VM is killed; every container reports its exit).
+fn watch_health(sandbox: &Arc<Sandbox>, agent: Arc<dyn AgentApi>) {
+    let (gone, end) = (Arc::downgrade(sandbox), Arc::downgrade(sandbox));
+    crate::sandbox::health::spawn(
+        agent,
+        crate::sandbox::health::Schedule::default(),
+        move || gone.upgrade().is_none_or(|s| s.is_stopping()),
+        move |why: String| async move {
+            if let Some(sb) = end.upgrade() {
+                tracing::error!("sandbox {}: {why}; ending the pod (killing its VM)", sb.id);
+                sb.kill_vm().await;
+            }
+        },
+    );
+}
+
 fn watch_oom(svc: &Arc<Service>, sandbox: &Arc<Sandbox>, agent: Arc<dyn AgentApi>) {
     let svc = Arc::downgrade(svc);
     let sid = sandbox.id.clone();
