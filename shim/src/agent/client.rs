@@ -16,6 +16,7 @@ use bulwark_protocol::{MAX_CGROUP_FILE, MAX_READ_CHUNK, MAX_SPEC_JSON, PROTOCOL_
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
+use super::ratelimit::sanitize;
 use super::{check_version, AgentApi, NewContainer, Stream};
 use crate::error::{Error, Result};
 use crate::host::child::wait_exit;
@@ -40,7 +41,8 @@ pub(super) fn ctx_long() -> ttrpc::context::Context {
 fn rpc_err(what: &str, e: ttrpc::Error) -> Error {
     match e {
         ttrpc::Error::RpcStatus(s) => {
-            let msg: String = s.message().chars().take(1024).collect();
+            // Guest text, passed on to containerd and its users: bounded and cleaned.
+            let msg = sanitize(s.message(), 1024);
             match s.code() {
                 ttrpc::Code::NOT_FOUND => Error::NotFound(format!("{what}: {msg}")),
                 ttrpc::Code::INVALID_ARGUMENT => Error::InvalidArgument(format!("{what}: {msg}")),

@@ -7,6 +7,7 @@
 //! counts, times) before any caller sees it.
 
 pub mod handshake;
+pub mod ratelimit;
 pub mod streams;
 
 use std::collections::HashMap;

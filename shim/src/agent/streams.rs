@@ -3,11 +3,15 @@
 //! the syscall telemetry stream goes here next.
 
 use bulwark_protocol::MAX_LOG_LINE;
+
+use super::ratelimit::RateLimit;
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 
-/// Lines of guest log forwarded per sandbox before the rest is dropped (counted).
-const MAX_LOG_LINES: u64 = 100_000;
+/// Guest log lines forwarded per sandbox: a burst, then a steady rate; the rest is dropped
+/// and counted (one summary line per interval).
+const LOG_BURST: u32 = 1000;
+const LOG_LINES_PER_SEC: u32 = 200;
 
 /// Splits a byte stream into lines of at most `max` bytes; longer lines are cut (the rest up
 /// to the next `\n` dropped). Pure, so garbage input can be tested.
@@ -57,6 +61,8 @@ pub fn spawn_log_forwarder(mut stream: UnixStream, sandbox: String) -> tokio::ta
         let mut split = LineSplitter::new(MAX_LOG_LINE);
         let mut buf = vec![0u8; 16 * 1024];
         let mut lines: u64 = 0;
+        let mut limit = RateLimit::new(LOG_BURST, LOG_LINES_PER_SEC);
+        let mut reported = std::time::Instant::now();
         loop {
             let n = match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -64,14 +70,20 @@ pub fn spawn_log_forwarder(mut stream: UnixStream, sandbox: String) -> tokio::ta
             };
             for line in split.push(&buf[..n]) {
                 lines += 1;
-                if lines <= MAX_LOG_LINES {
+                if limit.allow() {
                     tracing::info!(target: "bulwark_agent", "[{sandbox}] {line}");
-                } else if lines == MAX_LOG_LINES + 1 {
-                    tracing::warn!(target: "bulwark_agent", "[{sandbox}] log line limit reached; dropping further agent logs");
+                }
+            }
+            if reported.elapsed() >= std::time::Duration::from_secs(10) {
+                reported = std::time::Instant::now();
+                let dropped = limit.take_dropped();
+                if dropped > 0 {
+                    tracing::warn!(target: "bulwark_agent", "[{sandbox}] {dropped} agent log lines dropped (more than {LOG_LINES_PER_SEC}/s)");
                 }
             }
         }
-        tracing::info!("agent log connection of sandbox {sandbox} closed after {lines} lines");
+        let dropped = limit.take_dropped();
+        tracing::info!("agent log connection of sandbox {sandbox} closed after {lines} lines ({dropped} more dropped)");
     })
 }
 

@@ -133,6 +133,7 @@ pub fn spawn_stdin(
         };
         let mut buf = vec![0u8; 32 * 1024];
         let mut closing = false;
+        let mut zero_answers: u32 = 0;
         loop {
             let r = if closing {
                 match tokio::time::timeout(Duration::from_millis(100), rx.read(&mut buf)).await {
@@ -152,10 +153,17 @@ pub fn spawn_stdin(
             let mut off = 0;
             while off < n {
                 match agent.write_stdin(&id.container, &exec_id, buf[off..n].to_vec()).await {
+                    // The guest took nothing (the process is not reading and its pipe is full):
+                    // back off, 10 ms more each time up to one call a second: no spinning
+                    // on a guest that keeps answering zero.
                     Ok(0) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        zero_answers = zero_answers.saturating_add(1);
+                        tokio::time::sleep(Duration::from_millis(10 * u64::from(zero_answers.min(100)))).await;
                     }
-                    Ok(w) => off += w,
+                    Ok(w) => {
+                        zero_answers = 0;
+                        off += w;
+                    }
                     Err(e) => {
                         tracing::warn!("stdin of {id}: {e}");
                         return;

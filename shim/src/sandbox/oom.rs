@@ -11,11 +11,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::agent::ratelimit::RateLimit;
 use crate::agent::AgentApi;
 use crate::sandbox::Sandbox;
 
 /// Pause after a failed poll that was not the VM's death (an old agent, a transient error).
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// OOM events taken from the guest: a burst, then at most this many a second.
+const OOM_BURST: u32 = 16;
+const OOM_PER_SEC: u32 = 2;
 /// Failed polls in a row after which the watcher gives up (logged).
 const MAX_FAILURES: u32 = 30;
 
@@ -69,7 +73,14 @@ where
     let sandbox = Arc::downgrade(sandbox);
     tokio::spawn(async move {
         let mut failures = 0;
+        let mut limit = RateLimit::new(OOM_BURST, OOM_PER_SEC);
         loop {
+            // The guest decides how often it reports: the host takes at most OOM_PER_SEC
+            // events a second (after a burst), leaving the rest queued in the guest.
+            let wait = limit.wait_time();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             let res = agent.wait_oom_event().await;
             let (gone, id) = match sandbox.upgrade() {
                 None => (true, None),
@@ -78,6 +89,7 @@ where
             match res {
                 Ok(container_id) => {
                     failures = 0;
+                    limit.allow();
                     tracing::info!(
                         "sandbox {}: the guest reports an OOM kill in container {container_id:?}",
                         id.unwrap_or_default()
