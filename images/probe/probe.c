@@ -4,7 +4,11 @@
  * images/build-test-image. Exit status: 0 (the lines carry the results), 2 on bad usage.
  *
  *   bulwark-probe unshare-user | unshare-files | mount | userns-mount | keyctl | socket-vsock
- *                 | socket-unix | ptrace <pid> | mkdir <path> | seccomp-mode   (several may follow)
+ *                 | socket-unix | ptrace <pid> | ptrace-child | mkdir <path> | seccomp-mode
+ *                 (several may follow)
+ *
+ * ptrace-child: PTRACE_ATTACH to a child of the probe (Yama's default scope allows tracing a
+ * descendant, so only seccomp or a missing capability refuses it).
  *
  * userns-mount: unshare(CLONE_NEWUSER|CLONE_NEWNS) ("userns-mount-unshare"), then, if that
  * worked, mount a tmpfs on /tmp in the new namespaces ("userns-mount"): the way to mount
@@ -14,6 +18,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +68,7 @@ static void report(const char *check, long rc) {
 
 static int usage(void) {
     fprintf(stderr, "usage: bulwark-probe unshare-user|unshare-files|mount|keyctl|socket-vsock|socket-unix|"
-                    "ptrace <pid>|mkdir <path>|seccomp-mode ...\n");
+                    "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode ...\n");
     return 2;
 }
 
@@ -102,6 +107,20 @@ int main(int argc, char **argv) {
                 waitpid(pid, NULL, __WALL);
                 ptrace(PTRACE_DETACH, pid, NULL, NULL);
             }
+        } else if (strcmp(c, "ptrace-child") == 0) {
+            pid_t child = fork();
+            if (child == 0) {
+                pause();
+                _exit(0);
+            }
+            if (child < 0) {
+                report(c, -1);
+                continue;
+            }
+            long rc = ptrace(PTRACE_ATTACH, child, NULL, NULL);
+            report(c, rc);
+            kill(child, SIGKILL);
+            waitpid(child, NULL, __WALL);
         } else if (strcmp(c, "mkdir") == 0 && i + 1 < argc) {
             report(c, mkdir(argv[++i], 0755));
         } else if (strcmp(c, "seccomp-mode") == 0) {
