@@ -29,10 +29,7 @@ fn probe_lines(out: &str) -> Vec<String> {
         "mkdir",
         "probe-exit",
     ];
-    out.lines()
-        .filter(|l| l.split(' ').next().is_some_and(|w| CHECKS.contains(&w)))
-        .map(str::to_string)
-        .collect()
+    out.lines().filter(|l| l.split(' ').next().is_some_and(|w| CHECKS.contains(&w))).map(str::to_string).collect()
 }
 
 /// The escapes: a sibling `sleep` to ptrace, then every check (userns-mount last: it leaves
@@ -66,7 +63,7 @@ fn stop(c: &Containerd, id: &str, mut run: Child) -> Result<(), String> {
 fn without_a_profile_the_default_one_denies_the_escapes() -> Result<(), String> {
     let c = Containerd::start(|_| {})?;
     // The init process probes first (into a file), then sleeps; execs probe again.
-    let init = format!("{ESCAPES} > /tmp/init-probe 2>&1; exec sleep 600");
+    let init = format!("{{ {ESCAPES}; }} > /tmp/init-probe 2>&1; exec sleep 600");
     let run = c.spawn_run("sd1", &["sh", "-c", &init])?;
     c.wait_running("sd1")?;
     let got = bulwark_e2e::process::poll(CTR_LIMIT, || {
