@@ -35,7 +35,7 @@ fn probe_lines(out: &str) -> Vec<String> {
 /// The escapes: a sibling `sleep` to ptrace, then every check (userns-mount last: it leaves
 /// the probe in new namespaces when it works).
 const ESCAPES: &str = "sleep 300 & p=$!; bulwark-probe seccomp-mode socket-vsock socket-unix unshare-user \
-     unshare-files mount keyctl ptrace $p ptrace-child mkdir /tmp/probe-dir userns-mount; echo probe-exit $?; kill $p";
+     unshare-files mount keyctl ptrace $p ptrace-child mkdir /tmp/probe-dir-$$ userns-mount; echo probe-exit $?; kill $p";
 
 const CONFINED: [&str; 12] = [
     "seccomp-mode 2",
