@@ -115,9 +115,9 @@ async fn serve(log_lines: logging::LogReceiver, no_pivot: bool) {
     let mut server = None;
     for attempt in 0..50 {
         let services = protocol::agent_ttrpc::create_agent(service.clone());
-        match ttrpc::r#async::Server::new().bind(&addr) {
-            Ok(s) => {
-                server = Some(s.register_service(services));
+        match vsock::host_only_listener(protocol::AGENT_PORT) {
+            Ok(l) => {
+                server = Some(ttrpc::r#async::Server::new().add_listener(l).register_service(services));
                 break;
             }
             Err(e) => {
@@ -136,7 +136,7 @@ async fn serve(log_lines: logging::LogReceiver, no_pivot: bool) {
         tracing::error!("starting the ttrpc server failed: {e}");
         return;
     }
-    tracing::info!("agent API listening on {addr}");
+    tracing::info!("agent API listening on {addr} (connections from CID {} only)", protocol::HOST_CID);
     tokio::spawn(vsock::announce_and_forward_logs(log_lines));
     let mut t = tokio::time::interval(Duration::from_secs(60));
     loop {

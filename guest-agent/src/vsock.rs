@@ -1,14 +1,74 @@
-//! The connect-out handshake: once the ttrpc server listens, connect to the host (CID 2) on
-//! LOG_PORT, write `READY <version>\n`, then forward log lines over the same connection.
+//! The agent's vsock: the listener the ttrpc server serves (connections from the host only:
+//! a peer whose CID is not 2 is closed and logged, never served), and the connect-out
+//! handshake: once the ttrpc server listens, connect to the host (CID 2) on LOG_PORT, write
+//! `READY <version>\n`, then forward log lines over the same connection.
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio_vsock::{VsockAddr, VsockStream};
+use tokio_vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY};
 
 use crate::init::logging::{self, LogReceiver};
 
 /// How long to keep trying to reach the host.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// At most one log line per this interval about refused peers (the count of the others
+/// goes with the next one).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a connection from `peer_cid` may reach the agent API: only the host's.
+pub fn accepts_peer(peer_cid: u32) -> bool {
+    peer_cid == protocol::HOST_CID
+}
+
+/// Rate limit for the refused-peer log line.
+#[derive(Default)]
+pub struct RefusalLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// Counts one refusal; returns how many refusals the line to log now covers (including
+    /// this one), or None if this one is only counted.
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        let n = self.suppressed + 1;
+        self.suppressed = 0;
+        Some(n)
+    }
+}
+
+/// Listens on `port` (any local CID) for the ttrpc server; yields only the host's
+/// connections (see [`accepts_peer`]); others are closed at once.
+pub fn host_only_listener(port: u32) -> std::io::Result<ttrpc::r#async::transport::Listener> {
+    let listener = VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port))?;
+    let incoming = futures::stream::unfold((listener, RefusalLog::default()), |(listener, mut log)| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) if accepts_peer(peer.cid()) => return Some((Ok(stream), (listener, log))),
+                Ok((stream, peer)) => {
+                    drop(stream);
+                    if let Some(n) = log.note(Instant::now()) {
+                        tracing::warn!(
+                            cid = peer.cid(),
+                            port = peer.port(),
+                            refused = n,
+                            "refused agent API connection(s) not from the host (CID {})",
+                            protocol::HOST_CID
+                        );
+                    }
+                }
+                Err(e) => return Some((Err(e), (listener, log))),
+            }
+        }
+    });
+    Ok(ttrpc::r#async::transport::Listener::new(incoming))
+}
 
 /// Backoff delays: 50 ms doubling up to 2 s.
 pub fn backoff(attempt: u32) -> Duration {
@@ -66,6 +126,25 @@ pub async fn announce_and_forward_logs(mut lines: LogReceiver) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_host_is_served() {
+        assert!(accepts_peer(2));
+        for cid in [0, 1, 3, 4, 42, u32::MAX, VMADDR_CID_ANY] {
+            assert!(!accepts_peer(cid), "cid {cid}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_interval() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.note(t0), Some(1));
+        assert_eq!(log.note(t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.note(t0 + Duration::from_secs(9)), None);
+        assert_eq!(log.note(t0 + REFUSAL_LOG_INTERVAL), Some(3));
+        assert_eq!(log.note(t0 + REFUSAL_LOG_INTERVAL * 3), Some(1));
+    }
 
     #[test]
     fn backoff_is_bounded() {

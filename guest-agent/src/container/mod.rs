@@ -1,6 +1,8 @@
 //! Containers in the guest. This file holds what every part shares: the errors and the checks
 //! on identifiers and paths from the host (pure). The parts, each with one job:
 //! - `spec.rs`: pure rewriting of the host's OCI spec and exec process JSON for the guest;
+//! - `seccomp.rs`: the default seccomp profile for specs without one, AF_VSOCK denied in
+//!   profiles containers bring (pure);
 //! - `pod.rs`: how a container's namespaces, sysctls, /dev/shm and shared mounts map onto the
 //!   pod in the VM (the rewrite is pure; shm mounts and sysctl writes are the I/O);
 //! - `bundle.rs`: the container's files in the guest: rootfs and shared mounts resolved in the
@@ -18,6 +20,7 @@ pub mod cgroups;
 pub mod exec;
 pub mod pod;
 pub mod runtime;
+pub mod seccomp;
 pub mod spec;
 
 #[derive(Debug, thiserror::Error)]

@@ -23,13 +23,16 @@ pub struct GuestSpec {
 }
 
 /// Rewrites the host's OCI spec for the guest and the pod (pod.rs). `exists` tells whether a
-/// path exists in the guest (for bind sources the shim did not share).
+/// path exists in the guest (for bind sources the shim did not share). `allow_unconfined` is
+/// the host's `allow_unconfined_seccomp`: without it a spec with no seccomp profile gets the
+/// default one (seccomp.rs).
 pub fn rewrite_spec(
     id: &str,
     spec_json: &[u8],
     rootfs: &Path,
     pod: &PodView,
     exists: &dyn Fn(&Path) -> bool,
+    allow_unconfined: bool,
 ) -> Result<GuestSpec, ContainerError> {
     if spec_json.len() > protocol::MAX_SPEC_JSON {
         return Err(ContainerError::Spec(format!(
@@ -92,6 +95,8 @@ pub fn rewrite_spec(
             true
         });
     }
+
+    crate::container::seccomp::apply(obj, allow_unconfined, &mut notes)?;
 
     // Fail here, with a clear message, on what libcontainer could not parse.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(|e| ContainerError::Spec(e.to_string()))?;
@@ -163,7 +168,7 @@ mod tests {
         rootfs: &str,
         exists: &dyn Fn(&Path) -> bool,
     ) -> Result<(Value, Vec<String>), ContainerError> {
-        rewrite_spec("c1", input, Path::new(rootfs), &lone_pod(), exists).map(|g| (g.spec, g.notes))
+        rewrite_spec("c1", input, Path::new(rootfs), &lone_pod(), exists, false).map(|g| (g.spec, g.notes))
     }
 
     #[test]

@@ -62,7 +62,8 @@ async fn pod_spec(
         shm_dir: &shm_dir,
     };
     let guest =
-        spec::rewrite_spec(id, &req.oci_spec_json, rootfs, &view, &|p: &Path| p.exists()).map_err(container_err)?;
+        spec::rewrite_spec(id, &req.oci_spec_json, rootfs, &view, &|p: &Path| p.exists(), req.allow_unconfined_seccomp)
+            .map_err(container_err)?;
     for n in guest.notes {
         tracing::info!(container = %id, "spec: {n}");
     }
