@@ -158,7 +158,7 @@ fn a_profile_from_ctr_is_enforced_with_vsock_denied() -> Result<(), String> {
     assert!(out.status.success(), "{out:?}\n{}", c.diagnostics());
     // The container's profile (allow-all but mkdir: keyctl works), plus the agent's vsock rule.
     assert_eq!(
-        probe_lines(&stdout),
+        probe_lines(stdout),
         ["seccomp-mode 2", "mkdir EPERM", "keyctl OK", "socket-vsock EPERM", "socket-unix OK", "ptrace-child OK"],
         "{out:?}"
     );

@@ -117,6 +117,7 @@ impl AgentApi for TtrpcAgent {
             terminal: c.terminal,
             sandbox_id: c.sandbox_id,
             shared_mounts: c.shared_mounts,
+            allow_unconfined_seccomp: c.allow_unconfined_seccomp,
             ..Default::default()
         };
         let r = self

@@ -35,6 +35,9 @@ pub struct NewContainer {
     pub terminal: bool,
     /// Host bind mounts shared through the share: spec mount index → path in the share.
     pub shared_mounts: Vec<SharedMount>,
+    /// The node's tenant policy lets a container without a seccomp profile run unconfined
+    /// (otherwise the agent applies its default profile).
+    pub allow_unconfined_seccomp: bool,
 }
 
 /// Which output stream of a process to read.

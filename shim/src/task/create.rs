@@ -105,7 +105,8 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
         }
     };
 
-    let in_guest = match create_in_vm(&cfg, &req, raw_spec, &sandbox, boot, &mounts.shared).await {
+    let unconfined = tenant.policy.allow_unconfined_seccomp;
+    let in_guest = match create_in_vm(&cfg, &req, raw_spec, &sandbox, boot, &mounts.shared, unconfined).await {
         Ok(x) => x,
         Err(e) => {
             tracing::error!("creating container {}: {e}", req.id);
@@ -197,6 +198,7 @@ async fn create_in_vm(
     sandbox: &Arc<Sandbox>,
     boot: Option<(VmSize, String)>,
     shared_mounts: &[SharedMount],
+    allow_unconfined_seccomp: bool,
 ) -> Result<InGuest> {
     if let Some((size, why)) = boot {
         tracing::info!("sandbox {}: {why}", sandbox.id);
@@ -223,6 +225,7 @@ async fn create_in_vm(
                     ..Default::default()
                 })
                 .collect(),
+            allow_unconfined_seccomp,
         })
         .await?;
     Ok(InGuest { agent, guest_pid, stdout, stderr })

@@ -304,8 +304,12 @@ mod create_through_fakes {
         let tmp = temp_dir("task-tenant");
         let run = tmp.join("run");
         let small = |c: &mut Config| {
-            let over =
-                crate::policy::TenantOverride { max_vcpus: Some(2), allow_exec: Some(false), ..Default::default() };
+            let over = crate::policy::TenantOverride {
+                max_vcpus: Some(2),
+                allow_exec: Some(false),
+                allow_unconfined_seccomp: Some(true),
+                ..Default::default()
+            };
             c.tenants.insert("team-a".into(), over);
         };
         let (svc, agent, mut rx) = service_with(&run, Behaviour::Boots, small);
@@ -336,6 +340,11 @@ mod create_through_fakes {
         );
         create::create(&svc, create_req(&ok)).await.expect("create");
         assert_eq!(next_topic(&mut rx).await, TOPIC_CREATE);
+        assert!(
+            agent.calls().iter().any(|c| c == "create_container pod1 unconfined-seccomp"),
+            "the tenant's seccomp allowance reaches the agent: {:?}",
+            agent.calls()
+        );
         let req = api::StartRequest { id: "pod1".into(), ..Default::default() };
         start::start(&svc, req).await.expect("start");
         assert_eq!(next_topic(&mut rx).await, TOPIC_START);
