@@ -15,8 +15,11 @@ const ROWS: u16 = 33;
 const COLS: u16 = 101;
 
 /// Prints the terminal name, waits (bounded) until the resize from ctr arrived, prints the
-/// size, and says whether stdout and stderr are the terminal.
-const SCRIPT: &str = "tty; i=0; while [ $i -lt 100 ]; do s=$(stty size); [ \"$s\" != '0 0' ] && break; \
+/// size, and says whether stdout and stderr are the terminal. Before the resize the size is
+/// 0x0, which busybox's `stty size` reports as an error ("stty: standard input"), not "0 0":
+/// both mean "not yet".
+const SCRIPT: &str = "tty; i=0; while [ $i -lt 100 ]; do s=$(stty size 2>/dev/null); \
+                      [ -n \"$s\" ] && [ \"$s\" != '0 0' ] && break; \
                       i=$((i+1)); sleep 0.1; done; echo \"size=$s\"; [ -t 1 ] && [ -t 2 ] && echo both-ttys; exit 4";
 
 fn check_terminal_output(c: &Containerd, output: &str, code: i32) {
