@@ -115,32 +115,44 @@ impl Containerd {
                 d = dir.display()
             ),
         )?;
-        let log =
-            std::fs::File::create(dir.join("containerd.log")).map_err(|e| format!("creating containerd.log: {e}"))?;
-        let path = shim_search_path(&artifacts, None);
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .env("BULWARK_CONFIG", &shim_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting containerd: {e} (apt-get install containerd)"))?;
+        let child = spawn_containerd(&dir, &config, &shim_config, &artifacts)?;
         let mut c = Containerd { dir, socket, shim, artifacts, child, events: Arc::default(), events_child: None };
-        let up = process::poll(Duration::from_secs(30), || {
-            c.socket.exists().then(|| c.ctr(&["version"]).ok().filter(|o| o.status.success()))?
-        });
-        if up.is_none() {
-            return Err(format!("containerd did not come up in 30 s\n{}", c.diagnostics()));
-        }
+        c.wait_up()?;
         c.watch_events()?;
         let import = c.ctr(&["images", "import", &c.artifacts.test_image.to_string_lossy()])?;
         if !import.status.success() {
             return Err(format!("importing the test image failed: {}", import.stderr));
         }
         Ok(c)
+    }
+
+    /// Waits (bounded) until containerd answers `ctr version`.
+    fn wait_up(&self) -> Result<(), String> {
+        let up = process::poll(Duration::from_secs(30), || {
+            self.socket.exists().then(|| self.ctr(&["version"]).ok().filter(|o| o.status.success()))?
+        });
+        if up.is_none() {
+            return Err(format!("containerd did not come up in 30 s\n{}", self.diagnostics()));
+        }
+        Ok(())
+    }
+
+    /// Restarts containerd (SIGTERM, then the same configuration, root and state), as an
+    /// operator or a package upgrade does; the shims and their VMs keep running. The event
+    /// watcher is started again (events published while containerd was down are replayed by
+    /// the shims' publishers to the new containerd).
+    pub fn restart(&mut self) -> Result<(), String> {
+        if let Some(mut e) = self.events_child.take() {
+            let _ = e.kill();
+            let _ = e.wait();
+        }
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        process::wait_bounded(&mut self.child, Duration::from_secs(20))?;
+        let (config, shim_config) = (self.dir.join("containerd.toml"), self.dir.join("bulwark.toml"));
+        self.child = spawn_containerd(&self.dir, &config, &shim_config, &self.artifacts)?;
+        self.wait_up()?;
+        self.watch_events()
     }
 
     /// A `ctr` command against this containerd, in the test namespace, not started.
@@ -301,6 +313,26 @@ pub fn shim_search_path(artifacts: &Artifacts, first: Option<&Path>) -> String {
 }
 
 /// What the Bulwark shim may leave behind for a containerd living under `dir` with the shim's
+/// Starts containerd with `config` and the shim configuration `shim_config`, logging to
+/// `<dir>/containerd.log` (appended: a restart keeps the earlier log).
+fn spawn_containerd(dir: &Path, config: &Path, shim_config: &Path, artifacts: &Artifacts) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .map_err(|e| format!("creating containerd.log: {e}"))?;
+    Command::new("containerd")
+        .arg("--config")
+        .arg(config)
+        .env("PATH", shim_search_path(artifacts, None))
+        .env("BULWARK_CONFIG", shim_config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting containerd: {e} (apt-get install containerd)"))
+}
+
 /// runtime dir `runtime_dir`: VM-side processes, mounts under the runtime dir, and sandbox
 /// state directories. Empty when all is clean.
 pub fn shim_leftovers(dir: &Path, runtime_dir: &Path) -> Vec<String> {
