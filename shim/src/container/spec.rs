@@ -61,13 +61,13 @@ pub fn sandbox_id_from_bundle(bundle: &Path, container_id: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The rule itself is protocol::limits' (tested there); here: it is the one applied, and a
+    /// refusal is containerd's INVALID_ARGUMENT.
     #[test]
-    fn ids() {
-        for ok in ["a", "t1", "abc-def.g_h", &"a".repeat(76), "0123456789abcdef"] {
-            assert!(validate_id(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "a--b", "../x", "a/b", "a b", ".", "..", &"a".repeat(77), "é", "a\0b", "a\nb"] {
-            assert!(validate_id(bad).is_err(), "{bad:?}");
+    fn ids_follow_the_shared_rule() {
+        assert!(validate_id("abc-def.g_h").is_ok());
+        for bad in ["../x", "a--b", &"a".repeat(77)] {
+            assert!(matches!(validate_id(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
         }
     }
 
