@@ -160,3 +160,36 @@ pub fn temp_dir(what: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("creating a test temp dir");
     dir
 }
+
+/// A test's temporary directory in which the test makes real mounts: dropped (also when the
+/// test fails), it unmounts whatever is still mounted below it, deepest first, and removes it,
+/// so a failed test leaves no mount behind.
+pub struct MountedTempDir(pub PathBuf);
+
+impl MountedTempDir {
+    pub fn new(what: &str) -> Self {
+        MountedTempDir(temp_dir(what))
+    }
+}
+
+impl std::ops::Deref for MountedTempDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for MountedTempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for MountedTempDir {
+    fn drop(&mut self) {
+        for m in crate::host::linux::mounts_under(&self.0) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

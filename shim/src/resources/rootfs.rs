@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn a_hostile_guest_cannot_turn_the_share_against_the_host() {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
-        let tmp = crate::host::fake::temp_dir("share-attack");
+        let tmp = crate::host::fake::MountedTempDir::new("share-attack");
         let dir = tmp.join("sandbox");
         std::fs::create_dir(&dir).unwrap();
         let (outside, canary) = (tmp.join("outside"), tmp.join("outside/canary"));

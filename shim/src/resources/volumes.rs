@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn shares_files_and_dirs_read_only_as_asked() {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
-        let tmp = crate::host::fake::temp_dir("volumes");
+        let tmp = crate::host::fake::MountedTempDir::new("volumes");
         let (file, dir) = (tmp.join("hosts"), tmp.join("cm"));
         std::fs::write(&file, b"127.0.0.1 localhost\n").unwrap();
         std::fs::create_dir_all(dir.join("sub")).unwrap();

@@ -182,7 +182,7 @@ mod create_through_fakes {
     use super::*;
     use crate::agent::AgentApi;
     use crate::config::{Acceleration, Config};
-    use crate::host::fake::temp_dir;
+    use crate::host::fake::MountedTempDir;
     use crate::host::linux::{mounts_under, LinuxHost};
     use crate::sandbox::state_dir;
     use crate::sandbox::{Sandbox, SandboxDeps};
@@ -257,7 +257,7 @@ mod create_through_fakes {
     #[tokio::test]
     async fn create_start_exit_delete() {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
-        let tmp = temp_dir("task-create");
+        let tmp = MountedTempDir::new("task-create");
         let (svc, agent, mut rx) = service(&tmp.join("run"), Behaviour::Boots);
         let r = create::create(&svc, create_req(&bundle(&tmp))).await.expect("create");
         assert_eq!(r.pid, FAKE_PID, "the task pid is the VM's");
@@ -285,7 +285,7 @@ mod create_through_fakes {
     #[tokio::test]
     async fn a_vm_dying_during_boot_fails_create_and_leaves_nothing() {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
-        let tmp = temp_dir("task-create-dies");
+        let tmp = MountedTempDir::new("task-create-dies");
         let (svc, agent, mut rx) = service(&tmp.join("run"), Behaviour::DiesDuringBoot);
         let e = create::create(&svc, create_req(&bundle(&tmp))).await.expect_err("create must fail");
         assert!(e.to_string().contains("exited"), "{e}");
@@ -301,7 +301,7 @@ mod create_through_fakes {
     #[tokio::test]
     async fn the_tenant_policy_is_enforced() {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
-        let tmp = temp_dir("task-tenant");
+        let tmp = MountedTempDir::new("task-tenant");
         let run = tmp.join("run");
         let small = |c: &mut Config| {
             let over = crate::policy::TenantOverride {
