@@ -1,0 +1,1 @@
+//! Helpers for the offline checks of runtimeclass/ (see tests/).
