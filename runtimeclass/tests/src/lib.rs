@@ -304,10 +304,8 @@ pub fn mutate(policy: &Json, req: &Request) -> Result<Json, String> {
 /// namespace with these labels.
 pub fn selector_matches(selector: &Json, labels: &Json) -> bool {
     let label = |k: &str| labels.get(k).and_then(Json::as_str);
-    let labels_ok = selector["matchLabels"]
-        .as_object()
-        .map(|m| m.iter().all(|(k, v)| label(k) == v.as_str()))
-        .unwrap_or(true);
+    let labels_ok =
+        selector["matchLabels"].as_object().map(|m| m.iter().all(|(k, v)| label(k) == v.as_str())).unwrap_or(true);
     let exprs_ok = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
         let key = e["key"].as_str().unwrap_or_default();
         let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(Json::as_str).collect();

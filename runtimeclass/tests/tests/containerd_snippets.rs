@@ -28,7 +28,10 @@ fn dump(bin: &PathBuf, snippet: &str, format: u32) -> String {
     let out = Command::new(bin).arg("--config").arg(&config).args(["config", "dump"]).output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.unwrap_or_else(|e| {
-        panic!("running {}: {e} (containerd 1.6 is Debian's package, 2.x comes from scripts/lib/deps.sh)", bin.display())
+        panic!(
+            "running {}: {e} (containerd 1.6 is Debian's package, 2.x comes from scripts/lib/deps.sh)",
+            bin.display()
+        )
     });
     assert!(out.status.success(), "{} config dump: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -71,7 +71,9 @@ fn the_tenant_comes_from_capsule_then_our_label_then_the_namespace_name() {
     };
     assert_eq!(tenant_in(json!({"bulwark.io/hard-tenancy": "true", "capsule.clastix.io/tenant": "beta"})), "beta");
     assert_eq!(
-        tenant_in(json!({"bulwark.io/hard-tenancy": "true", "capsule.clastix.io/tenant": "beta", "bulwark.io/tenant": "acme"})),
+        tenant_in(
+            json!({"bulwark.io/hard-tenancy": "true", "capsule.clastix.io/tenant": "beta", "bulwark.io/tenant": "acme"})
+        ),
         "beta"
     );
     assert_eq!(tenant_in(json!({"bulwark.io/hard-tenancy": "true", "bulwark.io/tenant": "acme"})), "acme");
@@ -141,7 +143,10 @@ fn the_mutating_policy_runs_on_pod_creation_in_hard_tenancy_namespaces() {
         doc(&vdocs, "ValidatingAdmissionPolicyBinding")["spec"]["matchResources"],
         "the mutating and validating bindings select the same namespaces"
     );
-    assert!(selector_matches(&binding["spec"]["matchResources"]["namespaceSelector"], &acme_ns()["metadata"]["labels"]));
+    assert!(selector_matches(
+        &binding["spec"]["matchResources"]["namespaceSelector"],
+        &acme_ns()["metadata"]["labels"]
+    ));
 }
 
 #[test]
@@ -157,7 +162,11 @@ fn the_v1beta1_policy_is_the_v1_policy() {
             d.as_object_mut().unwrap().remove("apiVersion");
             d
         };
-        assert_eq!(strip(a), strip(b), "mutating-policy-v1beta1.yaml differs from mutating-policy.yaml beyond apiVersion");
+        assert_eq!(
+            strip(a),
+            strip(b),
+            "mutating-policy-v1beta1.yaml differs from mutating-policy.yaml beyond apiVersion"
+        );
     }
 }
 
@@ -187,8 +196,12 @@ fn the_kyverno_policy_says_the_same() {
 
 #[test]
 fn jsonpatch_literals_become_maps_and_nothing_else_changes() {
-    let (out, n) =
-        jsonpatch_literals_to_maps(r#"[JSONPatch{op: "add", path: "/a", value: {"op": 'x, y: z', k: [1, {b: 2}]}}] + [JSONPatch{ op : "remove", path: "/b"}]"#);
+    let (out, n) = jsonpatch_literals_to_maps(
+        r#"[JSONPatch{op: "add", path: "/a", value: {"op": 'x, y: z', k: [1, {b: 2}]}}] + [JSONPatch{ op : "remove", path: "/b"}]"#,
+    );
     assert_eq!(n, 2);
-    assert_eq!(out, r#"[{"op": "add", "path": "/a", "value": {"op": 'x, y: z', k: [1, {b: 2}]}}] + [{ "op" : "remove", "path": "/b"}]"#);
+    assert_eq!(
+        out,
+        r#"[{"op": "add", "path": "/a", "value": {"op": 'x, y: z', k: [1, {b: 2}]}}] + [{ "op" : "remove", "path": "/b"}]"#
+    );
 }

@@ -70,7 +70,8 @@ fn admits_a_well_formed_bulwark_pod() {
                 p["spec"]["hostPID"] = json!(false);
                 p["spec"]["hostIPC"] = json!(false);
                 p["spec"]["containers"][0]["securityContext"]["privileged"] = json!(false);
-                p["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox", "securityContext": {"privileged": false}}]);
+                p["spec"]["initContainers"] =
+                    json!([{"name": "setup", "image": "busybox", "securityContext": {"privileged": false}}]);
             }),
             acme_ns(),
         ),
@@ -79,7 +80,8 @@ fn admits_a_well_formed_bulwark_pod() {
         "allowed capabilities in any case, with other volume kinds",
         Request::create(
             pod(|p| {
-                p["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = json!(["chown", "Kill", "SYS_CHROOT"]);
+                p["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] =
+                    json!(["chown", "Kill", "SYS_CHROOT"]);
                 p["spec"]["volumes"] = json!([{"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
             }),
             acme_ns(),
@@ -129,10 +131,9 @@ fn refuses_privileged_containers_of_every_kind() {
     assert_refused(
         "privileged init container (the app container is clean)",
         Request::create(
-            pod(|p| {
-                p["spec"]["initContainers"] =
-                    json!([{"name": "ok", "image": "busybox"}, {"name": "setup", "image": "busybox", "securityContext": {"privileged": true}}])
-            }),
+            pod(
+                |p| p["spec"]["initContainers"] = json!([{"name": "ok", "image": "busybox"}, {"name": "setup", "image": "busybox", "securityContext": {"privileged": true}}]),
+            ),
             acme_ns(),
         ),
         &["init container setup"],
@@ -165,7 +166,8 @@ fn refuses_privileged_containers_of_every_kind() {
     let denied = run(Request::create(
         pod(|p| {
             p["spec"]["containers"][0]["securityContext"]["privileged"] = json!(true);
-            p["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox", "securityContext": {"privileged": true}}]);
+            p["spec"]["initContainers"] =
+                json!([{"name": "setup", "image": "busybox", "securityContext": {"privileged": true}}]);
         }),
         acme_ns(),
     ));
@@ -178,7 +180,9 @@ fn refuses_host_path_volumes() {
     assert_refused(
         "hostPath volume",
         Request::create(
-            pod(|p| p["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}, {"name": "docker-sock", "hostPath": {"path": "/var/run/docker.sock"}}])),
+            pod(
+                |p| p["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}, {"name": "docker-sock", "hostPath": {"path": "/var/run/docker.sock"}}]),
+            ),
             acme_ns(),
         ),
         &["hostPath volumes are not allowed", "docker-sock", "emptyDir"],
@@ -196,17 +200,19 @@ fn refuses_capabilities_beyond_the_list() {
     ] {
         assert_refused(
             &format!("add {caps}"),
-            Request::create(pod(|p| p["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = caps.clone()), acme_ns()),
+            Request::create(
+                pod(|p| p["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] = caps.clone()),
+                acme_ns(),
+            ),
             &["capabilities beyond the allowed list", named, "may name only AUDIT_WRITE, CHOWN"],
         );
     }
     assert_refused(
         "an init container adding SYS_ADMIN",
         Request::create(
-            pod(|p| {
-                p["spec"]["initContainers"] =
-                    json!([{"name": "setup", "image": "busybox", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}])
-            }),
+            pod(
+                |p| p["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]),
+            ),
             acme_ns(),
         ),
         &["init container setup adds SYS_ADMIN"],
@@ -242,7 +248,11 @@ fn the_tenant_annotation_must_name_the_namespaces_tenant() {
         })
     };
     assert_admitted("Capsule tenant", Request::create(beta("beta"), capsule_ns()));
-    assert_refused("Capsule namespace, annotation acme", Request::create(beta("acme"), capsule_ns()), &["belongs to tenant beta"]);
+    assert_refused(
+        "Capsule namespace, annotation acme",
+        Request::create(beta("acme"), capsule_ns()),
+        &["belongs to tenant beta"],
+    );
     // Without a tenant label the namespace's name is the tenant (as the shim's fallback).
     let solo = namespace("solo", json!({"bulwark.io/hard-tenancy": "true"}));
     let solo_pod = |t: &str| {
@@ -250,7 +260,11 @@ fn the_tenant_annotation_must_name_the_namespaces_tenant() {
         pod(move |p| p["metadata"]["annotations"]["bulwark.io/tenant"] = json!(t))
     };
     assert_admitted("tenant = namespace name", Request::create(solo_pod("solo"), solo.clone()));
-    assert_refused("namespace name, annotation acme", Request::create(solo_pod("acme"), solo), &["belongs to tenant solo"]);
+    assert_refused(
+        "namespace name, annotation acme",
+        Request::create(solo_pod("acme"), solo),
+        &["belongs to tenant solo"],
+    );
     // Namespace labels that disagree: no pod until an administrator fixes them.
     let both = namespace(
         "mixed",
@@ -270,7 +284,11 @@ fn updates_cannot_change_or_drop_the_tenant() {
     );
     assert_refused(
         "annotation changed to another tenant",
-        Request::update(running.clone(), pod(|p| p["metadata"]["annotations"]["bulwark.io/tenant"] = json!("bigcorp")), acme_ns()),
+        Request::update(
+            running.clone(),
+            pod(|p| p["metadata"]["annotations"]["bulwark.io/tenant"] = json!("bigcorp")),
+            acme_ns(),
+        ),
         &["names another tenant"],
     );
     assert_refused(
@@ -302,17 +320,25 @@ fn pods_admitted_before_the_namespace_label_can_only_be_finished() {
     req.sub_resource = "ephemeralcontainers";
     let denied = run(req);
     assert!(
-        denied.iter().any(|m| m.contains("admitted before namespace acme-prod was labelled") && m.contains("delete it and recreate it")),
+        denied.iter().any(|m| m.contains("admitted before namespace acme-prod was labelled")
+            && m.contains("delete it and recreate it")),
         "kubectl debug on a legacy pod: {denied:#?}"
     );
     let mut new_image = old.clone();
     new_image["spec"]["containers"][0]["image"] = json!("busybox:2");
     let denied = run(Request::update(old.clone(), new_image, acme_ns()));
-    assert!(denied.iter().any(|m| m.contains("admitted before namespace")), "image update on a legacy pod: {denied:#?}");
+    assert!(
+        denied.iter().any(|m| m.contains("admitted before namespace")),
+        "image update on a legacy pod: {denied:#?}"
+    );
     assert!(denied.iter().any(|m| m.contains("NET_ADMIN")), "the other faults are named too: {denied:#?}");
     let mut forged = old.clone();
     forged["metadata"]["annotations"]["bulwark.io/tenant"] = json!("bigcorp");
-    assert_refused("a legacy pod given another tenant", Request::update(old, forged, acme_ns()), &["names another tenant"]);
+    assert_refused(
+        "a legacy pod given another tenant",
+        Request::update(old, forged, acme_ns()),
+        &["names another tenant"],
+    );
 }
 
 #[test]
@@ -323,7 +349,8 @@ fn every_fault_is_reported_at_once() {
             p["spec"]["hostNetwork"] = json!(true);
             p["spec"]["hostPID"] = json!(true);
             p["spec"]["hostIPC"] = json!(true);
-            p["spec"]["containers"][0]["securityContext"] = json!({"privileged": true, "capabilities": {"add": ["SYS_ADMIN"]}});
+            p["spec"]["containers"][0]["securityContext"] =
+                json!({"privileged": true, "capabilities": {"add": ["SYS_ADMIN"]}});
             p["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/"}}]);
             p["metadata"]["annotations"]["bulwark.io/tenant"] = json!("bigcorp");
         }),
@@ -350,5 +377,8 @@ fn the_policy_sees_pods_and_kubectl_debug_in_hard_tenancy_namespaces_only() {
     assert!(!selector_matches(sel, &json!({"bulwark.io/tenant": "acme"})), "a plain namespace is not selected");
     assert!(!selector_matches(sel, &json!({"bulwark.io/hard-tenancy": "false"})));
     let example = load_docs("example/hard-tenancy-namespace.yaml");
-    assert!(selector_matches(sel, &doc(&example, "Namespace")["metadata"]["labels"]), "the example namespace is selected");
+    assert!(
+        selector_matches(sel, &doc(&example, "Namespace")["metadata"]["labels"]),
+        "the example namespace is selected"
+    );
 }
