@@ -10,6 +10,7 @@
 #   BULWARK_TOOLS_BIN  $BULWARK_CACHE/tools/bin: cargo-installed helpers (virtiofsd, vhost-device-vsock)
 #   BULWARK_BUILD      $BULWARK_REPO/build: build outputs (git-ignored)
 #   BULWARK_CONTAINERD2_BIN  containerd 2.x (Debian sid's package) unpacked under $BULWARK_CACHE
+#   BULWARK_VENV       $BULWARK_CACHE/venv: a private Python venv for the PyPI tools below
 
 BULWARK_REPO="${BULWARK_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 BULWARK_CACHE="${BULWARK_CACHE:-$HOME/.cache/bulwark}"
@@ -21,8 +22,16 @@ export BULWARK_REPO BULWARK_CACHE BULWARK_TOOLS_BIN BULWARK_BUILD
 BULWARK_DEB_PACKAGES=(
   qemu-system-x86 containerd runc busybox-static protobuf-compiler libseccomp-dev
   libcap-ng-dev cpio xz-utils zstd pkg-config clang erofs-utils
-  containernetworking-plugins iproute2 kmod lz4 binutils
+  containernetworking-plugins iproute2 kmod lz4 binutils python3-venv
 )
+
+# package==version  binary: PyPI tools, installed into $BULWARK_VENV (never the system's Python).
+# kubernetes-validate: the Kubernetes OpenAPI schemas (up to 1.37) for runtimeclass/tests.
+BULWARK_PYPI_TOOLS=(
+  "kubernetes-validate==1.37.0 kubernetes-validate"
+)
+BULWARK_VENV="$BULWARK_CACHE/venv"
+export BULWARK_VENV
 
 # crate  version  binary
 BULWARK_CARGO_TOOLS=(
@@ -90,9 +99,44 @@ bulwark_install_cargo_tools() {
   done
 }
 
+# bulwark_python_tool_ok PACKAGE==VERSION BINARY: true if the venv has that version and binary.
+bulwark_python_tool_ok() {
+  local pkg="${1%%==*}" want="${1##*==}" have
+  [ -x "$BULWARK_VENV/bin/$2" ] || return 1
+  have="$("$BULWARK_VENV/bin/python" -m pip show "$pkg" 2>/dev/null | awk '$1 == "Version:" { print $2 }')"
+  [ "$have" = "$want" ]
+}
+
+bulwark_install_python_tools() {
+  local entry spec bin log
+  for entry in "${BULWARK_PYPI_TOOLS[@]}"; do
+    read -r spec bin <<<"$entry"
+    bulwark_python_tool_ok "$spec" "$bin" && continue
+    command -v python3 >/dev/null 2>&1 ||
+      { bulwark_die "python3 not found: needed for $spec"; return 1; }
+    log="$(mktemp)"
+    if [ ! -x "$BULWARK_VENV/bin/python" ]; then
+      mkdir -p "$BULWARK_CACHE"
+      if ! python3 -m venv "$BULWARK_VENV" >"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"
+        bulwark_die "python3 -m venv $BULWARK_VENV failed (Debian: apt-get install python3-venv)"; return 1
+      fi
+    fi
+    echo "bulwark: installing $spec into $BULWARK_VENV" >&2
+    if ! "$BULWARK_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$spec" >"$log" 2>&1; then
+      cat "$log" >&2; rm -f "$log"
+      bulwark_die "pip install $spec into $BULWARK_VENV failed (see above)"; return 1
+    fi
+    rm -f "$log"
+    bulwark_python_tool_ok "$spec" "$bin" ||
+      { bulwark_die "$BULWARK_VENV/bin/$bin missing or not ${spec##*==} after pip install"; return 1; }
+  done
+}
+
 bulwark_install_deps() {
   bulwark_install_debs || return 1
   bulwark_install_cargo_tools || return 1
+  bulwark_install_python_tools || return 1
   bulwark_install_containerd2 || return 1
 }
 
