@@ -405,7 +405,8 @@ pub fn extract(name: &str, arg: Option<u64>, m: &Enriched, procs: &ProcTable) ->
     let ty = e.type_.enum_value().unwrap_or(EventType::EVENT_TYPE_UNSPECIFIED);
     let me = procs.get(sb, e.pid);
     let parent = procs.ancestor(sb, e.pid, 1).or_else(|| procs.get(sb, e.ppid));
-    let pick = |ev: &str, table: Option<&String>| if ev.is_empty() { table.map_or(Value::None, |t| s(t)) } else { s(ev) };
+    let pick =
+        |ev: &str, table: Option<&String>| if ev.is_empty() { table.map_or(Value::None, |t| s(t)) } else { s(ev) };
     let args: Vec<String> =
         if e.argv.len() > 1 { e.argv[1..].to_vec() } else { me.map(|p| p.args.clone()).unwrap_or_default() };
     let comm = if e.comm.is_empty() { me.map(|p| p.comm.clone()).unwrap_or_default() } else { e.comm.clone() };
@@ -525,7 +526,9 @@ pub fn extract(name: &str, arg: Option<u64>, m: &Enriched, procs: &ProcTable) ->
                 Value::None
             }
         }
-        "fd.type" => fd_type(e.fd_type.enum_value().unwrap_or_default()).map_or(Value::None, |t| Value::Str(t.0.into())),
+        "fd.type" => {
+            fd_type(e.fd_type.enum_value().unwrap_or_default()).map_or(Value::None, |t| Value::Str(t.0.into()))
+        }
         "fd.typechar" => {
             fd_type(e.fd_type.enum_value().unwrap_or_default()).map_or(Value::None, |t| Value::Str(t.1.into()))
         }

@@ -79,9 +79,11 @@ pub enum ConfigError {
 impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let c: Config = if text.trim().is_empty() { Config::default() } else { serde_json::from_str(text)? };
-        for (v, name) in
-            [(c.max_connections, "max_connections"), (c.queue_events, "queue_events"), (c.max_processes, "max_processes")]
-        {
+        for (v, name) in [
+            (c.max_connections, "max_connections"),
+            (c.queue_events, "queue_events"),
+            (c.max_processes, "max_processes"),
+        ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
             }
@@ -230,13 +232,8 @@ impl SourcePlugin for BulwarkPlugin {
         let listener = listener::bind(&path)?;
         let (tx, rx) = sync_channel(self.config.queue_events);
         let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = listener::spawn_acceptor(
-            listener,
-            tx,
-            self.counters.clone(),
-            stop.clone(),
-            self.config.max_connections,
-        )?;
+        let acceptor =
+            listener::spawn_acceptor(listener, tx, self.counters.clone(), stop.clone(), self.config.max_connections)?;
         log::info!("bulwark: listening on {}", path.display());
         Ok(BulwarkInstance { queue: rx, stop, acceptor: Some(acceptor) })
     }
@@ -319,11 +316,7 @@ impl BulwarkPlugin {
         })
     }
 
-    fn net_field(
-        &mut self,
-        req: ExtractRequest<Self>,
-        name: &str,
-    ) -> Result<Option<falco_event::types::IpNet>, Error> {
+    fn net_field(&mut self, req: ExtractRequest<Self>, name: &str) -> Result<Option<falco_event::types::IpNet>, Error> {
         Ok(match self.value(req.event, name, None)? {
             Value::Net(v) => Some(falco_event::types::IpNet(v)),
             _ => None,
@@ -466,3 +459,5 @@ use falco_plugin::static_plugin;
 #[cfg(test)]
 static_plugin!(pub BULWARK_PLUGIN_API = BulwarkPlugin);
 
+#[cfg(test)]
+mod tests;
