@@ -4,6 +4,8 @@
 //!   ttrpc client/server): [`agent`] and [`agent_ttrpc`].
 //! - The vsock layout: which ports exist, who listens, and what the first bytes are.
 //! - The limits and the identifier rule both sides enforce ([`limits`]).
+//! - The syscall telemetry stream: its messages (`telemetry.proto`) and its bounded framing
+//!   ([`telemetry`]).
 //!
 //! The boot handshake, in order (it avoids a vhost-device-vsock 0.3 wedge, where the host must not `CONNECT` before the guest's vsock is up):
 //! 1. The host listens on the hybrid-vsock socket `<uds>_<LOG_PORT>` before QEMU starts.
@@ -62,6 +64,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const AGENT_PORT: u32 = 1024;
 /// vsock port on the host (CID 2) the agent connects out to: readiness line, then logs.
 pub const LOG_PORT: u32 = 1025;
+/// vsock port on the host (CID 2) the guest's syscall collector connects out to: telemetry
+/// frames ([`telemetry`]), a `Hello` first.
+pub const TELEMETRY_PORT: u32 = 1026;
 /// The host's vsock CID.
 pub const HOST_CID: u32 = 2;
 /// The guest's vsock CID (one VM per vhost-device-vsock instance, so a constant works).
@@ -72,6 +77,7 @@ pub const SHARE_TAG: &str = "bulwark-share";
 
 pub mod limits;
 pub use limits::{validate_id, IdError, MAX_CGROUP_FILE, MAX_ID_LEN, MAX_LOG_LINE, MAX_READ_CHUNK, MAX_SPEC_JSON};
+pub mod telemetry;
 
 /// The first line the agent writes on the log connection.
 pub fn ready_line() -> String {

@@ -13,6 +13,20 @@ pub const MAX_LOG_LINE: usize = 8 * 1024;
 /// Longest identifier (container, exec, sandbox id, containerd namespace): containerd's limit.
 pub const MAX_ID_LEN: usize = 76;
 
+/// Largest telemetry frame (the protobuf message after the 4-byte length), guest→shim and
+/// shim→node socket alike. A larger declared length ends the stream: it cannot be resynced.
+pub const MAX_TELEMETRY_FRAME: usize = 64 * 1024;
+/// Most argv entries one telemetry event may carry.
+pub const MAX_ARGV_ENTRIES: usize = 128;
+/// Most argv bytes (all entries together) one telemetry event may carry.
+pub const MAX_ARGV_BYTES: usize = 16 * 1024;
+/// Longest path in a telemetry event (cwd, exe, path, path2, unix socket path): PATH_MAX.
+pub const MAX_TELEMETRY_PATH: usize = 4096;
+/// Longest short string in a telemetry event (comm, user name, memfd name, ids, pod names).
+pub const MAX_TELEMETRY_NAME: usize = 256;
+/// Longest image reference in an enriched event.
+pub const MAX_TELEMETRY_IMAGE: usize = 1024;
+
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
