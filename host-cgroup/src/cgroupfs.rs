@@ -384,7 +384,11 @@ impl SandboxCgroup {
 
     fn procs(&self, leaf: &str) -> String {
         std::fs::read_to_string(self.leaf(leaf).join("cgroup.procs"))
-            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .map(|s| {
+                let pids: Vec<&str> = s.split_whitespace().collect();
+                let more = if pids.len() > 16 { format!(" and {} more", pids.len() - 16) } else { String::new() };
+                format!("{}{more}", pids[..pids.len().min(16)].join(" "))
+            })
             .unwrap_or_default()
     }
 
