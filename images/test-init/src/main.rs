@@ -28,11 +28,7 @@ fn mount(src: &str, dst: &str, fstype: &str) -> Result<(), std::io::Error> {
     let (s, d, t) = (CString::new(src).unwrap(), CString::new(dst).unwrap(), CString::new(fstype).unwrap());
     // SAFETY: valid NUL-terminated strings, no data argument.
     let r = unsafe { libc::mount(s.as_ptr(), d.as_ptr(), t.as_ptr(), 0, std::ptr::null()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn uptime() -> String {
@@ -44,10 +40,7 @@ fn listen(path: &str, timeout: u64) -> i32 {
     let _ = std::fs::remove_file(path);
     let l = match UnixListener::bind(path) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("listen {path}: {e}");
-            return 1;
-        }
+        Err(e) => { eprintln!("listen {path}: {e}"); return 1; }
     };
     l.set_nonblocking(true).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
@@ -60,29 +53,19 @@ fn listen(path: &str, timeout: u64) -> i32 {
                 let mut line = Vec::new();
                 let mut b = [0u8; 1];
                 while let Ok(1) = c.read(&mut b) {
-                    if b[0] == b'\n' {
-                        break;
-                    }
+                    if b[0] == b'\n' { break; }
                     line.push(b[0]);
-                    if line.len() > 4096 {
-                        break;
-                    }
+                    if line.len() > 4096 { break; }
                 }
                 let _ = c.write_all(b"ack\n");
                 println!("{at} {}", String::from_utf8_lossy(&line));
                 return 0;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if std::time::Instant::now() > deadline {
-                    eprintln!("listen {path}: no connection within {timeout}s");
-                    return 2;
-                }
+                if std::time::Instant::now() > deadline { eprintln!("listen {path}: no connection within {timeout}s"); return 2; }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => {
-                eprintln!("accept {path}: {e}");
-                return 1;
-            }
+            Err(e) => { eprintln!("accept {path}: {e}"); return 1; }
         }
     }
 }
@@ -111,9 +94,7 @@ fn main() {
                 let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), p.as_ptr(), 0) };
                 if r != 0 {
                     let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::EEXIST) {
-                        report.push_str(&format!(" modfail:{m}:{e}"));
-                    }
+                    if e.raw_os_error() != Some(libc::EEXIST) { report.push_str(&format!(" modfail:{m}:{e}")); }
                 }
             }
             Err(e) => report.push_str(&format!(" modopen:{m}:{e}")),
@@ -132,9 +113,7 @@ fn main() {
                 }
             }
         }
-        if let Some(p) = arg.strip_prefix("bw.port=") {
-            port = p.parse().unwrap_or(port);
-        }
+        if let Some(p) = arg.strip_prefix("bw.port=") { port = p.parse().unwrap_or(port); }
     }
     let args: Vec<&str> = cmdline.split_whitespace().collect();
     if args.contains(&"bw.mode=cgroup") {
@@ -156,16 +135,9 @@ fn main() {
         for _ in 0..100 {
             // SAFETY: fd is our socket; addr is a valid sockaddr_vm and the length is its size.
             let r = unsafe {
-                libc::connect(
-                    fd,
-                    &addr as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_vm>() as u32,
-                )
+                libc::connect(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_vm>() as u32)
             };
-            if r == 0 {
-                sent = true;
-                break;
-            }
+            if r == 0 { sent = true; break; }
             kmsg(&format!("vsock connect to 2:{port}: {}", std::io::Error::last_os_error()));
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -174,11 +146,8 @@ fn main() {
             let mut s = unsafe { std::fs::File::from_raw_fd(fd) };
             let t_conn = uptime();
             let _ = s.write_all(
-                format!(
-                    "hello kernel={} init_at={t_init} modules_at={t_mods} connected_at={t_conn}{report}\n",
-                    kr.trim()
-                )
-                .as_bytes(),
+                format!("hello kernel={} init_at={t_init} modules_at={t_mods} connected_at={t_conn}{report}\n", kr.trim())
+                    .as_bytes(),
             );
             let mut b = [0u8; 16];
             let _ = s.read(&mut b);
@@ -190,7 +159,5 @@ fn main() {
         libc::sync();
         libc::reboot(libc::RB_POWER_OFF);
     }
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    loop { std::thread::sleep(Duration::from_secs(1)); }
 }
