@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::linux::LinuxHost;
 use crate::host::Host;
+use crate::jail::cgroup::{self as host_cgroup, CgroupPath, HostCgroup, PodResources};
 use crate::resources::mount::cleanup_mounts_and_dir_with;
 use crate::resources::network::{HostNetwork, PodConfig};
 use crate::vmm::{self, ExitWatch, Vmm};
@@ -92,6 +93,10 @@ pub struct Sandbox {
     pod: std::sync::Mutex<Option<PodConfig>>,
     /// The attached pod network (resources/network/), detached on teardown.
     network: Mutex<Option<HostNetwork>>,
+    /// The sandbox container's cgroupsPath and the pod's resources (None: no host cgroup).
+    cgroup_plan: std::sync::Mutex<Option<(CgroupPath, PodResources)>>,
+    /// The host cgroup (jail/cgroup.rs), once created at boot; removed on teardown.
+    host_cgroup: std::sync::Mutex<Option<Arc<HostCgroup>>>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,6 +148,8 @@ impl Sandbox {
             log_task: std::sync::Mutex::new(None),
             pod: std::sync::Mutex::new(None),
             network: Mutex::new(None),
+            cgroup_plan: std::sync::Mutex::new(None),
+            host_cgroup: std::sync::Mutex::new(None),
         })
     }
 
@@ -183,7 +190,22 @@ impl Sandbox {
     /// attaches the network and sends them to the agent.
     pub fn set_pod_config(&self, spec: &oci_spec::runtime::Spec) -> Result<()> {
         let pod = PodConfig::from_spec(spec)?;
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let plan = match cgroups_path {
+            Some(p) => {
+                let s = p.to_str().ok_or_else(|| {
+                    Error::InvalidArgument(format!("linux.cgroupsPath {p:?} refused: it is not UTF-8"))
+                })?;
+                let annotations = spec.annotations().clone().unwrap_or_default();
+                Some((host_cgroup::parse_path(s)?, sizing::pod_resources(&annotations)))
+            }
+            None => {
+                tracing::info!("sandbox {}: the spec has no linux.cgroupsPath: no host cgroup", self.id);
+                None
+            }
+        };
         *lock(&self.pod) = Some(pod);
+        *lock(&self.cgroup_plan) = plan;
         Ok(())
     }
 
@@ -221,6 +243,15 @@ impl Sandbox {
         // After the VM is gone (its tap fds closed): remove the tc redirects and any tap left.
         if let Some(net) = self.network.lock().await.take() {
             net.detach().await;
+        }
+        // After its processes are gone: the host cgroup.
+        let cgroup = lock(&self.host_cgroup).take();
+        if let Some(cg) = cgroup {
+            match tokio::task::spawn_blocking(move || cg.remove()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("sandbox {}: removing its host cgroup: {e}", self.id),
+                Err(e) => tracing::error!("sandbox {}: removing its host cgroup: {e}", self.id),
+            }
         }
         let dir = self.dir.clone();
         let host = self.host.clone();
