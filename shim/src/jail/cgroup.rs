@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulwark_host_cgroup as hc;
@@ -33,6 +33,14 @@ const MIB: u64 = 1024 * 1024;
 /// Removal: attempts and the pause between them (the VMM leaf is killed half way).
 const REMOVE_ATTEMPTS: u32 = 20;
 const REMOVE_PAUSE: Duration = Duration::from_millis(50);
+
+/// Finds the host's cgroup v2 hierarchy (production: [`host_hierarchy`]; tests: a fake one).
+pub type FindHierarchy = Arc<dyn Fn() -> std::result::Result<hc::Hierarchy, hc::Error> + Send + Sync>;
+
+/// The real host's hierarchy, detected (never mounted or changed).
+pub fn host_hierarchy() -> FindHierarchy {
+    Arc::new(hc::Hierarchy::detect)
+}
 
 /// Whether this shim process sits in a sandbox cgroup (one shim serves one pod; never two).
 static SHIM_MOVED: AtomicBool = AtomicBool::new(false);
@@ -83,7 +91,7 @@ fn own_cgroup(mount: &Path) -> Option<PathBuf> {
     Some(mount.join(rel))
 }
 
-/// Creates the sandbox cgroup on `hierarchy` (production: [`setup`] detects it). Returns
+/// Creates the sandbox cgroup on `hierarchy` (production: [`host_hierarchy`]'s). Returns
 /// None when limits are not applied (logged once) and that is allowed.
 pub fn setup_on(
     hierarchy: std::result::Result<hc::Hierarchy, hc::Error>,
@@ -151,17 +159,6 @@ pub fn setup_on(
         hc.move_shim(&h.mount);
     }
     Ok(Some(hc))
-}
-
-/// [`setup_on`] the host's cgroup v2 hierarchy, if it has a usable one.
-pub fn setup(
-    cfg: &CgroupConfig,
-    sandbox: &str,
-    path: &CgroupPath,
-    pod: &PodResources,
-    vm_memory_mib: u32,
-) -> Result<Option<HostCgroup>> {
-    setup_on(hc::Hierarchy::detect(), cfg, sandbox, path, pod, vm_memory_mib)
 }
 
 impl HostCgroup {
@@ -251,7 +248,6 @@ pub fn remove_leftover(recorded: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn cfg(required: bool) -> CgroupConfig {
         CgroupConfig { required, move_shim: false, ..CgroupConfig::default() }

@@ -153,10 +153,11 @@ impl Sandbox {
     /// and records it in the state directory for `delete` after a crash.
     async fn setup_host_cgroup(&self, size: VmSize) -> Result<()> {
         let Some((path, pod)) = super::lock(&self.cgroup_plan).clone() else { return Ok(()) };
-        let (cfg, id) = (self.cfg.cgroup.clone(), self.id.clone());
-        let made = tokio::task::spawn_blocking(move || host_cgroup::setup(&cfg, &id, &path, &pod, size.memory_mib))
-            .await
-            .map_err(|e| Error::Boot(format!("host cgroup setup task failed: {e}")))??;
+        let (cfg, id, find) = (self.cfg.cgroup.clone(), self.id.clone(), self.cgroups.clone());
+        let made =
+            tokio::task::spawn_blocking(move || host_cgroup::setup_on(find(), &cfg, &id, &path, &pod, size.memory_mib))
+                .await
+                .map_err(|e| Error::Boot(format!("host cgroup setup task failed: {e}")))??;
         if let Some(cg) = made {
             let record = state_dir::cgroup_record(&self.dir);
             if let Err(e) = std::fs::write(&record, cg.path().as_os_str().as_encoded_bytes()) {

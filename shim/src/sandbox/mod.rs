@@ -60,6 +60,8 @@ pub struct SandboxDeps {
     pub vmm: Box<dyn Vmm>,
     pub connect_agent: ConnectAgent,
     pub host: Arc<dyn Host>,
+    /// Where host cgroups are made (the host's cgroup v2, or a fake hierarchy in tests).
+    pub cgroups: host_cgroup::FindHierarchy,
 }
 
 impl SandboxDeps {
@@ -70,6 +72,7 @@ impl SandboxDeps {
             vmm: vmm::backend::new_backend(cfg, dir, host.clone()),
             connect_agent: Arc::new(|stream, vm_exit| Arc::new(TtrpcAgent::new(stream, vm_exit)) as Arc<dyn AgentApi>),
             host,
+            cgroups: host_cgroup::host_hierarchy(),
         }
     }
 }
@@ -85,6 +88,7 @@ pub struct Sandbox {
     vmm: Mutex<Box<dyn Vmm>>,
     connect_agent: ConnectAgent,
     host: Arc<dyn Host>,
+    cgroups: host_cgroup::FindHierarchy,
     agent: OnceLock<Arc<dyn AgentApi>>,
     vm_exit: OnceLock<ExitWatch>,
     pid: AtomicU32,
@@ -142,6 +146,7 @@ impl Sandbox {
             vmm: Mutex::new(deps.vmm),
             connect_agent: deps.connect_agent,
             host,
+            cgroups: deps.cgroups,
             agent: OnceLock::new(),
             vm_exit: OnceLock::new(),
             pid: AtomicU32::new(0),
