@@ -26,8 +26,8 @@
 //! [tenant]                  # the policy of every tenant not listed under [tenants] (policy.rs)
 //! max_vcpus = 8             # most vCPUs a pod's VM may ask for (more: the pod is refused)
 //! max_memory_mib = 16384    # most memory a pod's VM may ask for
-//! pids_max = 16384          # pids.max of the pod's host cgroup
-//! io_weight = 100           # io.weight of the pod's host cgroup (1..=10000)
+//! # pids_max = 512          # pids.max of the pod's host cgroup (default: [cgroup] pids_max)
+//! # io_weight = 50          # io.weight of the pod's host cgroup (default: [cgroup] io_weight)
 //! allow_exec = true         # exec into the tenant's pods
 //! allow_unconfined_seccomp = false  # false: containers without a profile get the default one
 //! host_paths = ["/var/lib/kubelet/pods", "/var/lib/containerd", "/run/containerd", "/var/run/containerd"]
@@ -36,7 +36,19 @@
 //! [tenants.team-a]          # one tenant (the pod's bulwark.io/tenant annotation, else its
 //! max_vcpus = 2             # namespace): only the keys that differ from [tenant]
 //! allow_exec = false
+//!
+//! [cgroup]                  # the host cgroup v2 of each sandbox (jail/cgroup.rs, docs/host-cgroup.md)
+//! required = false          # true: refuse pods when no usable cgroup v2 (else: logged, run without)
+//! overhead_memory_mib = 256 # host memory of QEMU + helpers beyond the pod's memory (memory.max)
+//! overhead_cpu_millis = 250 # CPU of QEMU + helpers beyond the pod's CPU limit (cpu.max), millicores
+//! pids_max = 1024           # pids.max of the sandbox cgroup (QEMU threads, helpers, the shim)
+//! io_weight = 100           # io.weight (1..=10000)
+//! move_shim = true          # the shim's own process goes into the sandbox cgroup too
 //! ```
+//!
+//! The RuntimeClass `overhead` (which kubelet adds to the pod's resources, and so to the pod
+//! cgroup that is the parent of the sandbox cgroup) should cover the guest's kernel and agent
+//! plus `overhead_memory_mib` and `overhead_cpu_millis`.
 //!
 //! Unknown keys are errors naming the key: a typo must not silently fall back to a default.
 
@@ -87,6 +99,32 @@ pub struct Config {
     pub tenant: TenantPolicy,
     /// Per-tenant overrides of [`Config::tenant`], by tenant name.
     pub tenants: std::collections::BTreeMap<String, TenantOverride>,
+    pub cgroup: Cgroup,
+}
+
+/// `[cgroup]`: the host cgroup v2 of each sandbox (jail/cgroup.rs).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cgroup {
+    pub required: bool,
+    pub overhead_memory_mib: u64,
+    pub overhead_cpu_millis: u64,
+    pub pids_max: u64,
+    pub io_weight: u16,
+    pub move_shim: bool,
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Cgroup {
+            required: false,
+            overhead_memory_mib: 256,
+            overhead_cpu_millis: 250,
+            pids_max: 1024,
+            io_weight: 100,
+            move_shim: true,
+        }
+    }
 }
 
 /// `[paths]`: binaries, guest image and state directory.
@@ -239,6 +277,19 @@ impl Config {
         if !(1..=3600).contains(&vm.boot_timeout_secs) {
             return Err(err(format!("vm.boot_timeout_secs = {} must be between 1 and 3600", vm.boot_timeout_secs)));
         }
+        let cg = &self.cgroup;
+        if cg.overhead_memory_mib > 65_536 {
+            return Err(err(format!("cgroup.overhead_memory_mib = {} must be at most 65536", cg.overhead_memory_mib)));
+        }
+        if cg.overhead_cpu_millis > 64_000 {
+            return Err(err(format!("cgroup.overhead_cpu_millis = {} must be at most 64000", cg.overhead_cpu_millis)));
+        }
+        if !(16..=4_194_304).contains(&cg.pids_max) {
+            return Err(err(format!("cgroup.pids_max = {} must be between 16 and 4194304", cg.pids_max)));
+        }
+        if !(1..=10_000).contains(&cg.io_weight) {
+            return Err(err(format!("cgroup.io_weight = {} must be between 1 and 10000", cg.io_weight)));
+        }
         if vm.kernel_params.len() > 1024 || vm.kernel_params.chars().any(|c| c.is_control() || c == '"') {
             return Err(err(
                 "vm.kernel_params must be at most 1024 bytes of printable characters without '\"'".to_string()
@@ -297,6 +348,13 @@ mod tests {
             acceleration = "tcg"
             boot_timeout_secs = 5
             kernel_params = "loglevel=7"
+            [cgroup]
+            required = true
+            overhead_memory_mib = 64
+            overhead_cpu_millis = 100
+            pids_max = 512
+            io_weight = 200
+            move_shim = false
             "#,
         )
         .unwrap();
@@ -304,6 +362,17 @@ mod tests {
         assert_eq!(cfg.vm.vcpus, 2);
         assert_eq!(cfg.vm.acceleration, Acceleration::Tcg);
         assert_eq!(cfg.vm.kernel_params, "loglevel=7");
+        assert_eq!(
+            cfg.cgroup,
+            Cgroup {
+                required: true,
+                overhead_memory_mib: 64,
+                overhead_cpu_millis: 100,
+                pids_max: 512,
+                io_weight: 200,
+                move_shim: false
+            }
+        );
     }
 
     #[test]
@@ -330,6 +399,10 @@ mod tests {
                 "runtime_dir",
             ),
             ("[vm]\nvcpus = \"two\"\n", "line 2"),
+            ("[cgroup]\npids_max = 1\n", "cgroup.pids_max"),
+            ("[cgroup]\nio_weight = 0\n", "cgroup.io_weight"),
+            ("[cgroup]\noverhead_memory_mib = 9999999\n", "cgroup.overhead_memory_mib"),
+            ("[cgroup]\nrequird = true\n", "requird"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} -> {e}");

@@ -48,10 +48,10 @@ pub struct TenantPolicy {
     pub max_vcpus: u32,
     /// Most memory a pod's VM may ask for, in MiB.
     pub max_memory_mib: u32,
-    /// `pids.max` of the pod's host cgroup.
-    pub pids_max: u32,
-    /// `io.weight` of the pod's host cgroup (1..=10000).
-    pub io_weight: u32,
+    /// `pids.max` of the pod's host cgroup (`None`: the node's `[cgroup] pids_max`).
+    pub pids_max: Option<u64>,
+    /// `io.weight` of the pod's host cgroup, 1..=10000 (`None`: the node's `[cgroup] io_weight`).
+    pub io_weight: Option<u16>,
     /// Whether exec into the tenant's pods is allowed (kubectl exec, probes with exec).
     pub allow_exec: bool,
     /// Whether a container without a seccomp profile runs unconfined; otherwise the guest
@@ -67,8 +67,8 @@ impl Default for TenantPolicy {
         TenantPolicy {
             max_vcpus: 8,
             max_memory_mib: 16384,
-            pids_max: 16384,
-            io_weight: 100,
+            pids_max: None,
+            io_weight: None,
             allow_exec: true,
             allow_unconfined_seccomp: false,
             host_paths: vec![
@@ -87,8 +87,8 @@ impl Default for TenantPolicy {
 pub struct TenantOverride {
     pub max_vcpus: Option<u32>,
     pub max_memory_mib: Option<u32>,
-    pub pids_max: Option<u32>,
-    pub io_weight: Option<u32>,
+    pub pids_max: Option<u64>,
+    pub io_weight: Option<u16>,
     pub allow_exec: Option<bool>,
     pub allow_unconfined_seccomp: Option<bool>,
     pub host_paths: Option<Vec<PathBuf>>,
@@ -100,8 +100,8 @@ impl TenantPolicy {
         TenantPolicy {
             max_vcpus: over.max_vcpus.unwrap_or(self.max_vcpus),
             max_memory_mib: over.max_memory_mib.unwrap_or(self.max_memory_mib),
-            pids_max: over.pids_max.unwrap_or(self.pids_max),
-            io_weight: over.io_weight.unwrap_or(self.io_weight),
+            pids_max: over.pids_max.or(self.pids_max),
+            io_weight: over.io_weight.or(self.io_weight),
             allow_exec: over.allow_exec.unwrap_or(self.allow_exec),
             allow_unconfined_seccomp: over.allow_unconfined_seccomp.unwrap_or(self.allow_unconfined_seccomp),
             host_paths: over.host_paths.clone().unwrap_or_else(|| self.host_paths.clone()),
@@ -113,10 +113,10 @@ impl TenantPolicy {
         if self.max_vcpus == 0 || self.max_memory_mib < 64 {
             return Err(format!("{key}: max_vcpus must be at least 1 and max_memory_mib at least 64"));
         }
-        if !(1..=10000).contains(&self.io_weight) {
-            return Err(format!("{key}.io_weight = {} must be in 1..=10000", self.io_weight));
+        if let Some(w) = self.io_weight.filter(|w| !(1..=10000).contains(w)) {
+            return Err(format!("{key}.io_weight = {w} must be in 1..=10000"));
         }
-        if self.pids_max == 0 {
+        if self.pids_max == Some(0) {
             return Err(format!("{key}.pids_max must be at least 1"));
         }
         if let Some(p) = self.host_paths.iter().find(|p| !p.is_absolute() || p.as_os_str().len() > 4096) {

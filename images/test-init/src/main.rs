@@ -4,6 +4,8 @@
 //! /lib/modules/load-order with finit_module(2), optionally mount virtio-fs (`bw.virtiofs=<tag>` on
 //! the kernel command line) and read /mnt/hello.txt, connect AF_VSOCK to CID 2 port 1025
 //! (`bw.port=<n>` overrides), send one line, wait for the host's reply, power off.
+//! `bw.mode=cgroup` first runs the host cgroup enforcement checks of cgroup.rs (results appended
+//! to the line).
 //!
 //! On the host: `bulwark-test-init --listen <unix-socket-path> [timeout-secs]` accepts one
 //! connection (the guest's, via vhost-device-vsock's `<uds-path>_<port>`), prints
@@ -12,6 +14,8 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod cgroup;
 
 fn kmsg(s: &str) {
     if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
@@ -110,6 +114,11 @@ fn main() {
             }
         }
         if let Some(p) = arg.strip_prefix("bw.port=") { port = p.parse().unwrap_or(port); }
+    }
+    let args: Vec<&str> = cmdline.split_whitespace().collect();
+    if args.contains(&"bw.mode=cgroup") {
+        report.push(' ');
+        report.push_str(&cgroup::run(args.contains(&"bw.cgroup_limits=off")));
     }
     let kr = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     // SAFETY: plain socket(2)/connect(2) with a zeroed, filled-in sockaddr_vm.

@@ -19,6 +19,7 @@ use crate::agent::{handshake, streams, AgentApi};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::child::{log_tail, wait_exit};
+use crate::jail::cgroup as host_cgroup;
 use crate::resources::network;
 use crate::sandbox::sizing::VmSize;
 use crate::vmm::accel::{self, KvmBootProbe, PROBE_TIMEOUT};
@@ -67,8 +68,11 @@ impl Sandbox {
         };
         let socket = vmm.agent_socket();
 
+        // The host cgroup first, so that each VMM process moves in right after it starts.
+        self.setup_host_cgroup(size).await?;
         let prepared = vmm.prepare(&vm).await;
         self.write_pid_file(&vmm.processes());
+        self.cgroup_add(&vmm.processes())?;
         prepared?;
 
         let listener = handshake::bind_log_listener(&socket.host_port_path(bulwark_protocol::LOG_PORT))?;
@@ -90,6 +94,7 @@ impl Sandbox {
         });
         drop(net);
         self.write_pid_file(&vmm.processes());
+        self.cgroup_add(&vmm.processes())?;
         started_vm?;
         let (pid, vm_exit) = match (vmm.pid(), vmm.exit_watch()) {
             (Some(pid), Some(w)) => (pid, w),
@@ -142,6 +147,32 @@ impl Sandbox {
         }
         let _ = self.agent.set(agent);
         Ok(())
+    }
+
+    /// Creates the sandbox's host cgroup (jail/cgroup.rs) when its spec named a cgroupsPath,
+    /// and records it in the state directory for `delete` after a crash.
+    async fn setup_host_cgroup(&self, size: VmSize) -> Result<()> {
+        let Some((path, pod)) = super::lock(&self.cgroup_plan).clone() else { return Ok(()) };
+        let (cfg, id, find) = (self.cfg.cgroup.clone(), self.id.clone(), self.cgroups.clone());
+        let made =
+            tokio::task::spawn_blocking(move || host_cgroup::setup_on(find(), &cfg, &id, &path, &pod, size.memory_mib))
+                .await
+                .map_err(|e| Error::Boot(format!("host cgroup setup task failed: {e}")))??;
+        if let Some(cg) = made {
+            let record = state_dir::cgroup_record(&self.dir);
+            if let Err(e) = std::fs::write(&record, cg.path().as_os_str().as_encoded_bytes()) {
+                tracing::warn!("writing {}: {e}", record.display());
+            }
+            *super::lock(&self.host_cgroup) = Some(Arc::new(cg));
+        }
+        Ok(())
+    }
+
+    /// Moves the VMM's processes into the host cgroup (those not moved yet).
+    fn cgroup_add(&self, procs: &[crate::vmm::VmmProcess]) -> Result<()> {
+        let Some(cg) = super::lock(&self.host_cgroup).clone() else { return Ok(()) };
+        let procs: Vec<(&str, u32)> = procs.iter().map(|p| (p.name, p.pid)).collect();
+        cg.add_vmm_processes(&procs)
     }
 
     /// After boot: an unexpected VM exit makes the sandbox `Dead` (logged with the console's

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::linux::LinuxHost;
 use crate::host::Host;
+use crate::jail::cgroup::{self as host_cgroup, CgroupPath, HostCgroup, PodResources};
 use crate::resources::mount::cleanup_mounts_and_dir_with;
 use crate::resources::network::{HostNetwork, PodConfig};
 use crate::vmm::{self, ExitWatch, Vmm};
@@ -60,6 +61,8 @@ pub struct SandboxDeps {
     pub vmm: Box<dyn Vmm>,
     pub connect_agent: ConnectAgent,
     pub host: Arc<dyn Host>,
+    /// Where host cgroups are made (the host's cgroup v2, or a fake hierarchy in tests).
+    pub cgroups: host_cgroup::FindHierarchy,
 }
 
 impl SandboxDeps {
@@ -70,6 +73,7 @@ impl SandboxDeps {
             vmm: vmm::backend::new_backend(cfg, dir, host.clone()),
             connect_agent: Arc::new(|stream, vm_exit| Arc::new(TtrpcAgent::new(stream, vm_exit)) as Arc<dyn AgentApi>),
             host,
+            cgroups: host_cgroup::host_hierarchy(),
         }
     }
 }
@@ -85,6 +89,7 @@ pub struct Sandbox {
     vmm: Mutex<Box<dyn Vmm>>,
     connect_agent: ConnectAgent,
     host: Arc<dyn Host>,
+    cgroups: host_cgroup::FindHierarchy,
     agent: OnceLock<Arc<dyn AgentApi>>,
     vm_exit: OnceLock<ExitWatch>,
     pid: AtomicU32,
@@ -93,6 +98,10 @@ pub struct Sandbox {
     pod: std::sync::Mutex<Option<PodConfig>>,
     /// The attached pod network (resources/network/), detached on teardown.
     network: Mutex<Option<HostNetwork>>,
+    /// The sandbox container's cgroupsPath and the pod's resources (None: no host cgroup).
+    cgroup_plan: std::sync::Mutex<Option<(CgroupPath, PodResources)>>,
+    /// The host cgroup (jail/cgroup.rs), once created at boot; removed on teardown.
+    host_cgroup: std::sync::Mutex<Option<Arc<HostCgroup>>>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,12 +147,15 @@ impl Sandbox {
             vmm: Mutex::new(deps.vmm),
             connect_agent: deps.connect_agent,
             host,
+            cgroups: deps.cgroups,
             agent: OnceLock::new(),
             vm_exit: OnceLock::new(),
             pid: AtomicU32::new(0),
             log_task: std::sync::Mutex::new(None),
             pod: std::sync::Mutex::new(None),
             network: Mutex::new(None),
+            cgroup_plan: std::sync::Mutex::new(None),
+            host_cgroup: std::sync::Mutex::new(None),
         })
     }
 
@@ -184,7 +196,22 @@ impl Sandbox {
     /// attaches the network and sends them to the agent.
     pub fn set_pod_config(&self, spec: &oci_spec::runtime::Spec) -> Result<()> {
         let pod = PodConfig::from_spec(spec)?;
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let plan = match cgroups_path {
+            Some(p) => {
+                let s = p.to_str().ok_or_else(|| {
+                    Error::InvalidArgument(format!("linux.cgroupsPath {p:?} refused: it is not UTF-8"))
+                })?;
+                let annotations = spec.annotations().clone().unwrap_or_default();
+                Some((host_cgroup::parse_path(s)?, sizing::pod_resources(&annotations)))
+            }
+            None => {
+                tracing::info!("sandbox {}: the spec has no linux.cgroupsPath: no host cgroup", self.id);
+                None
+            }
+        };
         *lock(&self.pod) = Some(pod);
+        *lock(&self.cgroup_plan) = plan;
         Ok(())
     }
 
@@ -222,6 +249,15 @@ impl Sandbox {
         // After the VM is gone (its tap fds closed): remove the tc redirects and any tap left.
         if let Some(net) = self.network.lock().await.take() {
             net.detach().await;
+        }
+        // After its processes are gone: the host cgroup.
+        let cgroup = lock(&self.host_cgroup).take();
+        if let Some(cg) = cgroup {
+            match tokio::task::spawn_blocking(move || cg.remove()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("sandbox {}: removing its host cgroup: {e}", self.id),
+                Err(e) => tracing::error!("sandbox {}: removing its host cgroup: {e}", self.id),
+            }
         }
         let dir = self.dir.clone();
         let host = self.host.clone();

@@ -19,10 +19,12 @@
 use std::collections::HashMap;
 
 use crate::config::Vm;
+use crate::jail::cgroup::PodResources;
 
 pub const CPU_QUOTA_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-quota";
 pub const CPU_PERIOD_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-period";
 pub const MEMORY_ANNOTATION: &str = "io.kubernetes.cri.sandbox-memory";
+pub const CPU_SHARES_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-shares";
 
 const MIB: u64 = 1024 * 1024;
 
@@ -53,6 +55,17 @@ pub fn requested(annotations: &HashMap<String, String>) -> (Option<u32>, Option<
     };
     let memory = positive(annotations, MEMORY_ANNOTATION).map(|b| b.div_ceil(MIB).min(u32::MAX as u64) as u32);
     (vcpus, memory)
+}
+
+/// The pod's resources from the same annotations, for the host cgroup's limits
+/// (jail/cgroup.rs); the same strict parsing.
+pub fn pod_resources(annotations: &HashMap<String, String>) -> PodResources {
+    PodResources {
+        cpu_quota_us: positive(annotations, CPU_QUOTA_ANNOTATION),
+        cpu_period_us: positive(annotations, CPU_PERIOD_ANNOTATION),
+        cpu_shares: positive(annotations, CPU_SHARES_ANNOTATION),
+        memory_bytes: positive(annotations, MEMORY_ANNOTATION),
+    }
 }
 
 /// Sizes the VM of a pod from its sandbox annotations and the node config (pure). Returns
@@ -148,5 +161,24 @@ mod tests {
             (MEMORY_ANNOTATION, "9223372036854775807"),
         ]);
         assert_eq!(size_vm(&vm(), &a).0, VmSize { vcpus: 4, memory_mib: 4096 });
+    }
+
+    #[test]
+    fn pod_resources_for_the_host_cgroup() {
+        let a = ann(&[
+            (CPU_QUOTA_ANNOTATION, "150000"),
+            (CPU_PERIOD_ANNOTATION, "100000"),
+            (CPU_SHARES_ANNOTATION, "1536"),
+            (MEMORY_ANNOTATION, "-1"),
+        ]);
+        assert_eq!(
+            pod_resources(&a),
+            PodResources {
+                cpu_quota_us: Some(150_000),
+                cpu_period_us: Some(100_000),
+                cpu_shares: Some(1536),
+                memory_bytes: None
+            }
+        );
     }
 }

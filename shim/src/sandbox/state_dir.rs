@@ -150,6 +150,11 @@ fn pid_runs(pid: i32, exe: &Path) -> bool {
     }
 }
 
+/// The host cgroup's path (jail/cgroup.rs), for `delete` after a crashed shim.
+pub fn cgroup_record(dir: &Path) -> PathBuf {
+    dir.join("cgroup")
+}
+
 /// Cleanup after a crashed shim: SIGKILL the recorded processes that are still those
 /// programs, undo the saved pod network, unmount, remove the directory.
 pub fn cleanup_dir(dir: &Path) -> Result<()> {
@@ -169,6 +174,11 @@ pub fn cleanup_dir_with(host: &dyn Host, dir: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     network::cleanup_saved(dir);
+    if let Ok(recorded) = std::fs::read_to_string(cgroup_record(dir)) {
+        if let Err(e) = crate::jail::cgroup::remove_leftover(Path::new(recorded.trim())) {
+            tracing::warn!("removing the host cgroup of {}: {e}", dir.display());
+        }
+    }
     cleanup_mounts_and_dir_with(host, dir)
 }
 

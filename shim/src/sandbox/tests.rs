@@ -26,9 +26,24 @@ fn cfg(runtime_dir: &Path) -> Config {
     cfg
 }
 
+/// A host like this one: hybrid mode, no usable cgroup v2.
+fn no_cgroup_v2() -> host_cgroup::FindHierarchy {
+    Arc::new(|| Err(bulwark_host_cgroup::Error::Unusable("test host: cgroup v1 only".into())))
+}
+
 fn kit(what: &str, behaviour: Behaviour) -> Kit {
+    kit_with(what, behaviour, |_| {}, no_cgroup_v2())
+}
+
+fn kit_with(
+    what: &str,
+    behaviour: Behaviour,
+    adjust: impl FnOnce(&mut Config),
+    cgroups: host_cgroup::FindHierarchy,
+) -> Kit {
     let runtime_dir = temp_dir(what);
-    let cfg = cfg(&runtime_dir);
+    let mut cfg = cfg(&runtime_dir);
+    adjust(&mut cfg);
     let host = FakeHost::new();
     let agent = Arc::new(FakeAgent::default());
     let (vmm, handle) = FakeVmm::new(&state_dir::sandbox_dir(&runtime_dir, "ns", "pod1"), behaviour);
@@ -37,6 +52,7 @@ fn kit(what: &str, behaviour: Behaviour) -> Kit {
         vmm: Box::new(vmm),
         connect_agent: Arc::new(move |_stream, _exit| a.clone() as Arc<dyn AgentApi>),
         host: host.clone(),
+        cgroups,
     };
     let sb = Arc::new(Sandbox::prepare_with(&cfg, "ns", "pod1", deps).expect("prepare"));
     Kit { runtime_dir, host, agent, vmm: handle, sb }
@@ -91,6 +107,7 @@ async fn prepare_cleans_a_leftover_dir() {
         vmm: Box::new(vmm),
         connect_agent: Arc::new(|_, _| Arc::new(FakeAgent::default()) as Arc<dyn AgentApi>),
         host: host.clone(),
+        cgroups: no_cgroup_v2(),
     };
     let sb = Sandbox::prepare_with(&cfg(&runtime_dir), "ns", "pod1", deps).unwrap();
     assert!(!dir.join("stale").exists());
@@ -199,4 +216,86 @@ async fn teardown_before_boot() {
     let k = kit("sandbox-early-teardown", Behaviour::Boots);
     assert_torn_down(&k).await;
     assert!(k.vmm.calls().contains(&"stop".to_string()));
+}
+
+// --- host cgroup (jail/cgroup.rs) wiring
+
+/// A sandbox spec with `cgroupsPath` and the CRI resource annotations.
+fn pod_spec(cgroups_path: &str) -> oci_spec::runtime::Spec {
+    let json = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": { "path": "rootfs" },
+        "annotations": {
+            "io.kubernetes.cri.sandbox-cpu-quota": "50000",
+            "io.kubernetes.cri.sandbox-cpu-period": "100000",
+            "io.kubernetes.cri.sandbox-memory": "134217728"
+        },
+        "linux": { "cgroupsPath": cgroups_path }
+    });
+    serde_json::from_value(json).expect("spec")
+}
+
+/// A fake cgroup v2 hierarchy in which the VMM's processes are gone once rmdir is tried
+/// (the fake VMM's pids are not real processes).
+#[derive(Debug)]
+struct ProcsGoneKernel;
+impl bulwark_host_cgroup::Kernel for ProcsGoneKernel {
+    fn mkdir(&self, p: &Path) -> std::io::Result<()> {
+        bulwark_host_cgroup::FakeKernel.mkdir(p)
+    }
+    fn rmdir(&self, p: &Path) -> std::io::Result<()> {
+        std::fs::write(p.join("cgroup.procs"), "")?;
+        bulwark_host_cgroup::FakeKernel.rmdir(p)
+    }
+}
+
+#[tokio::test]
+async fn host_cgroup_created_filled_and_removed() {
+    let root = temp_dir("sandbox-cgroup-root");
+    bulwark_host_cgroup::FakeKernel::make_root(&root, "cpu memory pids io").unwrap();
+    let r = root.clone();
+    let find: host_cgroup::FindHierarchy =
+        Arc::new(move || Ok(bulwark_host_cgroup::Hierarchy::with_kernel(&r, Arc::new(ProcsGoneKernel))));
+    let k = kit_with("sandbox-cgroup", Behaviour::Boots, |c| c.cgroup.move_shim = false, find);
+    k.sb.set_pod_config(&pod_spec("/kubepods/burstable/pod1/pod1")).unwrap();
+    boot(&k, Duration::from_secs(5)).await.expect("boot");
+    let cg = root.join("kubepods/burstable/pod1/pod1");
+    let read = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap();
+    // 128 MiB + 256 MiB overhead; 0.5 CPU + 250 millicores.
+    assert_eq!(read("memory.max"), (384u64 << 20).to_string());
+    assert_eq!(read("cpu.max"), "75000 100000");
+    assert_eq!(read("pids.max"), "1024");
+    assert_eq!(read("vmm/cgroup.procs").trim(), FAKE_PID.to_string());
+    assert_eq!(std::fs::read_to_string(state_dir::cgroup_record(&k.sb.dir)).unwrap(), cg.display().to_string());
+    assert_torn_down(&k).await;
+    assert!(!cg.exists(), "host cgroup left behind");
+    assert!(root.join("kubepods/burstable/pod1").is_dir(), "the pod cgroup is kubelet's");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test]
+async fn no_cgroup_v2_boots_unless_required() {
+    let k = kit("sandbox-cgroup-none", Behaviour::Boots);
+    k.sb.set_pod_config(&pod_spec("/kubepods/pod1/pod1")).unwrap();
+    boot(&k, Duration::from_secs(5)).await.expect("boots without host limits");
+    assert_torn_down(&k).await;
+
+    let k = kit_with("sandbox-cgroup-req", Behaviour::Boots, |c| c.cgroup.required = true, no_cgroup_v2());
+    k.sb.set_pod_config(&pod_spec("kubepods-pod1.slice:cri-containerd:pod1")).unwrap();
+    let e = boot(&k, Duration::from_secs(5)).await.expect_err("required").to_string();
+    assert!(e.contains("cgroup.required") && e.contains("cgroup v1 only"), "{e}");
+    // Refused before any VMM process started.
+    assert!(!k.vmm.calls().iter().any(|c| c == "prepare" || c == "start"), "{:?}", k.vmm.calls());
+    assert_torn_down(&k).await;
+}
+
+#[tokio::test]
+async fn hostile_cgroups_path_is_refused() {
+    let k = kit("sandbox-cgroup-bad", Behaviour::Boots);
+    for bad in ["/kubepods/../../sys", "kubepods.slice:cri:../x", "relative/pod"] {
+        let e = k.sb.set_pod_config(&pod_spec(bad)).expect_err(bad);
+        assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
+        assert!(e.to_string().contains("cgroupsPath"), "{e}");
+    }
+    assert_torn_down(&k).await;
 }

@@ -62,7 +62,7 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     let tenant = svc.tenant(&sid);
     let (sandbox, new_sandbox) = match svc.sandbox(&sid) {
         Some(s) => (s, false),
-        None => match (svc.env.prepare)(&cfg, &svc.namespace, &sid) {
+        None => match (svc.env.prepare)(&sandbox_config(&cfg, &tenant.policy), &svc.namespace, &sid) {
             Ok(s) => (Arc::new(s), true),
             Err(e) => {
                 svc.remove_sandbox(&sid);
@@ -151,6 +151,19 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
         in_guest.guest_pid
     );
     Ok(api::CreateTaskResponse { pid, ..Default::default() })
+}
+
+/// The node configuration as it applies to a new sandbox of this tenant: the tenant's host
+/// cgroup bounds, where it has its own (pure).
+fn sandbox_config(cfg: &Config, tp: &TenantPolicy) -> Config {
+    let mut c = cfg.clone();
+    if let Some(p) = tp.pids_max {
+        c.cgroup.pids_max = p;
+    }
+    if let Some(w) = tp.io_weight {
+        c.cgroup.io_weight = w;
+    }
+    c
 }
 
 /// Refuses a pod that asks for more than its tenant may have (pure).

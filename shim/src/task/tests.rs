@@ -235,6 +235,8 @@ mod create_through_fakes {
                     vmm: Box::new(vmm),
                     connect_agent: Arc::new(move |_stream, _exit| a.clone() as Arc<dyn AgentApi>),
                     host: Arc::new(LinuxHost),
+                    // This host has no usable cgroup v2: the sandbox runs without host limits.
+                    cgroups: Arc::new(|| Err(bulwark_host_cgroup::Error::Unusable("test host".into()))),
                 };
                 Sandbox::prepare_with(cfg, ns, id, deps)
             }),
