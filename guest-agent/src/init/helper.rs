@@ -294,7 +294,7 @@ mod tests {
                 while !stop.load(Ordering::Relaxed) {
                     let v = vec![1u8; 2048 + (n % 64) * 1024];
                     n += 1;
-                    if n % 16 == 0 {
+                    if n.is_multiple_of(16) {
                         let _ = tx.try_send(v);
                     }
                 }
