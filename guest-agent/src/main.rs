@@ -5,7 +5,8 @@
 //!
 //! Startup order only: leave the initramfs for a tmpfs root (init/boot.rs), mount the pseudo
 //! filesystems and cgroup2, log to the console (init/logging.rs), load modules
-//! (init/modules.rs), start the reaper (init/reaper.rs), mount the share if the VM has one
+//! (init/modules.rs), start the lock watchdog (init/watchdog.rs) and the reaper
+//! (init/reaper.rs), mount the share if the VM has one
 //! (init/share.rs), listen for ttrpc on vsock (rpc/), then connect out to the host and announce
 //! READY (vsock.rs). PID 1 must never exit or panic: errors are logged and the agent keeps
 //! serving.
@@ -28,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use init::{boot, logging, modules, reaper, share};
+use init::{boot, logging, modules, reaper, share, watchdog};
 
 fn main() {
     reset_sigpipe();
@@ -96,6 +97,7 @@ fn main() {
 }
 
 async fn serve(log_lines: logging::LogReceiver, no_pivot: bool) {
+    tokio::spawn(watchdog::run());
     let reaper = reaper::Reaper::new();
     if std::process::id() == 1 {
         tokio::spawn(reaper.clone().run());

@@ -17,8 +17,7 @@ use libcgroups::common::{CgroupManager, ControllerOpt};
 use oci_spec::runtime::LinuxResources;
 use tokio::sync::mpsc;
 
-use crate::container::runtime;
-use crate::init::reaper::Reaper;
+use crate::container::runtime::{self, Runtime};
 
 /// Mount point of the guest's cgroup v2 hierarchy.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -256,16 +255,16 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Freezes (`pause`) or thaws the container through libcontainer, under the reaper lock
-    /// like every libcontainer call (its state file is rewritten).
-    pub async fn freeze(&self, reaper: &Arc<Reaper>, id: &str, pause: bool) -> Result<(), CgroupError> {
+    /// Freezes (`pause`) or thaws the container through the runtime (libcontainer rewrites its
+    /// state file; in a helper process with a deadline). The caller holds the container's
+    /// lifecycle lock (locks.rs).
+    pub async fn freeze(&self, runtime: &Arc<dyn Runtime>, id: &str, pause: bool) -> Result<(), CgroupError> {
         self.dir(id)?;
-        let reaper = reaper.clone();
+        let runtime = runtime.clone();
         let cid = id.to_string();
         let op = if pause { "pause" } else { "resume" };
         tokio::task::spawn_blocking(move || {
-            let _g = reaper.lock();
-            runtime::set_paused(&cid, pause).map_err(|e| CgroupError::Libcontainer {
+            runtime.set_paused(&cid, pause).map_err(|e| CgroupError::Libcontainer {
                 op,
                 id: cid.clone(),
                 msg: e.to_string(),

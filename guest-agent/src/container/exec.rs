@@ -4,7 +4,8 @@
 //! (spec.rs: no LSM labels; `terminal` follows the request), written next to the container's
 //! bundle (bundle.rs), and run through the runtime (runtime.rs: libcontainer's tenant builder,
 //! which joins the init process's namespaces and the container's cgroup, with the container's
-//! seccomp profile installed right before execve), under the reaper lock.
+//! seccomp profile installed right before execve), in a helper process with a deadline. The
+//! caller holds the container's lifecycle lock (locks.rs) and has checked it is not paused.
 use std::path::Path;
 use std::sync::Arc;
 
@@ -57,15 +58,16 @@ pub async fn start(
         let (setup, child) = StdioSetup::new(terminal, with_stdin)?;
         let (cid, ppath) = (id.to_string(), path.clone());
         tokio::task::spawn_blocking(move || -> Result<_, ExecError> {
-            let guard = reaper.lock();
-            let pid = runtime.exec(&cid, &ppath, child, seccomp)?;
-            let exit = reaper.watch(&guard, pid);
-            drop(guard);
+            let (pid, exit) = runtime.exec(&cid, &ppath, child, seccomp, &reaper)?;
             match setup.receive() {
                 Ok(io) => Ok((pid, exit, io)),
                 Err(e) => {
-                    // No terminal to talk to: do not leave the process running.
-                    let _ = runtime.signal(pid, libc::SIGKILL);
+                    // No terminal to talk to: do not leave the process running (under the
+                    // reaper lock, and only if not reaped yet: the pid cannot be reused).
+                    let _guard = reaper.lock();
+                    if exit.borrow().is_none() {
+                        let _ = runtime.signal(pid, libc::SIGKILL);
+                    }
                     Err(e.into())
                 }
             }

@@ -10,6 +10,8 @@
 //! - `runtime.rs`: the only module that calls libcontainer (create/start/kill/delete/exec,
 //!   pause/resume, the exec executor), behind the small [`runtime::Runtime`] trait;
 //! - `exec.rs`: starting an exec process (ExecProcess) through the runtime;
+//! - `locks.rs`: each container's lifecycle lock (one order for create/exec/pause/resume/
+//!   delete; an exec is refused while the container is paused);
 //! - `cgroups.rs`: each container's guest cgroup (stats, updates, pause, processes, OOM events).
 use std::path::{Component, Path};
 
@@ -18,6 +20,7 @@ use crate::process::ProcessIoError;
 pub mod bundle;
 pub mod cgroups;
 pub mod exec;
+pub mod locks;
 pub mod pod;
 pub mod runtime;
 pub mod seccomp;
@@ -37,6 +40,12 @@ pub enum ContainerError {
     Io { what: &'static str, path: String, source: std::io::Error },
     #[error("libcontainer {op} of {id} failed: {source}")]
     Libcontainer { op: &'static str, id: String, source: Box<libcontainer::error::LibcontainerError> },
+    /// A libcontainer call in its helper process (init/helper.rs) failed, timed out or crashed.
+    #[error("{0}")]
+    Helper(String),
+    /// The container's lifecycle lock (container/locks.rs) stayed busy.
+    #[error("container {id:?} is busy ({holder} in progress); try again")]
+    Busy { id: String, holder: &'static str },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +54,8 @@ pub enum ExecError {
     InvalidProcess(String),
     #[error("container {0:?} is not running (its init process has exited): cannot exec in it")]
     NotRunning(String),
+    #[error("container {0:?} is paused: cannot exec in it until it is resumed")]
+    Paused(String),
     #[error("the seccomp profile of container {0:?} uses SCMP_ACT_NOTIFY, which the agent does not support for exec processes")]
     NotifySeccomp(String),
     #[error(transparent)]

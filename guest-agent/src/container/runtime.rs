@@ -1,12 +1,16 @@
 //! The only module that calls libcontainer: create, start, kill, delete, exec (the tenant
 //! builder with [`ExecExecutor`], which installs the container's seccomp profile), the
 //! container's stored cgroup path, pause/resume. Every call blocks: run it off the async
-//! runtime, under the reaper lock (libcontainer forks and waits; see init/reaper.rs).
+//! runtime. The real runtime runs each libcontainer call in a helper process forked for it,
+//! with a deadline (init/helper.rs: libcontainer's raw clone3 must not run in the
+//! multi-threaded agent, and a call blocked on a tenant, e.g. a child joining a frozen cgroup,
+//! is killed instead of blocking the agent). No agent lock is held across these calls.
 //!
 //! The calls the RPC layer and exec.rs make go through the small [`Runtime`] trait, so the logic
 //! around them can be unit-tested with a fake (the model: libcontainer's own `Syscall` trait);
 //! [`Libcontainer`] is the real one.
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -18,50 +22,109 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 use crate::container::{ContainerError, ExecError};
+use crate::init::helper;
+use crate::init::reaper::{ExitReceiver, Reaper};
 use crate::process::ChildStdio;
 
 /// libcontainer's state directory.
 pub const STATE_DIR: &str = "/run/bulwark/containers";
 
+/// Deadline of one libcontainer call (its helper is killed after it). Below the shim's 30 s
+/// call timeout, so the agent answers first.
+pub const CALL_LIMIT: Duration = Duration::from_secs(25);
+
 /// The runtime calls made on behalf of the RPCs. Every method blocks: call it off the async
-/// runtime, under the reaper lock.
+/// runtime. No agent lock may be held around them (they can take up to [`CALL_LIMIT`]).
 pub trait Runtime: Send + Sync {
-    /// Creates (does not start) the container. Returns the init pid.
-    fn create(&self, id: &str, bundle: &Path, stdio: ChildStdio, no_pivot: bool) -> Result<i32, ContainerError>;
+    /// Creates (does not start) the container. Returns the init pid and its exit, registered
+    /// with `reaper` before the process can be reaped.
+    fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: ChildStdio,
+        no_pivot: bool,
+        reaper: &Reaper,
+    ) -> Result<(i32, ExitReceiver), ContainerError>;
     /// Starts a created container.
     fn start(&self, id: &str) -> Result<(), ContainerError>;
     /// Signals every process of the container (through its cgroup).
     fn kill_all(&self, id: &str, signal: i32) -> Result<(), ContainerError>;
     /// Deletes the container's state and cgroup (force: kills what is left).
     fn delete(&self, id: &str) -> Result<(), ContainerError>;
-    /// Creates and starts an exec process in the running container. Returns the pid.
+    /// Creates and starts an exec process in the running container. Returns the pid and its
+    /// exit, registered with `reaper` before the process can be reaped.
     fn exec(
         &self,
         id: &str,
         process_json: &Path,
         stdio: ChildStdio,
         seccomp: Option<LinuxSeccomp>,
-    ) -> Result<i32, ContainerError>;
-    /// kill(2) of one process the agent started (its child, not yet reaped: hold the reaper
-    /// lock so the pid cannot be reused meanwhile).
+        reaper: &Reaper,
+    ) -> Result<(i32, ExitReceiver), ContainerError>;
+    /// Freezes (`pause`) or thaws the container.
+    fn set_paused(&self, id: &str, pause: bool) -> Result<(), ContainerError>;
+    /// kill(2) of one process the agent started (not yet reaped: the caller holds the reaper
+    /// lock so the pid cannot be reused meanwhile; kill(2) does not block).
     fn signal(&self, pid: i32, signo: i32) -> std::io::Result<()>;
 }
 
-/// The real runtime: youki's libcontainer.
+/// The real runtime: youki's libcontainer, each call in a helper process.
 pub struct Libcontainer;
 
+/// Runs one libcontainer call in a helper process (init/helper.rs).
+fn in_helper(op: &'static str, id: &str, work: impl FnOnce() -> Result<i32, String>) -> Result<i32, ContainerError> {
+    in_helper_then(op, id, work, |_| {})
+}
+
+fn in_helper_then(
+    op: &'static str,
+    id: &str,
+    work: impl FnOnce() -> Result<i32, String>,
+    on_value: impl FnOnce(i32),
+) -> Result<i32, ContainerError> {
+    helper::run(&format!("libcontainer {op} of {id}"), CALL_LIMIT, work, on_value).map_err(|e| match e {
+        helper::HelperError::Failed(msg) => ContainerError::Helper(msg),
+        other => ContainerError::Helper(other.to_string()),
+    })
+}
+
+/// Creates a process in a helper and registers its exit watch before the helper exits (until
+/// then the process is the helper's child, so the agent cannot reap it early).
+fn spawn_in_helper(
+    op: &'static str,
+    id: &str,
+    reaper: &Reaper,
+    work: impl FnOnce() -> Result<i32, String>,
+) -> Result<(i32, ExitReceiver), ContainerError> {
+    let mut exit = None;
+    let pid = in_helper_then(op, id, work, |pid| {
+        let guard = reaper.lock();
+        exit = Some(reaper.watch(&guard, pid));
+    })?;
+    let exit = exit.ok_or_else(|| ContainerError::Helper(format!("{op} of {id}: no exit watch for pid {pid}")))?;
+    Ok((pid, exit))
+}
+
 impl Runtime for Libcontainer {
-    fn create(&self, id: &str, bundle: &Path, stdio: ChildStdio, no_pivot: bool) -> Result<i32, ContainerError> {
-        create(id, bundle, stdio, no_pivot)
+    fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: ChildStdio,
+        no_pivot: bool,
+        reaper: &Reaper,
+    ) -> Result<(i32, ExitReceiver), ContainerError> {
+        spawn_in_helper("create", id, reaper, || create(id, bundle, stdio, no_pivot).map_err(|e| e.to_string()))
     }
     fn start(&self, id: &str) -> Result<(), ContainerError> {
-        start(id)
+        in_helper("start", id, || start(id).map(|_| 0).map_err(|e| e.to_string())).map(|_| ())
     }
     fn kill_all(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
-        kill_all(id, signal)
+        in_helper("kill", id, || kill_all(id, signal).map(|_| 0).map_err(|e| e.to_string())).map(|_| ())
     }
     fn delete(&self, id: &str) -> Result<(), ContainerError> {
-        delete(id)
+        in_helper("delete", id, || delete(id).map(|_| 0).map_err(|e| e.to_string())).map(|_| ())
     }
     fn exec(
         &self,
@@ -69,8 +132,13 @@ impl Runtime for Libcontainer {
         process_json: &Path,
         stdio: ChildStdio,
         seccomp: Option<LinuxSeccomp>,
-    ) -> Result<i32, ContainerError> {
-        exec(id, process_json, stdio, seccomp)
+        reaper: &Reaper,
+    ) -> Result<(i32, ExitReceiver), ContainerError> {
+        spawn_in_helper("exec", id, reaper, || exec(id, process_json, stdio, seccomp).map_err(|e| e.to_string()))
+    }
+    fn set_paused(&self, id: &str, pause: bool) -> Result<(), ContainerError> {
+        let op = if pause { "pause" } else { "resume" };
+        in_helper(op, id, || set_paused(id, pause).map(|_| 0).map_err(|e| e.to_string())).map(|_| ())
     }
     fn signal(&self, pid: i32, signo: i32) -> std::io::Result<()> {
         // SAFETY: plain kill(2) on a pid we own (our child, not yet reaped).
@@ -96,7 +164,7 @@ fn with_stdio(builder: ContainerBuilder, stdio: ChildStdio) -> ContainerBuilder 
     }
 }
 
-/// Creates (does not start) the container. Blocking; hold the reaper lock around it.
+/// Creates (does not start) the container. Blocking; runs in a helper process.
 /// Returns the init pid.
 fn create(id: &str, bundle: &Path, stdio: ChildStdio, no_pivot: bool) -> Result<i32, ContainerError> {
     std::fs::create_dir_all(STATE_DIR).map_err(|source| ContainerError::Io {
@@ -123,7 +191,7 @@ fn create(id: &str, bundle: &Path, stdio: ChildStdio, no_pivot: bool) -> Result<
 /// Creates and starts an exec process in the running container `id` (libcontainer's tenant
 /// builder: the init process's namespaces, the container's cgroup), running the OCI process
 /// in `process_json`. `seccomp` is the container's profile ([`ExecExecutor`] installs it, since
-/// the tenant builder does not). Blocking; hold the reaper lock around it. Returns the pid.
+/// the tenant builder does not). Blocking; runs in a helper process. Returns the pid.
 fn exec(
     id: &str,
     process_json: &Path,
@@ -141,9 +209,9 @@ fn exec(
 
 /// libcontainer leaves each exec's notify socket and console-socket symlink
 /// (`tenant-notify-*`, `tenant-tty-*`) in the container's state directory. They are only used
-/// while the exec starts, and execs start one at a time (under the reaper lock), so every one
-/// found after a start is stale: remove them, or a container probed by exec for days would
-/// pile them up.
+/// while the exec starts, and the execs of one container start one at a time (under its
+/// lifecycle lock, container/locks.rs), so every one found after a start is stale: remove
+/// them, or a container probed by exec for days would pile them up.
 fn remove_tenant_leftovers(container_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(container_dir) else { return };
     for entry in entries.flatten() {
@@ -186,7 +254,7 @@ pub fn stored_cgroup_path(id: &str) -> Result<PathBuf, LibcontainerError> {
 }
 
 /// Freezes (`pause`) or thaws the container (libcontainer rewrites its stored state).
-pub fn set_paused(id: &str, pause: bool) -> Result<(), LibcontainerError> {
+fn set_paused(id: &str, pause: bool) -> Result<(), LibcontainerError> {
     let mut c = Container::load(Path::new(STATE_DIR).join(id))?;
     if pause {
         c.pause()

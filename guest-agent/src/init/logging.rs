@@ -3,10 +3,12 @@
 //! line. Lines are cut to fit protocol::MAX_LOG_LINE; when the queue is full, lines are dropped
 //! (the console still has them) rather than growing memory.
 //!
-//! Fork safety: libcontainer logs from processes it forks off this multi-threaded agent. In
-//! such a child a mutex or the runtime's queues may be held by a thread that no longer exists,
-//! so the writer takes no lock: the console is a raw fd written with one write(2) per line,
-//! and only the agent process itself (checked by pid) queues lines for the host.
+//! Fork safety: libcontainer logs from the helper processes the agent forks for its calls
+//! (init/helper.rs) and from the processes libcontainer clones from those. In a helper a mutex
+//! or the async runtime's queues may be held by an agent thread that does not exist there, so
+//! the writer takes no lock: the console is a raw fd written with one write(2) per line, and
+//! only the agent process itself (checked by pid) queues lines for the host. (With a global
+//! default dispatcher, `tracing` takes no lock on an event either.)
 use std::io::Write;
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,10 +1,13 @@
-//! PID 1 zombie reaping that coexists with libcontainer's own waitpid() calls.
+//! PID 1 zombie reaping; exit statuses by pid.
 //!
-//! libcontainer forks an intermediate process and waitpid()s it during create. If our
-//! waitpid(-1) won that race, libcontainer would fail with ECHILD. So all reaping happens
-//! under [`Reaper::lock`], and callers hold the same lock around libcontainer calls that fork.
-//! Exit statuses are delivered only for pids registered (under the lock, so none is missed)
-//! through a watch channel; other children are reaped and forgotten.
+//! libcontainer's calls run in helper processes (init/helper.rs), so the processes it forks and
+//! waitpid()s are the helper's children, never the agent's: the agent's waitpid(-1) cannot steal
+//! them, and reaping never pauses for libcontainer. [`Reaper::lock`] only makes short,
+//! non-blocking steps atomic with respect to reaping: registering a pid's exit watch (so none is
+//! missed) and kill(2) of a pid not yet reaped (so it cannot have been reused). It is never held
+//! across a call that can block on a tenant; a watchdog (init/watchdog.rs) logs if it is held
+//! longer than [`LOCK_LIMIT`]. Exit statuses are delivered only for registered pids, through a
+//! watch channel; other children (helpers, orphans) are reaped and forgotten.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,6 +16,12 @@ use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::sync::watch;
+
+use crate::init::watchdog::{self, Held};
+
+/// How long the reaper lock may be held before the watchdog logs it (it guards only
+/// waitpid(WNOHANG), kill(2) and map updates).
+pub const LOCK_LIMIT: Duration = Duration::from_secs(1);
 
 /// Exit status as a shell reports it: the exit code, or 128 + signal number.
 pub fn exit_status(status: &WaitStatus) -> Option<i32> {
@@ -32,17 +41,19 @@ pub struct Reaper {
     watched: Mutex<HashMap<i32, watch::Sender<Option<i32>>>>,
 }
 
-/// Proof that the reaper is paused (no waitpid(-1) can run while this lives).
-pub struct ReaperGuard<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
+/// Proof that the reaper is paused (no waitpid(-1) can run while this lives). Drop it quickly:
+/// the watchdog reports it after [`LOCK_LIMIT`].
+pub struct ReaperGuard<'a>(#[allow(dead_code)] MutexGuard<'a, ()>, #[allow(dead_code)] Held);
 
 impl Reaper {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
-    /// Pauses reaping. Hold it around libcontainer calls that fork and wait.
+    /// Pauses reaping, for a non-blocking step only (a watch registration, a kill(2)).
     pub fn lock(&self) -> ReaperGuard<'_> {
-        ReaperGuard(self.lock.lock().unwrap_or_else(|p| p.into_inner()))
+        let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        ReaperGuard(g, watchdog::hold("reaper", "", LOCK_LIMIT))
     }
 
     /// Registers a child whose exit status someone wants. Requires the guard, so the child

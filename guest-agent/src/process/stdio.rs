@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,6 +16,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
 use crate::init::reaper::ExitReceiver;
+use crate::init::watchdog;
 
 /// Default buffer size per output stream.
 pub const OUTPUT_BUFFER_CAP: usize = 1024 * 1024;
@@ -150,6 +152,11 @@ impl OutputStream {
 /// Where stdin data goes: a pipe write end or a pty master.
 pub type StdinSink = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// How long one WriteStdin waits for the process to take data (then it answers with what was
+/// written, maybe 0, and the host tries again): a process that does not read its stdin must
+/// not hold the stdin lock, or an RPC, for longer.
+pub const STDIN_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
 /// A process's stdin: a pipe write end, a pty master, or nothing.
 pub struct Stdin {
     sender: tokio::sync::Mutex<Option<StdinSink>>,
@@ -159,13 +166,38 @@ impl Stdin {
     pub fn new(sender: Option<StdinSink>) -> Self {
         Self { sender: tokio::sync::Mutex::new(sender) }
     }
+
+    /// Writes what the process takes within [`STDIN_WRITE_LIMIT`]; returns how many bytes.
     pub async fn write(&self, data: &[u8]) -> Result<usize, StdioError> {
-        let mut guard = self.sender.lock().await;
-        let s = guard.as_mut().ok_or(StdioError::StdinClosed)?;
-        s.write_all(data).await.map_err(StdioError::Write)?;
-        s.flush().await.map_err(StdioError::Write)?;
-        Ok(data.len())
+        self.write_within(data, STDIN_WRITE_LIMIT).await
     }
+
+    pub async fn write_within(&self, data: &[u8], limit: Duration) -> Result<usize, StdioError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let Ok(mut guard) = tokio::time::timeout_at(deadline, self.sender.lock()).await else {
+            return Ok(0);
+        };
+        let _held = watchdog::hold("stdin", "", limit * 2);
+        let s = guard.as_mut().ok_or(StdioError::StdinClosed)?;
+        let mut written = 0;
+        while written < data.len() {
+            match tokio::time::timeout_at(deadline, s.write(&data[written..])).await {
+                Err(_) => break,
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) if written == 0 => return Err(StdioError::Write(e)),
+                Ok(Err(_)) => break,
+            }
+        }
+        if written > 0 {
+            // Pipes and the pty master need no flush; bounded all the same.
+            let _ = tokio::time::timeout_at(deadline, s.flush()).await;
+        }
+        Ok(written)
+    }
+
+    /// Closes stdin (waits at most [`STDIN_WRITE_LIMIT`] for a write in progress).
     pub async fn close(&self) {
         self.sender.lock().await.take();
     }
@@ -275,5 +307,22 @@ mod tests {
         exit_tx.send(Some(0)).expect("send exit");
         assert!(stream.read(10).await.is_empty());
         task.await.expect("pump");
+    }
+
+    #[tokio::test]
+    async fn stdin_to_a_process_that_does_not_read_is_bounded() {
+        let p = make_pipes(true).expect("pipes");
+        let w = sender(p.stdin.expect("stdin")).expect("sender");
+        let stdin = Stdin::new(Some(Box::new(w)));
+        let data = vec![b'x'; 1024 * 1024];
+        let t = std::time::Instant::now();
+        let n = stdin.write_within(&data, Duration::from_millis(200)).await.expect("write");
+        assert!(n > 0 && n < data.len(), "a full pipe takes part of it: {n}");
+        let n = stdin.write_within(&data, Duration::from_millis(200)).await.expect("write");
+        assert_eq!(n, 0, "nothing more fits");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        tokio::time::timeout(Duration::from_secs(1), stdin.close()).await.expect("close is not blocked");
+        assert!(matches!(stdin.write(b"x").await, Err(StdioError::StdinClosed)));
+        drop(p.child_stdin);
     }
 }

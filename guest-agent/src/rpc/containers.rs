@@ -1,6 +1,7 @@
 //! Container RPCs: CreateContainer, StartContainer, RemoveContainer. The spec is rewritten
 //! (container/spec.rs, container/pod.rs) and the runtime called off the async runtime, under
-//! the reaper lock; the init process goes into the process table under an empty exec id.
+//! the container's lifecycle lock (container/locks.rs) only; the init process goes into the
+//! process table under an empty exec id.
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +86,7 @@ pub async fn create(svc: &AgentService, req: &CreateContainerRequest) -> ttrpc::
     let rootfs = resolve_rootfs(share, &req.rootfs_path).map_err(container_err)?;
     let spec = pod_spec(svc, req, share, &rootfs).await?;
     let terminal = check_terminal(&spec, req.terminal)?;
+    let lifecycle = svc.locks.lock(&id, "create").await.map_err(container_err)?;
     let bundle = write_bundle(&id, &spec).map_err(container_err)?;
     let (setup, child_stdio) =
         StdioSetup::new(terminal, req.stdin).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
@@ -94,10 +96,7 @@ pub async fn create(svc: &AgentService, req: &CreateContainerRequest) -> ttrpc::
     let no_pivot = svc.no_pivot;
     let (cid, cbundle) = (id.clone(), bundle.clone());
     let created = tokio::task::spawn_blocking(move || {
-        let guard = reaper.lock();
-        let pid = runtime.create(&cid, &cbundle, child_stdio, no_pivot)?;
-        let exit = reaper.watch(&guard, pid);
-        drop(guard);
+        let (pid, exit) = runtime.create(&cid, &cbundle, child_stdio, no_pivot, &reaper)?;
         let io = setup.receive().map_err(|e| ContainerError::Spec(format!("container terminal: {e}")))?;
         Ok::<_, ContainerError>((pid, exit, io))
     })
@@ -106,20 +105,20 @@ pub async fn create(svc: &AgentService, req: &CreateContainerRequest) -> ttrpc::
     let (pid, exit, io) = match created {
         Ok(v) => v,
         Err(e) => {
-            let reaper = svc.reaper.clone();
             let runtime = svc.runtime.clone();
             let cid = id.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                let _g = reaper.lock();
                 if let Err(e) = runtime.delete(&cid) {
                     tracing::warn!("cleaning up after the failed create: {e}");
                 }
             })
             .await;
             remove_bundle(&id);
+            drop(lifecycle);
             return Err(container_err(e));
         }
     };
+    drop(lifecycle);
 
     let entry = Arc::new(io.into_process(&id, pid, exit, req.stdin));
     svc.processes.insert_container(id.clone(), entry).await;
@@ -131,16 +130,10 @@ pub async fn create(svc: &AgentService, req: &CreateContainerRequest) -> ttrpc::
 pub async fn start(svc: &AgentService, req: ContainerRequest) -> ttrpc::Result<Empty> {
     let id = req.container_id;
     svc.processes.get(&id, "").await.map_err(not_found)?;
-    let reaper = svc.reaper.clone();
+    let _lifecycle = svc.locks.lock(&id, "start").await.map_err(container_err)?;
     let runtime = svc.runtime.clone();
     let cid = id.clone();
-    tokio::task::spawn_blocking(move || {
-        let _g = reaper.lock();
-        runtime.start(&cid)
-    })
-    .await
-    .map_err(join_err)?
-    .map_err(container_err)?;
+    tokio::task::spawn_blocking(move || runtime.start(&cid)).await.map_err(join_err)?.map_err(container_err)?;
     tracing::info!(container = %id, "container started");
     Ok(Empty::default())
 }
@@ -151,12 +144,16 @@ pub async fn remove(svc: &AgentService, req: ContainerRequest) -> ttrpc::Result<
     if e.exit.borrow().is_none() {
         let reaper = svc.reaper.clone();
         let runtime = svc.runtime.clone();
-        let (cid, pid) = (id.clone(), e.pid);
+        let (cid, init) = (id.clone(), e.clone());
+        // No lock across kill_all (a cgroup-wide kill, in a helper); the reaper lock only
+        // around the kill(2) of the init pid.
         let _ = tokio::task::spawn_blocking(move || {
-            let _g = reaper.lock();
             if let Err(err) = runtime.kill_all(&cid, libc::SIGKILL) {
                 tracing::warn!("{err}; killing the init process only");
-                let _ = runtime.signal(pid, libc::SIGKILL);
+                let _g = reaper.lock();
+                if init.exit.borrow().is_none() {
+                    let _ = runtime.signal(init.pid, libc::SIGKILL);
+                }
             }
         })
         .await;
@@ -165,16 +162,13 @@ pub async fn remove(svc: &AgentService, req: ContainerRequest) -> ttrpc::Result<
             tracing::warn!(container = %id, "init process still not reaped {KILL_WAIT:?} after SIGKILL");
         }
     }
+    let lifecycle = svc.locks.lock(&id, "delete").await.map_err(container_err)?;
     svc.cgroups.untrack(&id);
-    let reaper = svc.reaper.clone();
     let runtime = svc.runtime.clone();
     let cid = id.clone();
-    let deleted = tokio::task::spawn_blocking(move || {
-        let _g = reaper.lock();
-        runtime.delete(&cid)
-    })
-    .await
-    .map_err(join_err)?;
+    let deleted = tokio::task::spawn_blocking(move || runtime.delete(&cid)).await.map_err(join_err)?;
+    drop(lifecycle);
+    svc.locks.forget(&id);
     // Forget the container even if libcontainer failed, so the id can be reused; report it.
     e.close().await;
     svc.processes.forget_execs_of(&id).await;

@@ -16,6 +16,7 @@ pub fn container_err(e: ContainerError) -> ttrpc::Error {
             Code::INVALID_ARGUMENT
         }
         ContainerError::Rootfs { .. } => Code::FAILED_PRECONDITION,
+        ContainerError::Busy { .. } => Code::UNAVAILABLE,
         _ => Code::INTERNAL,
     };
     tracing::error!("{e}");
@@ -56,7 +57,7 @@ pub fn exec_err(e: ExecError) -> ttrpc::Error {
     }
     let code = match &e {
         ExecError::InvalidProcess(_) | ExecError::NotifySeccomp(_) => Code::INVALID_ARGUMENT,
-        ExecError::NotRunning(_) => Code::FAILED_PRECONDITION,
+        ExecError::NotRunning(_) | ExecError::Paused(_) => Code::FAILED_PRECONDITION,
         _ => Code::INTERNAL,
     };
     tracing::error!("{e}");
@@ -93,6 +94,8 @@ mod tests {
             (ContainerError::Spec("bad".into()), Code::INVALID_ARGUMENT),
             (ContainerError::Rootfs { path: "/r".into(), reason: "gone".into() }, Code::FAILED_PRECONDITION),
             (ContainerError::Io { what: "writing", path: "/p".into(), source: io() }, Code::INTERNAL),
+            (ContainerError::Helper("libcontainer exec of c1: not done within 25s".into()), Code::INTERNAL),
+            (ContainerError::Busy { id: "c1".into(), holder: "exec" }, Code::UNAVAILABLE),
         ];
         for (e, want) in cases {
             let msg = e.to_string();
@@ -106,6 +109,7 @@ mod tests {
             (ExecError::InvalidProcess("no args".into()), Code::INVALID_ARGUMENT),
             (ExecError::NotifySeccomp("c1".into()), Code::INVALID_ARGUMENT),
             (ExecError::NotRunning("c1".into()), Code::FAILED_PRECONDITION),
+            (ExecError::Paused("c1".into()), Code::FAILED_PRECONDITION),
             (ExecError::Join("panicked".into()), Code::INTERNAL),
             (ExecError::File { what: "writing", path: "/p".into(), source: io() }, Code::INTERNAL),
             (ExecError::Container(ContainerError::InvalidId("..".into())), Code::INVALID_ARGUMENT),

@@ -11,6 +11,7 @@ use protocol::agent::{
 use ttrpc::Code;
 
 use crate::container::exec::{self, ExecArgs};
+use crate::container::ExecError;
 use crate::process::pty::set_window_size;
 use crate::rpc::errors::{container_err, exec_err, join_err, not_found, status};
 use crate::rpc::service::AgentService;
@@ -53,11 +54,13 @@ pub async fn signal(svc: &AgentService, req: SignalProcessRequest) -> ttrpc::Res
     let id = req.container_id.clone();
     let all = req.all;
     let res = tokio::task::spawn_blocking(move || -> ttrpc::Result<()> {
-        // Under the reaper lock the pid cannot be reaped (and reused) while we signal it.
-        let _g = reaper.lock();
         if all {
+            // Through the container's cgroup, in a helper process: no agent lock held.
             return runtime.kill_all(&id, signo).map_err(container_err);
         }
+        // Under the reaper lock the pid cannot be reaped (and reused) while we signal it;
+        // kill(2) does not block, so the lock is held only for a moment.
+        let _g = reaper.lock();
         if e.exit.borrow().is_some() {
             return Err(status(Code::NOT_FOUND, format!("process of container {id:?} has already exited")));
         }
@@ -104,7 +107,14 @@ pub async fn exec(svc: &AgentService, req: ExecProcessRequest) -> ttrpc::Result<
         with_stdin: req.stdin,
         terminal: req.terminal,
     };
+    // One order for exec and Pause/Resume: the container's lifecycle lock, so an exec never
+    // starts into a container being frozen (its child would block joining the frozen cgroup).
+    let lifecycle = svc.locks.lock(&id, "exec").await.map_err(container_err)?;
+    if lifecycle.paused {
+        return Err(exec_err(ExecError::Paused(id)));
+    }
     let process = exec::start(svc.runtime.clone(), svc.reaper.clone(), &init, args).await.map_err(exec_err)?;
+    drop(lifecycle);
     let pid = process.pid;
     let entry = Arc::new(process);
     let previous = svc.processes.insert_exec(id.clone(), exec_id.clone(), entry).await;

@@ -1,8 +1,10 @@
 //! The state behind the `Agent` service: the process table, the guest cgroups, the share, the
-//! reaper and the container runtime (libcontainer, or a fake in tests).
+//! reaper, the containers' lifecycle locks and the container runtime (libcontainer, or a fake
+//! in tests).
 use std::sync::Arc;
 
 use crate::container::cgroups::Cgroups;
+use crate::container::locks::ContainerLocks;
 use crate::container::runtime::{Libcontainer, Runtime};
 use crate::init::reaper::Reaper;
 use crate::init::share::Share;
@@ -16,6 +18,8 @@ pub struct AgentService {
     /// Init processes (empty exec id) and exec processes by (container id, exec id).
     pub(super) processes: ProcessTable,
     pub(super) cgroups: Arc<Cgroups>,
+    /// Each container's lifecycle lock and paused state (container/locks.rs).
+    pub(super) locks: ContainerLocks,
 }
 
 impl AgentService {
@@ -25,6 +29,14 @@ impl AgentService {
     }
 
     pub fn with_runtime(reaper: Arc<Reaper>, share: Share, no_pivot: bool, runtime: Arc<dyn Runtime>) -> Self {
-        Self { reaper, share, no_pivot, runtime, processes: ProcessTable::default(), cgroups: Cgroups::new() }
+        Self {
+            reaper,
+            share,
+            no_pivot,
+            runtime,
+            processes: ProcessTable::default(),
+            cgroups: Cgroups::new(),
+            locks: ContainerLocks::default(),
+        }
     }
 }

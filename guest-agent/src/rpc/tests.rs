@@ -1,7 +1,7 @@
 //! RPC logic over a fake runtime: no libcontainer, no real pid is ever signalled.
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use oci_spec::runtime::LinuxSeccomp;
@@ -11,13 +11,14 @@ use ttrpc::Code;
 
 use crate::container::runtime::Runtime;
 use crate::container::ContainerError;
-use crate::init::reaper::Reaper;
+use crate::init::reaper::{ExitReceiver, Reaper};
 use crate::init::share::Share;
 use crate::process::{ChildStdio, Process};
 use crate::rpc::containers::{self, check_terminal, sandbox_id_of};
 use crate::rpc::errors::code_of;
 use crate::rpc::processes::{self, parse_signal, read_limit};
 use crate::rpc::service::AgentService;
+use crate::rpc::stats;
 
 /// Records every call; kill_all and signal "reap" the container's init process through the
 /// exit channel the test registered, as the reaper would.
@@ -27,6 +28,10 @@ struct FakeRuntime {
     fail_kill_all: bool,
     fail_delete: bool,
     exits: Mutex<HashMap<i32, watch::Sender<Option<i32>>>>,
+    /// Execs into this container block (like a child joining a frozen cgroup) until released;
+    /// execs into others succeed.
+    frozen: Option<String>,
+    released: (Mutex<bool>, Condvar),
 }
 
 impl FakeRuntime {
@@ -41,13 +46,24 @@ impl FakeRuntime {
             let _ = tx.send(Some(status));
         }
     }
+    fn release(&self) {
+        *self.released.0.lock().expect("released") = true;
+        self.released.1.notify_all();
+    }
     fn io_error() -> ContainerError {
         ContainerError::Io { what: "fake", path: "/fake".into(), source: std::io::Error::other("fake failure") }
     }
 }
 
 impl Runtime for FakeRuntime {
-    fn create(&self, id: &str, _bundle: &Path, _stdio: ChildStdio, _no_pivot: bool) -> Result<i32, ContainerError> {
+    fn create(
+        &self,
+        id: &str,
+        _bundle: &Path,
+        _stdio: ChildStdio,
+        _no_pivot: bool,
+        _reaper: &Reaper,
+    ) -> Result<(i32, ExitReceiver), ContainerError> {
         self.record(format!("create {id}"));
         Err(Self::io_error())
     }
@@ -79,9 +95,26 @@ impl Runtime for FakeRuntime {
         _process_json: &Path,
         _stdio: ChildStdio,
         _seccomp: Option<LinuxSeccomp>,
-    ) -> Result<i32, ContainerError> {
+        reaper: &Reaper,
+    ) -> Result<(i32, ExitReceiver), ContainerError> {
         self.record(format!("exec {id}"));
-        Err(Self::io_error())
+        match &self.frozen {
+            Some(f) if f == id => {
+                let (lock, cv) = &self.released;
+                let g = lock.lock().expect("released");
+                let (_g, _) = cv.wait_timeout_while(g, Duration::from_secs(20), |r| !*r).expect("wait");
+                Err(Self::io_error())
+            }
+            Some(_) => {
+                let guard = reaper.lock();
+                Ok((7000, reaper.watch(&guard, 7000)))
+            }
+            None => Err(Self::io_error()),
+        }
+    }
+    fn set_paused(&self, id: &str, pause: bool) -> Result<(), ContainerError> {
+        self.record(format!("set_paused {id} {pause}"));
+        Ok(())
     }
     fn signal(&self, pid: i32, signo: i32) -> std::io::Result<()> {
         self.record(format!("signal {pid} {signo}"));
@@ -101,10 +134,20 @@ const C: &str = "bwk-rpc-test-c1";
 
 /// Adds a process to the table; returns the sender of its exit status.
 async fn add(svc: &AgentService, fake: &FakeRuntime, exec_id: &str, pid: i32) -> watch::Sender<Option<i32>> {
+    add_to(svc, fake, C, exec_id, pid).await
+}
+
+async fn add_to(
+    svc: &AgentService,
+    fake: &FakeRuntime,
+    id: &str,
+    exec_id: &str,
+    pid: i32,
+) -> watch::Sender<Option<i32>> {
     let (tx, rx) = watch::channel(None);
     let p = Arc::new(Process::without_stdio(pid, rx));
     if exec_id.is_empty() {
-        svc.processes.insert_container(C.into(), p).await;
+        svc.processes.insert_container(id.into(), p).await;
         // The fake runtime reaps the init process on kill_all / SIGKILL.
         let (fake_tx, mut fake_rx) = watch::channel(None);
         fake.exits.lock().expect("exits").insert(pid, fake_tx);
@@ -115,7 +158,7 @@ async fn add(svc: &AgentService, fake: &FakeRuntime, exec_id: &str, pid: i32) ->
             }
         });
     } else {
-        svc.processes.insert_exec(C.into(), exec_id.into(), p).await;
+        svc.processes.insert_exec(id.into(), exec_id.into(), p).await;
     }
     tx
 }
@@ -308,4 +351,94 @@ async fn remove_container_falls_back_to_the_init_pid_and_forgets_it_even_if_dele
     assert_eq!(code_of(&e).0, Code::INTERNAL);
     assert_eq!(fake.calls(), [format!("kill_all {C} 9"), "signal 10 9".into(), format!("delete {C}")]);
     assert!(svc.processes.get(C, "").await.is_err(), "forgotten, so the id can be reused");
+}
+
+fn exec_req(id: &str, exec_id: &str) -> ExecProcessRequest {
+    let process = serde_json::json!({"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}});
+    ExecProcessRequest {
+        container_id: id.into(),
+        exec_id: exec_id.into(),
+        process_json: serde_json::to_vec(&process).expect("json"),
+        ..Default::default()
+    }
+}
+
+/// A bundle with a minimal config.json (exec reads the container's seccomp profile from it).
+fn minimal_bundle(id: &str) {
+    let spec = serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "/r"},
+        "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}}});
+    crate::container::bundle::write_bundle(id, &spec).expect("bundle");
+}
+
+/// The wedge: an exec whose child blocks (a frozen cgroup, a hung fork) must not stop the agent
+/// answering for other containers: no agent-wide lock is held across the runtime call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_exec_does_not_stop_the_agent_answering_for_other_containers() {
+    const FROZEN: &str = "bwk-rpc-test-frozen";
+    const OTHER: &str = "bwk-rpc-test-other";
+    let fake = Arc::new(FakeRuntime { frozen: Some(FROZEN.into()), ..Default::default() });
+    let svc = Arc::new(service(&fake));
+    for id in [FROZEN, OTHER] {
+        minimal_bundle(id);
+    }
+    let _f = add_to(&svc, &fake, FROZEN, "", 10).await;
+    let _o = add_to(&svc, &fake, OTHER, "", 20).await;
+
+    let blocked = {
+        let svc = svc.clone();
+        tokio::spawn(async move { processes::exec(&svc, exec_req(FROZEN, "stuck")).await })
+    };
+    // Wait until the runtime is inside the blocked exec.
+    for _ in 0..200 {
+        if fake.calls().contains(&format!("exec {FROZEN}")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(fake.calls().contains(&format!("exec {FROZEN}")), "{:?}", fake.calls());
+
+    let quick = Duration::from_secs(2);
+    // An exec into another container answers.
+    let r = tokio::time::timeout(quick, processes::exec(&svc, exec_req(OTHER, "e1"))).await;
+    assert_eq!(r.expect("exec into the other container answered").expect("exec").pid, 7000);
+    // Signals (the reaper lock is free) and a Pause of the other container answer.
+    let sig = SignalProcessRequest { container_id: OTHER.into(), signal: 0, ..Default::default() };
+    tokio::time::timeout(quick, processes::signal(&svc, sig)).await.expect("signal answered").expect("signal");
+    let pause = tokio::time::timeout(quick, stats::freeze(&svc, container_req(OTHER), true)).await;
+    assert_eq!(code(pause.expect("pause answered")), Code::NOT_FOUND, "no tracked cgroup in the test");
+    // The reaper is not paused.
+    let reaper = svc.reaper.clone();
+    let reaped = tokio::time::timeout(quick, tokio::task::spawn_blocking(move || reaper.reap_all())).await;
+    assert!(reaped.is_ok(), "reaping is not blocked");
+    // A Pause of the blocked container waits for the exec (one lock, one order)...
+    let pausing = {
+        let svc = svc.clone();
+        tokio::spawn(async move { stats::freeze(&svc, container_req(FROZEN), true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pausing.is_finished(), "a Pause does not overtake the exec in progress");
+    // ... and goes on once the exec ends.
+    fake.release();
+    let e = tokio::time::timeout(Duration::from_secs(5), blocked).await.expect("exec ended").expect("join");
+    assert_eq!(code(e), Code::INTERNAL);
+    let p = tokio::time::timeout(Duration::from_secs(5), pausing).await.expect("pause ended").expect("join");
+    assert_eq!(code(p), Code::NOT_FOUND);
+    for id in [FROZEN, OTHER] {
+        crate::container::bundle::remove_bundle(id);
+    }
+}
+
+#[tokio::test]
+async fn exec_is_refused_while_the_container_is_paused() {
+    const PAUSED: &str = "bwk-rpc-test-paused";
+    let fake = Arc::new(FakeRuntime::default());
+    let svc = service(&fake);
+    minimal_bundle(PAUSED);
+    let _i = add_to(&svc, &fake, PAUSED, "", 30).await;
+    svc.locks.lock(PAUSED, "pause").await.expect("lock").paused = true;
+    let e = processes::exec(&svc, exec_req(PAUSED, "e1")).await.expect_err("refused");
+    assert_eq!(code_of(&e).0, Code::FAILED_PRECONDITION);
+    assert!(code_of(&e).1.contains("paused"), "{e:?}");
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    crate::container::bundle::remove_bundle(PAUSED);
 }
