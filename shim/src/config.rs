@@ -22,6 +22,15 @@
 //! acceleration = "auto"     # auto | kvm | tcg (auto probes KVM once per host boot)
 //! boot_timeout_secs = 60    # how long to wait for the agent's READY line (1..=3600)
 //! kernel_params = ""        # extra guest kernel parameters, set by the operator only
+//! allow_tcg_fallback = true # with acceleration = "auto": false makes a host without usable
+//!                           # KVM fail every boot instead of running guests under TCG (TCG
+//!                           # is emulation, not a boundary QEMU supports as one; see docs/jail.md)
+//!
+//! [jail]                    # how QEMU and its helpers are confined on the host (docs/jail.md)
+//! uid_base = 2000000000     # each sandbox's QEMU and vhost-device-vsock run as one uid (and
+//! uid_count = 65536         # the same gid) of uid_base..uid_base+uid_count, used by nothing else
+//! oom_score_adj = 0         # of QEMU, virtiofsd and vhost-device-vsock (0..=1000; the shim
+//!                           # itself inherits containerd's -999)
 //! ```
 //!
 //! Unknown keys are errors naming the key: a typo must not silently fall back to a default.
@@ -68,6 +77,22 @@ pub const MAX_RUNTIME_DIR_LEN: usize = 60;
 pub struct Config {
     pub paths: Paths,
     pub vm: Vm,
+    pub jail: Jail,
+}
+
+/// `[jail]`: the host confinement of each sandbox's VMM processes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jail {
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub oom_score_adj: i32,
+}
+
+impl Default for Jail {
+    fn default() -> Self {
+        Jail { uid_base: 2_000_000_000, uid_count: 65_536, oom_score_adj: 0 }
+    }
 }
 
 /// `[paths]`: binaries, guest image and state directory.
@@ -108,6 +133,7 @@ pub struct Vm {
     pub acceleration: Acceleration,
     pub boot_timeout_secs: u64,
     pub kernel_params: String,
+    pub allow_tcg_fallback: bool,
 }
 
 impl Default for Vm {
@@ -122,6 +148,7 @@ impl Default for Vm {
             acceleration: Acceleration::Auto,
             boot_timeout_secs: 60,
             kernel_params: String::new(),
+            allow_tcg_fallback: true,
         }
     }
 }
@@ -225,6 +252,16 @@ impl Config {
                 "vm.kernel_params must be at most 1024 bytes of printable characters without '\"'".to_string()
             ));
         }
+        let j = &self.jail;
+        if j.uid_base == 0 || j.uid_count == 0 || u64::from(j.uid_base) + u64::from(j.uid_count) > u64::from(u32::MAX) {
+            return Err(err(format!(
+                "jail.uid_base = {} and jail.uid_count = {} must give a non-empty range of non-root ids below 2^32-1",
+                j.uid_base, j.uid_count
+            )));
+        }
+        if !(0..=1000).contains(&j.oom_score_adj) {
+            return Err(err(format!("jail.oom_score_adj = {} must be between 0 and 1000", j.oom_score_adj)));
+        }
         Ok(())
     }
 }
@@ -262,6 +299,11 @@ mod tests {
             acceleration = "tcg"
             boot_timeout_secs = 5
             kernel_params = "loglevel=7"
+            allow_tcg_fallback = false
+            [jail]
+            uid_base = 500000
+            uid_count = 10
+            oom_score_adj = 100
             "#,
         )
         .unwrap();
@@ -269,6 +311,8 @@ mod tests {
         assert_eq!(cfg.vm.vcpus, 2);
         assert_eq!(cfg.vm.acceleration, Acceleration::Tcg);
         assert_eq!(cfg.vm.kernel_params, "loglevel=7");
+        assert!(!cfg.vm.allow_tcg_fallback);
+        assert_eq!(cfg.jail, Jail { uid_base: 500_000, uid_count: 10, oom_score_adj: 100 });
     }
 
     #[test]
@@ -295,6 +339,11 @@ mod tests {
                 "runtime_dir",
             ),
             ("[vm]\nvcpus = \"two\"\n", "line 2"),
+            ("[jail]\nuid_base = 0\n", "jail.uid_base"),
+            ("[jail]\nuid_count = 0\n", "jail.uid_count"),
+            ("[jail]\nuid_base = 4294967000\n", "jail.uid_base"),
+            ("[jail]\noom_score_adj = -1\n", "jail.oom_score_adj"),
+            ("[jail]\nuid = 5\n", "uid"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} -> {e}");

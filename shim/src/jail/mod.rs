@@ -5,3 +5,7 @@
 //! asks this module how to start each of its processes — a confined form of the
 //! `host::Command` it passes to `Host::spawn` — and reports their pids (`Vmm::processes`)
 //! for the cgroup. Only the VMM backend starts a helper.
+
+pub mod process;
+pub mod seccomp;
+pub mod uid;
