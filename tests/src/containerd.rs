@@ -31,6 +31,8 @@ pub struct ShimConfig {
     pub memory_mib: u32,
     pub acceleration: String,
     pub boot_timeout_secs: u32,
+    /// Appended to the file as is (it continues the `[vm]` table; may open others).
+    pub extra: String,
 }
 
 impl ShimConfig {
@@ -48,6 +50,7 @@ impl ShimConfig {
             memory_mib: 256,
             acceleration: std::env::var("BULWARK_TEST_ACCEL").unwrap_or_else(|_| "auto".into()),
             boot_timeout_secs: 120,
+            extra: String::new(),
         }
     }
 
@@ -56,7 +59,7 @@ impl ShimConfig {
         format!(
             "[paths]\nqemu = {:?}\nvirtiofsd = {:?}\nvhost_device_vsock = {:?}\nkernel = {:?}\n\
              initrd = {:?}\nruntime_dir = {:?}\n\n[vm]\nvcpus = {}\nmemory_mib = {}\n\
-             acceleration = {:?}\nboot_timeout_secs = {}\n",
+             acceleration = {:?}\nboot_timeout_secs = {}\n{}",
             self.qemu,
             self.virtiofsd,
             self.vhost_device_vsock,
@@ -66,7 +69,8 @@ impl ShimConfig {
             self.vcpus,
             self.memory_mib,
             self.acceleration,
-            self.boot_timeout_secs
+            self.boot_timeout_secs,
+            self.extra
         )
     }
 }

@@ -52,12 +52,10 @@ pub struct Confinement {
     pub seccomp: Option<Filter>,
 }
 
-/// A bind of `src` (opened before the fork) onto `target` in the child's tmpfs.
+/// A bind of a directory onto itself (`target`) through the child's tmpfs: the child opens
+/// it in its new namespace before the cover (a mount of another namespace cannot be bound),
+/// then binds it back through `/proc/self/fd/<n>`.
 struct Bind {
-    /// Kept open until the exec (close-on-exec).
-    _src: OwnedFd,
-    /// "/proc/self/fd/<n>" of `_src`.
-    src_path: CString,
     /// `target`'s directories from the tmpfs root down, then `target` itself.
     mkdirs: Vec<CString>,
     target: CString,
@@ -129,11 +127,9 @@ impl Confinement {
                     Some(d) if normal(t) => d,
                     _ => return Err(std::io::Error::other(format!("{} is not below {}", t.display(), m.hide.display()))),
                 };
-                let src = open_path(t, true)?;
-                let src_path = CString::new(format!("/proc/self/fd/{}", src.as_raw_fd())).map_err(std::io::Error::other)?;
+                // checked now, opened again in the child
+                drop(open_path(t, true)?);
                 binds.push(Bind {
-                    _src: src,
-                    src_path,
                     mkdirs: dirs.iter().map(|d| cstring(d)).collect::<std::io::Result<_>>()?,
                     target: cstring(t)?,
                 });
@@ -197,15 +193,27 @@ impl Prepared {
             if let Some(hide) = &self.hide {
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 check(libc::mount(std::ptr::null(), ROOT.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()))?;
+                // What stays visible, opened in this namespace before the cover (at most 4).
+                let mut fds = [-1; 4];
+                if self.binds.len() > fds.len() {
+                    return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+                }
+                for (b, fd) in self.binds.iter().zip(fds.iter_mut()) {
+                    *fd = libc::open(b.target.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+                    check(*fd)?;
+                }
                 let fl = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 check(libc::mount(TMPFS.as_ptr(), hide.as_ptr(), TMPFS.as_ptr(), fl, TMPFS_OPTS.as_ptr().cast()))?;
-                for b in &self.binds {
+                for (b, &fd) in self.binds.iter().zip(fds.iter()) {
                     for d in &b.mkdirs {
                         if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
                             return Err(std::io::Error::last_os_error());
                         }
                     }
-                    check(libc::mount(b.src_path.as_ptr(), b.target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+                    let mut buf = [0u8; 32];
+                    let src = fd_path(fd, &mut buf);
+                    check(libc::mount(src.as_ptr(), b.target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+                    libc::close(fd);
                 }
                 // The cover itself read-only: nothing can be created in the empty view.
                 let ro = libc::MS_REMOUNT | libc::MS_RDONLY | fl;
@@ -264,6 +272,27 @@ impl Prepared {
     }
 }
 
+/// "/proc/self/fd/<fd>" NUL-terminated in `buf`, without allocating (async-signal-safe).
+fn fd_path(fd: libc::c_int, buf: &mut [u8; 32]) -> &CStr {
+    const P: &[u8] = b"/proc/self/fd/";
+    buf[..P.len()].copy_from_slice(P);
+    let mut digits = [0u8; 10];
+    let (mut n, mut k) = (fd.max(0) as u32, 0);
+    loop {
+        digits[k] = b'0' + (n % 10) as u8;
+        k += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..k {
+        buf[P.len() + i] = digits[k - 1 - i];
+    }
+    buf[P.len() + k] = 0;
+    CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/proc/self/fd/")
+}
+
 #[repr(C)]
 struct CapHeader {
     version: u32,
@@ -281,6 +310,51 @@ struct CapData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `/bin/sh -c script` confined as `c` and returns its exit code (root only).
+    fn run_confined(c: &Confinement, script: &str) -> Option<std::io::Result<i32>> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let p = match c.prepare(Path::new("/bin/sh"), &["-c".into(), script.into()]) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let parent = std::process::id() as libc::pid_t;
+        let mut cmd = std::process::Command::new("/bin/sh");
+        // SAFETY: `enter` makes only async-signal-safe system calls on memory allocated
+        // before the fork (see there).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || p.enter(parent));
+        }
+        Some(cmd.status().map(|s| std::os::unix::process::ExitStatusExt::into_raw(s)))
+    }
+
+    #[test]
+    fn a_confined_child_runs_as_told() {
+        let d = crate::host::fake::temp_dir("jail-enter");
+        std::fs::create_dir_all(d.join("ns/s/vm")).unwrap();
+        std::fs::create_dir_all(d.join("other")).unwrap();
+        let c = Confinement {
+            creds: Some(Creds { uid: 3_900_002_000, gid: 3_900_002_000, groups: vec![] }),
+            no_new_privs: true,
+            drop_caps: true,
+            oom_score_adj: Some(0),
+            mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/vm")] }),
+            seccomp: None,
+        };
+        let script = format!(
+            "grep -q '^Uid:.*3900002000' /proc/self/status && grep -q '^NoNewPrivs:.1' /proc/self/status \
+             && grep -q '^CapBnd:.0000000000000000' /proc/self/status && test \"$(cat /proc/self/oom_score_adj)\" = 0 \
+             && test -d {d}/ns/s/vm && ! test -e {d}/other",
+            d = d.display()
+        );
+        match run_confined(&c, &script) {
+            None => {}
+            Some(r) => assert_eq!(r.unwrap(), 0, "a check failed in the child"),
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn dirs_below_the_hidden_root() {
@@ -305,7 +379,9 @@ mod tests {
         assert_eq!(p.argv_ptrs.len(), 3);
         assert!(p.argv_ptrs[2].is_null());
         assert_eq!(p.binds.len(), 1);
-        assert!(p.binds[0].src_path.to_str().unwrap().starts_with("/proc/self/fd/"));
+        let mut buf = [0u8; 32];
+        assert_eq!(fd_path(7, &mut buf).to_str().unwrap(), "/proc/self/fd/7");
+        assert_eq!(fd_path(1234567, &mut buf).to_str().unwrap(), "/proc/self/fd/1234567");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
