@@ -91,7 +91,8 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
     std::fs::create_dir_all(&decoy).map_err(|e| format!("{e}"))?;
     std::fs::write(decoy.join("console.log"), "secret").map_err(|e| format!("{e}"))?;
 
-    let (mut run, lines) = c.spawn_run_lines("jailed", &[], &["sh", "-c", "echo jailed-hello; sleep 25; echo jailed-bye"])?;
+    let (mut run, lines) =
+        c.spawn_run_lines("jailed", &[], &["sh", "-c", "echo jailed-hello; sleep 25; echo jailed-bye"])?;
     c.wait_running("jailed")?;
     let first = lines.recv_timeout(CTR_LIMIT).map_err(|e| format!("no output: {e}\n{}", c.diagnostics()))?;
     assert_eq!(first, "jailed-hello");
@@ -130,9 +131,27 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
     assert_eq!(uids[0], uids[1], "QEMU and vhost-device-vsock share the sandbox uid");
 
     // virtiofsd: root (it serves files as their owners), but no_new_privs and its seccomp.
-    let pid = pid_of(&c, "virtiofsd")?;
-    let status = read(format!("/proc/{pid}/status"))?;
-    check_common("virtiofsd", pid, &status)?;
+    // With --sandbox=namespace it forks: the parent only waits; the child serves.
+    let fs: Vec<i32> = vm_processes(&c.dir.to_string_lossy())
+        .into_iter()
+        .filter(|p| p.cmdline.contains("virtiofsd"))
+        .map(|p| p.pid)
+        .collect();
+    let server = fs
+        .iter()
+        .copied()
+        .find(|p| {
+            read(format!("/proc/{p}/status"))
+                .is_ok_and(|s| ids(&s, "PPid").is_ok_and(|pp| fs.contains(&(pp[0] as i32))))
+        })
+        .ok_or_else(|| format!("no serving virtiofsd child among {fs:?}"))?;
+    check_common("virtiofsd", server, &read(format!("/proc/{server}/status"))?)?;
+    for &pid in &fs {
+        let status = read(format!("/proc/{pid}/status"))?;
+        assert_eq!(status_field(&status, "NoNewPrivs")?, "1", "virtiofsd {pid}");
+        let oom: i32 = read(format!("/proc/{pid}/oom_score_adj"))?.trim().parse().map_err(|e| format!("{e}"))?;
+        assert!(oom >= 0, "virtiofsd {pid} oom_score_adj {oom}");
+    }
 
     // The state dir stays root's; the helpers' directory is the sandbox uid's.
     use std::os::unix::fs::MetadataExt;

@@ -52,10 +52,11 @@ impl Child {
         keep: &[std::os::fd::RawFd],
         jail: Option<&Confinement>,
     ) -> Result<Child> {
-        let jail = jail
-            .map(|j| j.prepare(exe, args))
-            .transpose()
-            .map_err(|source| Error::Spawn { what: name, path: exe.to_path_buf(), source })?;
+        let jail = jail.map(|j| j.prepare(exe, args)).transpose().map_err(|source| Error::Spawn {
+            what: name,
+            path: exe.to_path_buf(),
+            source,
+        })?;
         let parent = std::process::id() as libc::pid_t;
         let logf = std::fs::OpenOptions::new()
             .create(true)

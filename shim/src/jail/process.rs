@@ -108,7 +108,11 @@ impl Confinement {
         let open_path = |p: &Path, dir: bool| -> std::io::Result<OwnedFd> {
             let flags = nix::fcntl::OFlag::O_PATH
                 | nix::fcntl::OFlag::O_CLOEXEC
-                | if dir { nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW } else { nix::fcntl::OFlag::empty() };
+                | if dir {
+                    nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW
+                } else {
+                    nix::fcntl::OFlag::empty()
+                };
             let fd = nix::fcntl::open(p, flags, nix::sys::stat::Mode::empty())
                 .map_err(|e| std::io::Error::other(format!("opening {}: {e}", p.display())))?;
             // SAFETY: `fd` was just returned by open(2) and is owned by nobody else.
@@ -125,7 +129,9 @@ impl Confinement {
             for t in &m.expose {
                 let dirs = match dirs_between(&m.hide, t) {
                     Some(d) if normal(t) => d,
-                    _ => return Err(std::io::Error::other(format!("{} is not below {}", t.display(), m.hide.display()))),
+                    _ => {
+                        return Err(std::io::Error::other(format!("{} is not below {}", t.display(), m.hide.display())))
+                    }
                 };
                 // checked now, opened again in the child
                 drop(open_path(t, true)?);
@@ -192,14 +198,23 @@ impl Prepared {
             }
             if let Some(hide) = &self.hide {
                 check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(std::ptr::null(), ROOT.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    ROOT.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ))?;
                 // What stays visible, opened in this namespace before the cover (at most 4).
                 let mut fds = [-1; 4];
                 if self.binds.len() > fds.len() {
                     return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
                 }
                 for (b, fd) in self.binds.iter().zip(fds.iter_mut()) {
-                    *fd = libc::open(b.target.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+                    *fd = libc::open(
+                        b.target.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    );
                     check(*fd)?;
                 }
                 let fl = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -212,7 +227,13 @@ impl Prepared {
                     }
                     let mut buf = [0u8; 32];
                     let src = fd_path(fd, &mut buf);
-                    check(libc::mount(src.as_ptr(), b.target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+                    check(libc::mount(
+                        src.as_ptr(),
+                        b.target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
                     libc::close(fd);
                 }
                 // The cover itself read-only: nothing can be created in the empty view.

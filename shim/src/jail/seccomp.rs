@@ -61,8 +61,8 @@ pub fn allowlist(syscalls: &[i64]) -> Filter {
     let n = nrs.len();
     for (i, nr) in nrs.iter().enumerate() {
         let to_allow = n - i; // remaining compares after this one + the KILL
-        // jumps are 8 bits: long lists are split with an intermediate ALLOW (never needed
-        // for our lists, which are far shorter; checked below).
+                              // jumps are 8 bits: long lists are split with an intermediate ALLOW (never needed
+                              // for our lists, which are far shorter; checked below).
         let jt = u8::try_from(to_allow).unwrap_or(u8::MAX);
         p.push(jump(BPF_JEQ_K, *nr, jt, 0));
     }
@@ -167,9 +167,8 @@ pub fn install(filter: &Filter) -> std::io::Result<()> {
     };
     // SAFETY: seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog) reads `prog` and the `len`
     // instructions it points to, which live in `filter` for the whole call.
-    let r = unsafe {
-        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog)
-    };
+    let r =
+        unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }

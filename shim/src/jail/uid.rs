@@ -149,7 +149,10 @@ pub fn release_recorded(dir: &Path) {
     let path = PathBuf::from(text.trim());
     let well_formed = path.is_absolute()
         && path.parent().and_then(Path::file_name).is_some_and(|n| n == LOCK_DIR)
-        && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     if !well_formed {
         tracing::warn!("ignoring a malformed {} in {}", RECORD, dir.display());
         return;
@@ -191,7 +194,7 @@ mod tests {
         let a = allocate(&rd, range, Path::new("/s/a")).unwrap();
         let b = allocate(&rd, range, Path::new("/s/b")).unwrap();
         assert_ne!(a.uid(), b.uid());
-                let e = allocate(&rd, range, Path::new("/s/c")).unwrap_err();
+        let e = allocate(&rd, range, Path::new("/s/c")).unwrap_err();
         assert!(e.contains("no free jail uid"), "{e}");
         let freed = a.uid();
         let path = a.path.clone();

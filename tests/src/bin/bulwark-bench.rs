@@ -249,6 +249,7 @@ fn plain_boot(a: &Artifacts, dir: &Path) -> Result<f64, String> {
         // paths, not fds: the benchmark starts QEMU itself, unjailed
         fds: qemu::PassedFds::default(),
         sandbox: true,
+        name: None,
     };
     let args = qemu::build_args(&spec, qemu::host_tsc_khz());
     let start = Instant::now();

@@ -33,6 +33,9 @@ pub struct VmSpec {
     pub fds: PassedFds,
     /// QEMU's own seccomp filter ([`SANDBOX`]).
     pub sandbox: bool,
+    /// `-name`: the sandbox's state directory, so that its QEMU can be told apart in `ps`
+    /// (its command line names no other path of the sandbox once it gets fds).
+    pub name: Option<String>,
 }
 
 /// Fds QEMU inherits instead of opening paths (see [`VmSpec::fds`]).
@@ -88,6 +91,9 @@ pub fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     push(&["-kernel", &spec.kernel.to_string_lossy(), "-initrd", &spec.initrd.to_string_lossy()]);
     push(&["-append", &kernel_cmdline(tsc_khz, &spec.extra_kernel_params)]);
+    if let Some(name) = &spec.name {
+        push(&["-name", &name.replace(',', ",,")]);
+    }
     if spec.sandbox {
         push(&["-sandbox", SANDBOX]);
     }
@@ -152,6 +158,7 @@ mod tests {
             nics: vec![],
             fds: PassedFds::default(),
             sandbox: false,
+            name: None,
         }
     }
 
@@ -196,6 +203,9 @@ mod tests {
         s.sandbox = true;
         s.fds = PassedFds { vsock: Some(10), fs: Some(11), console: Some(12) };
         let a = build_args(&s, None);
+        assert!(!a.iter().any(|x| x == "-name"));
+        s.name = Some("/run/b/a,b".into());
+        assert_eq!(after(&build_args(&s, None), "-name"), ["/run/b/a,,b"]);
         assert_eq!(after(&a, "-sandbox"), ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
         assert_eq!(after(&a, "-add-fd"), ["fd=12,set=1,opaque=console"]);
         let chardevs = after(&a, "-chardev");
@@ -204,6 +214,7 @@ mod tests {
             ["file,id=console,path=/dev/fdset/1", "socket,id=vsock,fd=10", "socket,id=fs,fd=11"],
             "no path of the state directory is left"
         );
+        assert!(!a.iter().any(|x| x.contains("/run/b/")), "{a:?}");
         assert!(!a.iter().any(|x| x.contains("/run/b/")), "{a:?}");
     }
 

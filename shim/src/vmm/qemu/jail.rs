@@ -37,8 +37,7 @@ impl Policy {
             range: UidRange { base: cfg.jail.uid_base, count: cfg.jail.uid_count },
             oom_score_adj: cfg.jail.oom_score_adj,
             runtime_dir: cfg.paths.runtime_dir.clone(),
-            forbid_tcg_fallback: cfg.vm.acceleration == crate::config::Acceleration::Auto
-                && !cfg.vm.allow_tcg_fallback,
+            forbid_tcg_fallback: cfg.vm.acceleration == crate::config::Acceleration::Auto && !cfg.vm.allow_tcg_fallback,
         }
     }
 }

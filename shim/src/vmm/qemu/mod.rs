@@ -168,8 +168,8 @@ impl Vmm for Qemu {
         let id = self.take_uid()?;
         let mut vsock = None;
         let conf = jail::vhost_device_vsock(&self.policy, id, &self.dir);
-        let r = vhost_vsock::start(self.host.as_ref(), &self.paths.vhost_device_vsock, &self.dir, &conf, &mut vsock)
-            .await;
+        let r =
+            vhost_vsock::start(self.host.as_ref(), &self.paths.vhost_device_vsock, &self.dir, &conf, &mut vsock).await;
         self.vsock = vsock.map(Arc::new);
         r?;
         if let Some(share) = &vm.share {
@@ -191,16 +191,13 @@ impl Vmm for Qemu {
                 hint: "install qemu-system-x86 or set paths.qemu in the bulwark config".into(),
             });
         }
-        let id = self.lease.as_ref().map(Lease::uid).ok_or_else(|| Error::Boot("QEMU started without its uid".into()))?;
-        let connect = |what: &str, path: &Path, owner: u32| {
-            self.host
-                .connect_owned_socket(path, owner)
-                .map_err(|e| Error::io(format!("connecting to {what} at {}", path.display()), e))
-        };
+        let id =
+            self.lease.as_ref().map(Lease::uid).ok_or_else(|| Error::Boot("QEMU started without its uid".into()))?;
         // QEMU gets its two helpers' sockets already connected, and the console log open.
-        let vsock_fd = connect("vhost-device-vsock", &vhost_vsock::backend_socket(&self.dir), id)?;
+        let vsock_fd =
+            connect(self.host.as_ref(), "vhost-device-vsock", &vhost_vsock::backend_socket(&self.dir), id).await?;
         let fs_fd = match vm.share {
-            Some(_) => Some(connect("virtiofsd", &virtiofsd::socket(&self.dir), 0)?),
+            Some(_) => Some(connect(self.host.as_ref(), "virtiofsd", &virtiofsd::socket(&self.dir), 0).await?),
             None => None,
         };
         let console = std::fs::OpenOptions::new()
@@ -232,6 +229,7 @@ impl Vmm for Qemu {
             nics,
             fds: passed,
             sandbox: true,
+            name: Some(self.dir.to_string_lossy().into_owned()),
         };
         let args = build_args(&spec, host_tsc_khz());
         let kvm_group = match vm.accel {
@@ -294,7 +292,8 @@ impl Vmm for Qemu {
             c.stop(Duration::from_secs(1)).await;
         }
         // Only once none of its processes runs: the uid may then go to another sandbox.
-        let running = [&self.vsock, &self.virtiofsd, &self.qemu].into_iter().flatten().any(|c| c.exit_status().is_none());
+        let running =
+            [&self.vsock, &self.virtiofsd, &self.qemu].into_iter().flatten().any(|c| c.exit_status().is_none());
         if running {
             tracing::warn!("a VMM process of {} outlived its stop; keeping its jail uid", self.dir.display());
             if let Some(mut l) = self.lease.take() {
@@ -320,7 +319,9 @@ impl Qemu {
         if !vm.exists() {
             self.host.create_dir(&vm).map_err(|e| Error::io(format!("creating {}", vm.display()), e))?;
         }
-        self.host.chown(&vm, id, id, 0o700).map_err(|e| Error::io(format!("giving {} to uid {id}", vm.display()), e))?;
+        self.host
+            .chown(&vm, id, id, 0o700)
+            .map_err(|e| Error::io(format!("giving {} to uid {id}", vm.display()), e))?;
         tracing::info!("sandbox {}: QEMU and vhost-device-vsock run as uid/gid {id}", self.dir.display());
         Ok(id)
     }
@@ -338,6 +339,23 @@ impl Qemu {
             if let Err(err) = give_socket(&e.path(), id) {
                 tracing::warn!("giving {} to uid {id}: {err}", e.path().display());
             }
+        }
+    }
+}
+
+/// Connects to a helper's socket (checked: see [`Host::connect_owned_socket`]). A helper
+/// creates its socket file (bind) a moment before it listens: refused connections are
+/// retried for up to 2 s.
+async fn connect(host: &dyn Host, what: &str, path: &Path, owner: u32) -> Result<std::os::fd::OwnedFd> {
+    let mut tries = 0;
+    loop {
+        match host.connect_owned_socket(path, owner) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(Error::io(format!("connecting to {what} at {}", path.display()), e)),
         }
     }
 }

@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::jail::vm_dir;
 use crate::error::{Error, Result};
 use crate::host::child::Child;
 use crate::host::{Command, Host};
 use crate::jail::process::Confinement;
-use super::jail::vm_dir;
 
 /// How long vhost-device-vsock may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -72,7 +72,14 @@ pub async fn start(
     }
     let args = args(dir);
     let log = log(dir);
-    let child = host.spawn(&Command { name: "vhost-device-vsock", exe, args: &args, log: &log, keep_fds: &[], jail: Some(jail) })?;
+    let child = host.spawn(&Command {
+        name: "vhost-device-vsock",
+        exe,
+        args: &args,
+        log: &log,
+        keep_fds: &[],
+        jail: Some(jail),
+    })?;
     let child = started.insert(child);
     child.wait_for_path(&backend_socket(dir), &log, SOCKET_WAIT).await
 }

@@ -55,7 +55,8 @@ pub async fn start(
     }
     let args = args(dir, share);
     let log = log(dir);
-    let child = host.spawn(&Command { name: "virtiofsd", exe, args: &args, log: &log, keep_fds: &[], jail: Some(jail) })?;
+    let child =
+        host.spawn(&Command { name: "virtiofsd", exe, args: &args, log: &log, keep_fds: &[], jail: Some(jail) })?;
     let child = started.insert(child);
     child.wait_for_path(&socket(dir), &log, SOCKET_WAIT).await
 }
