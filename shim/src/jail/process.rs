@@ -332,6 +332,20 @@ struct CapData {
 mod tests {
     use super::*;
 
+    /// A fresh directory for one test (jail/ does not use host/, not even in tests).
+    fn temp_dir(what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "bulwark-test-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("creating a test temp dir");
+        d
+    }
+
     /// Runs `/bin/sh -c script` confined as `c` and returns its exit code (root only).
     fn run_confined(c: &Confinement, script: &str) -> Option<std::io::Result<i32>> {
         if !nix::unistd::geteuid().is_root() {
@@ -348,12 +362,12 @@ mod tests {
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || p.enter(parent));
         }
-        Some(cmd.status().map(|s| std::os::unix::process::ExitStatusExt::into_raw(s)))
+        Some(cmd.status().map(std::os::unix::process::ExitStatusExt::into_raw))
     }
 
     #[test]
     fn a_confined_child_runs_as_told() {
-        let d = crate::host::fake::temp_dir("jail-enter");
+        let d = temp_dir("jail-enter");
         std::fs::create_dir_all(d.join("ns/s/vm")).unwrap();
         std::fs::create_dir_all(d.join("other")).unwrap();
         let c = Confinement {
@@ -395,7 +409,7 @@ mod tests {
         };
         assert!(c("/etc".into()).prepare(&me, &[]).is_err());
         assert!(c(tmp.join("..").join("etc")).prepare(&me, &[]).is_err());
-        let d = crate::host::fake::temp_dir("jail-prepare");
+        let d = temp_dir("jail-prepare");
         let p = c(d.clone()).prepare(&me, &["a".into()]).unwrap();
         assert_eq!(p.argv_ptrs.len(), 3);
         assert!(p.argv_ptrs[2].is_null());

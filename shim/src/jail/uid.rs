@@ -171,6 +171,20 @@ pub fn release_recorded(dir: &Path) {
 mod tests {
     use super::*;
 
+    /// A fresh directory for one test (jail/ does not use host/, not even in tests).
+    fn temp_dir(what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "bulwark-test-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("creating a test temp dir");
+        d
+    }
+
     #[test]
     fn candidates_cover_the_range_once_from_a_stable_start() {
         let r = UidRange { base: 100_000, count: 7 };
@@ -188,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_held_uid_is_not_given_twice_and_comes_back_when_released() {
-        let rd = crate::host::fake::temp_dir("jail-uid");
+        let rd = temp_dir("jail-uid");
         // uids no process runs as (far above anything on a test host)
         let range = UidRange { base: 3_900_000_000, count: 2 };
         let a = allocate(&rd, range, Path::new("/s/a")).unwrap();
@@ -209,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_uid_in_use_by_a_process_is_skipped() {
-        let rd = crate::host::fake::temp_dir("jail-uid-inuse");
+        let rd = temp_dir("jail-uid-inuse");
         // our own uid is in use (by this test)
         let me = nix::unistd::getuid().as_raw();
         assert!(uid_in_use(me));
@@ -220,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_record_lets_a_crash_cleanup_remove_an_unheld_lock_file() {
-        let rd = crate::host::fake::temp_dir("jail-uid-record");
+        let rd = temp_dir("jail-uid-record");
         let dir = rd.join("ns").join("s");
         std::fs::create_dir_all(&dir).unwrap();
         let range = UidRange { base: 3_900_000_100, count: 1 };
