@@ -22,6 +22,15 @@
 //! acceleration = "auto"     # auto | kvm | tcg (auto probes KVM once per host boot)
 //! boot_timeout_secs = 60    # how long to wait for the agent's READY line (1..=3600)
 //! kernel_params = ""        # extra guest kernel parameters, set by the operator only
+//! allow_tcg_fallback = true # with acceleration = "auto": false makes a host without usable
+//!                           # KVM fail every boot instead of running guests under TCG (TCG
+//!                           # is emulation, not a boundary QEMU supports as one; see docs/jail.md)
+//!
+//! [jail]                    # how QEMU and its helpers are confined on the host (docs/jail.md)
+//! uid_base = 2000000000     # each sandbox's QEMU and vhost-device-vsock run as one uid (and
+//! uid_count = 65536         # the same gid) of uid_base..uid_base+uid_count, used by nothing else
+//! oom_score_adj = 0         # of QEMU, virtiofsd and vhost-device-vsock (0..=1000; the shim
+//!                           # itself inherits containerd's -999)
 //!
 //! [tenant]                  # the policy of every tenant not listed under [tenants] (policy.rs)
 //! max_vcpus = 8             # most vCPUs a pod's VM may ask for (more: the pod is refused)
@@ -100,6 +109,7 @@ pub struct Config {
     /// Per-tenant overrides of [`Config::tenant`], by tenant name.
     pub tenants: std::collections::BTreeMap<String, TenantOverride>,
     pub cgroup: Cgroup,
+    pub jail: Jail,
 }
 
 /// `[cgroup]`: the host cgroup v2 of each sandbox (jail/cgroup.rs).
@@ -124,6 +134,21 @@ impl Default for Cgroup {
             io_weight: 100,
             move_shim: true,
         }
+    }
+}
+
+/// `[jail]`: the host confinement of each sandbox's VMM processes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jail {
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub oom_score_adj: i32,
+}
+
+impl Default for Jail {
+    fn default() -> Self {
+        Jail { uid_base: 2_000_000_000, uid_count: 65_536, oom_score_adj: 0 }
     }
 }
 
@@ -165,6 +190,7 @@ pub struct Vm {
     pub acceleration: Acceleration,
     pub boot_timeout_secs: u64,
     pub kernel_params: String,
+    pub allow_tcg_fallback: bool,
 }
 
 impl Default for Vm {
@@ -179,6 +205,7 @@ impl Default for Vm {
             acceleration: Acceleration::Auto,
             boot_timeout_secs: 60,
             kernel_params: String::new(),
+            allow_tcg_fallback: true,
         }
     }
 }
@@ -302,6 +329,16 @@ impl Config {
             }
             self.tenant.merged(over).validate(&format!("tenants.{name}")).map_err(err)?;
         }
+        let j = &self.jail;
+        if j.uid_base == 0 || j.uid_count == 0 || u64::from(j.uid_base) + u64::from(j.uid_count) > u64::from(u32::MAX) {
+            return Err(err(format!(
+                "jail.uid_base = {} and jail.uid_count = {} must give a non-empty range of non-root ids below 2^32-1",
+                j.uid_base, j.uid_count
+            )));
+        }
+        if !(0..=1000).contains(&j.oom_score_adj) {
+            return Err(err(format!("jail.oom_score_adj = {} must be between 0 and 1000", j.oom_score_adj)));
+        }
         Ok(())
     }
 
@@ -348,6 +385,11 @@ mod tests {
             acceleration = "tcg"
             boot_timeout_secs = 5
             kernel_params = "loglevel=7"
+            allow_tcg_fallback = false
+            [jail]
+            uid_base = 500000
+            uid_count = 10
+            oom_score_adj = 100
             [cgroup]
             required = true
             overhead_memory_mib = 64
@@ -373,6 +415,8 @@ mod tests {
                 move_shim: false
             }
         );
+        assert!(!cfg.vm.allow_tcg_fallback);
+        assert_eq!(cfg.jail, Jail { uid_base: 500_000, uid_count: 10, oom_score_adj: 100 });
     }
 
     #[test]
@@ -403,6 +447,11 @@ mod tests {
             ("[cgroup]\nio_weight = 0\n", "cgroup.io_weight"),
             ("[cgroup]\noverhead_memory_mib = 9999999\n", "cgroup.overhead_memory_mib"),
             ("[cgroup]\nrequird = true\n", "requird"),
+            ("[jail]\nuid_base = 0\n", "jail.uid_base"),
+            ("[jail]\nuid_count = 0\n", "jail.uid_count"),
+            ("[jail]\nuid_base = 4294967000\n", "jail.uid_base"),
+            ("[jail]\noom_score_adj = -1\n", "jail.oom_score_adj"),
+            ("[jail]\nuid = 5\n", "uid"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} -> {e}");

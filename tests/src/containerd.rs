@@ -34,6 +34,8 @@ pub struct ShimConfig {
     /// `[tenant] host_paths`: where the test's bind mount sources (and containerd's own
     /// files) live: the test's directory.
     pub host_paths: Vec<PathBuf>,
+    /// Appended to the file as is (it continues the `[vm]` table; may open others).
+    pub extra: String,
 }
 
 impl ShimConfig {
@@ -52,6 +54,7 @@ impl ShimConfig {
             acceleration: std::env::var("BULWARK_TEST_ACCEL").unwrap_or_else(|_| "auto".into()),
             boot_timeout_secs: 120,
             host_paths: vec![dir.to_path_buf()],
+            extra: String::new(),
         }
     }
 
@@ -60,7 +63,7 @@ impl ShimConfig {
         format!(
             "[paths]\nqemu = {:?}\nvirtiofsd = {:?}\nvhost_device_vsock = {:?}\nkernel = {:?}\n\
              initrd = {:?}\nruntime_dir = {:?}\n\n[vm]\nvcpus = {}\nmemory_mib = {}\n\
-             acceleration = {:?}\nboot_timeout_secs = {}\n\n[tenant]\nhost_paths = {:?}\n",
+             acceleration = {:?}\nboot_timeout_secs = {}\n{}\n[tenant]\nhost_paths = {:?}\n",
             self.qemu,
             self.virtiofsd,
             self.vhost_device_vsock,
@@ -71,6 +74,7 @@ impl ShimConfig {
             self.memory_mib,
             self.acceleration,
             self.boot_timeout_secs,
+            self.extra,
             self.host_paths
         )
     }

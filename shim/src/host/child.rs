@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::jail::process::Confinement;
 
 /// A running (or exited) child process of the shim.
 #[derive(Debug)]
@@ -36,19 +37,27 @@ impl Child {
     /// The child gets SIGKILL if the shim dies (PR_SET_PDEATHSIG), so a crashed shim does not
     /// leave VMs running; `delete` cleans up whatever survives.
     pub fn spawn(name: &'static str, exe: &Path, args: &[String], log: &Path) -> Result<Child> {
-        Self::spawn_with_fds(name, exe, args, log, &[])
+        Self::spawn_with_fds(name, exe, args, log, &[], None)
     }
 
     /// Like [`Child::spawn`], and the child inherits exactly the fds `keep` (same numbers):
     /// their close-on-exec flag is cleared in the child only. The caller keeps them open
-    /// until this returns.
+    /// until this returns. With `jail`, the child is confined as it says before it execs
+    /// the program (`jail::process::Prepared::enter`).
     pub fn spawn_with_fds(
         name: &'static str,
         exe: &Path,
         args: &[String],
         log: &Path,
         keep: &[std::os::fd::RawFd],
+        jail: Option<&Confinement>,
     ) -> Result<Child> {
+        let jail = jail.map(|j| j.prepare(exe, args)).transpose().map_err(|source| Error::Spawn {
+            what: name,
+            path: exe.to_path_buf(),
+            source,
+        })?;
+        let parent = std::process::id() as libc::pid_t;
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -59,8 +68,9 @@ impl Child {
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(logf)).stderr(Stdio::from(logf2)).kill_on_drop(false);
         let keep = keep.to_vec();
         // SAFETY: the closure runs in the forked child before exec and only calls prctl(2)
-        // and fcntl(2), which are async-signal-safe; it reads `keep` (allocated before the
-        // fork) and allocates nothing.
+        // and fcntl(2), which are async-signal-safe, and `Prepared::enter` (system calls
+        // only, see there); it reads `keep` and `jail` (allocated before the fork) and
+        // allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -71,7 +81,11 @@ impl Child {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                match &jail {
+                    // execs the program itself; returns only on error
+                    Some(j) => j.enter(parent),
+                    None => Ok(()),
+                }
             });
         }
         let mut child = cmd.spawn().map_err(|source| Error::Spawn { what: name, path: exe.to_path_buf(), source })?;

@@ -75,7 +75,12 @@ impl FakeHost {
 
 impl Host for FakeHost {
     fn spawn(&self, cmd: &Command<'_>) -> Result<Child> {
-        self.record(format!("spawn {} {}", cmd.name, cmd.args.join(" ")));
+        let jailed = match cmd.jail.and_then(|j| j.creds.as_ref()) {
+            Some(c) => format!(" [uid {}]", c.uid),
+            None if cmd.jail.is_some() => " [root, confined]".to_string(),
+            None => String::new(),
+        };
+        self.record(format!("spawn {} {}{jailed}", cmd.name, cmd.args.join(" ")));
         if lock(&self.failing_spawns).contains(&cmd.name) {
             return Err(Error::Spawn {
                 what: cmd.name,
@@ -143,6 +148,23 @@ impl Host for FakeHost {
     fn create_dir(&self, path: &Path) -> std::io::Result<()> {
         self.record(format!("mkdir {}", path.display()));
         std::fs::create_dir(path)
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
+        self.record(format!("chown {} {uid}:{gid} {mode:o}", path.display()));
+        if !path.exists() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        Ok(())
+    }
+
+    fn connect_owned_socket(&self, path: &Path, owner: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.record(format!("connect {} uid {owner}", path.display()));
+        if !path.exists() {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        }
+        let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+        Ok(a.into())
     }
 }
 

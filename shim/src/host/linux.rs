@@ -14,7 +14,7 @@ pub struct LinuxHost;
 
 impl Host for LinuxHost {
     fn spawn(&self, cmd: &Command<'_>) -> Result<Child> {
-        Child::spawn_with_fds(cmd.name, cmd.exe, cmd.args, cmd.log, cmd.keep_fds)
+        Child::spawn_with_fds(cmd.name, cmd.exe, cmd.args, cmd.log, cmd.keep_fds, cmd.jail)
     }
 
     fn mount(&self, source: Option<&Path>, target: &Path, flags: MsFlags) -> std::io::Result<()> {
@@ -37,6 +37,45 @@ impl Host for LinuxHost {
     fn create_dir(&self, path: &Path) -> std::io::Result<()> {
         std::fs::create_dir(path)
     }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        if !std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    fn connect_owned_socket(&self, path: &Path, owner: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+        connect_owned_socket(path, owner)
+    }
+}
+
+/// [`Host::connect_owned_socket`]: opens `path` with O_PATH|O_NOFOLLOW, checks that it is a
+/// socket owned by `owner`, and connects through `/proc/self/fd/<n>` (the very inode checked).
+pub fn connect_owned_socket(path: &Path, owner: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let raw = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: `raw` was just returned by open(2) and is owned by nobody else.
+    let node = unsafe { OwnedFd::from_raw_fd(raw) };
+    let md = std::fs::File::from(node.try_clone()?).metadata()?;
+    if !md.file_type().is_socket() || md.uid() != owner {
+        return Err(std::io::Error::other(format!(
+            "{} is not a socket owned by uid {owner} (type {:?}, uid {})",
+            path.display(),
+            md.file_type(),
+            md.uid()
+        )));
+    }
+    let via = format!("/proc/self/fd/{}", node.as_raw_fd());
+    let s = std::os::unix::net::UnixStream::connect(via)?;
+    Ok(OwnedFd::from(s))
 }
 
 /// Decodes a mountinfo path field (`\040` style octal escapes) (pure).

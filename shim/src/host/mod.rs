@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 
 use crate::error::Result;
+use crate::jail::process::Confinement;
 use child::Child;
 
 /// A helper program to start ([`Host::spawn`]).
@@ -32,6 +33,9 @@ pub struct Command<'a> {
     pub log: &'a Path,
     /// Fds the child inherits under the same numbers (e.g. tap devices).
     pub keep_fds: &'a [RawFd],
+    /// How the child is confined (uid, capabilities, mounts, seccomp; `jail/process.rs`),
+    /// None: it runs as the shim does.
+    pub jail: Option<&'a Confinement>,
 }
 
 /// The host operations of the lower layers.
@@ -50,4 +54,10 @@ pub trait Host: Send + Sync {
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf>;
     /// Creates one directory (its parent must exist).
     fn create_dir(&self, path: &Path) -> std::io::Result<()>;
+    /// Gives `path` (never followed if a symlink) to `uid`:`gid` and sets its mode.
+    fn chown(&self, path: &Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()>;
+    /// Connects to the unix socket at `path`, which must be a socket owned by `owner` and not
+    /// a symlink (it may sit in a directory a jailed helper can write): the connected fd is
+    /// handed to another process.
+    fn connect_owned_socket(&self, path: &Path, owner: u32) -> std::io::Result<std::os::fd::OwnedFd>;
 }

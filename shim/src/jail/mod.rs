@@ -7,3 +7,6 @@
 //! for the cgroup. Only the VMM backend starts a helper.
 
 pub mod cgroup;
+pub mod process;
+pub mod seccomp;
+pub mod uid;

@@ -17,8 +17,8 @@ use crate::resources::network;
 
 /// Unix socket paths are limited to 107 bytes (sun_path minus NUL).
 const MAX_SOCKET_PATH: usize = 107;
-/// Longest file name we create in the state dir for a socket ("vhost-vsock.sock").
-const LONGEST_SOCKET_NAME: usize = 16;
+/// Longest path we create below the state dir for a socket ("vm/vhost-vsock.sock").
+const LONGEST_SOCKET_NAME: usize = 19;
 /// Name of the pid file `delete` reads after a crashed shim.
 pub const PID_FILE: &str = "pids";
 
@@ -179,6 +179,8 @@ pub fn cleanup_dir_with(host: &dyn Host, dir: &Path) -> Result<()> {
             tracing::warn!("removing the host cgroup of {}: {e}", dir.display());
         }
     }
+    // The sandbox uid's lock file (its shim is gone, so nobody holds it).
+    crate::jail::uid::release_recorded(dir);
     cleanup_mounts_and_dir_with(host, dir)
 }
 
@@ -210,12 +212,12 @@ mod tests {
         let d = sandbox_dir(long_rd, "k8s.io", &id64);
         assert!(d.file_name().unwrap().to_string_lossy().starts_with("h-"));
         assert!(d.starts_with(long_rd.join("k8s.io")));
-        assert!(d.join("vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH);
+        assert!(d.join("vm/vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH);
         // stable and distinct
         assert_eq!(d, sandbox_dir(long_rd, "k8s.io", &id64));
         assert_ne!(d, sandbox_dir(long_rd, "k8s.io", &"b".repeat(64)));
         let d = sandbox_dir(long_rd, &"n".repeat(76), &id64);
-        assert!(d.join("vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH, "{d:?}");
+        assert!(d.join("vm/vhost-vsock.sock").as_os_str().len() <= MAX_SOCKET_PATH, "{d:?}");
     }
 
     #[test]

@@ -62,9 +62,26 @@ pub async fn resolve(cfg: &Config, probe: &dyn KvmBootProbe) -> Accel {
         Acceleration::Auto => {
             let (accel, why) = auto(cfg, probe).await;
             tracing::info!("acceleration: {} (auto: {why})", accel.as_str());
+            if accel == Accel::Tcg {
+                tracing::warn!("{}", tcg_fallback_warning(cfg.vm.allow_tcg_fallback, &why));
+            }
             accel
         }
     }
+}
+
+/// The loud warning of an `auto` that fell back to TCG (pure).
+pub fn tcg_fallback_warning(allowed: bool, why: &str) -> String {
+    format!(
+        "SECURITY: acceleration = \"auto\" fell back to TCG ({why}). TCG emulates the guest in \
+         QEMU's own process and is not a security boundary QEMU promises: a guest that finds a \
+         bug in the emulator runs code as the (jailed) QEMU process. {}",
+        if allowed {
+            "Guests boot anyway (vm.allow_tcg_fallback = true); set it to false to refuse."
+        } else {
+            "vm.allow_tcg_fallback = false: the boot will be refused."
+        }
+    )
 }
 
 async fn auto(cfg: &Config, probe: &dyn KvmBootProbe) -> (Accel, String) {
@@ -203,6 +220,13 @@ mod tests {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_fallback_warning_names_the_risk_and_the_switch() {
+        let w = tcg_fallback_warning(true, "KVM unusable");
+        assert!(w.contains("not a security boundary") && w.contains("vm.allow_tcg_fallback = true"), "{w}");
+        assert!(tcg_fallback_warning(false, "x").contains("refused"));
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use crate::host::Host;
 /// The configured backend for the sandbox whose state directory is `dir` (its sockets and
 /// logs go there; see [`state_files`]).
 pub fn new_backend(cfg: &Config, dir: &Path, host: Arc<dyn Host>) -> Box<dyn Vmm> {
-    Box::new(qemu::Qemu::new(qemu::QemuPaths::from_config(cfg), dir, host))
+    Box::new(qemu::Qemu::new(qemu::QemuPaths::from_config(cfg), qemu::Policy::from_config(cfg), dir, host))
 }
 
 /// The files the configured backend keeps in a state directory `dir`: ("what", path) of

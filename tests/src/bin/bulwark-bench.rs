@@ -246,6 +246,10 @@ fn plain_boot(a: &Artifacts, dir: &Path) -> Result<f64, String> {
         console_log: dir.join("console.log"),
         log: dir.join("qemu.log"),
         nics: Vec::new(),
+        // paths, not fds: the benchmark starts QEMU itself, unjailed
+        fds: qemu::PassedFds::default(),
+        sandbox: true,
+        name: None,
     };
     let args = qemu::build_args(&spec, qemu::host_tsc_khz());
     let start = Instant::now();

@@ -27,7 +27,28 @@ pub struct VmSpec {
     pub log: PathBuf,
     /// Pod NICs: open tap fds (owned by the sandbox's network) and the guest MACs.
     pub nics: Vec<VmNic>,
+    /// Inherited fds that replace the paths above (a jailed QEMU opens nothing in the
+    /// state directory): a connected socket to vhost-device-vsock, to virtiofsd, and the
+    /// console log open for appending.
+    pub fds: PassedFds,
+    /// QEMU's own seccomp filter ([`SANDBOX`]).
+    pub sandbox: bool,
+    /// `-name`: the sandbox's state directory, so that its QEMU can be told apart in `ps`
+    /// (its command line names no other path of the sandbox once it gets fds).
+    pub name: Option<String>,
 }
+
+/// Fds QEMU inherits instead of opening paths (see [`VmSpec::fds`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassedFds {
+    pub vsock: Option<i32>,
+    pub fs: Option<i32>,
+    pub console: Option<i32>,
+}
+
+/// QEMU's seccomp sandbox: its filter on, and the optional deny groups all on: obsolete
+/// syscalls, set*uid/gid and friends, fork/exec, and scheduler/affinity/resource calls.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Kernel parameters that make the Debian cloud kernel boot fast under microvm/TCG (each
 /// skips a probe, self-test or delay that a microVM does not need).
@@ -70,12 +91,29 @@ pub fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
     push(&["-kernel", &spec.kernel.to_string_lossy(), "-initrd", &spec.initrd.to_string_lossy()]);
     push(&["-append", &kernel_cmdline(tsc_khz, &spec.extra_kernel_params)]);
-    push(&["-chardev", &format!("file,id=console,path={}", opt(&spec.console_log))]);
+    if let Some(name) = &spec.name {
+        push(&["-name", &name.replace(',', ",,")]);
+    }
+    if spec.sandbox {
+        push(&["-sandbox", SANDBOX]);
+    }
+    match spec.fds.console {
+        Some(fd) => {
+            // the fd joins fd set 1; QEMU opens "/dev/fdset/1" by dup'ing it
+            push(&["-add-fd", &format!("fd={fd},set=1,opaque=console")]);
+            push(&["-chardev", "file,id=console,path=/dev/fdset/1"]);
+        }
+        None => push(&["-chardev", &format!("file,id=console,path={}", opt(&spec.console_log))]),
+    }
     push(&["-serial", "chardev:console"]);
-    push(&["-chardev", &format!("socket,id=vsock,path={}", opt(&spec.vsock_socket))]);
+    let socket = |id: &str, path: &Path, fd: Option<i32>| match fd {
+        Some(fd) => format!("socket,id={id},fd={fd}"),
+        None => format!("socket,id={id},path={}", opt(path)),
+    };
+    push(&["-chardev", &socket("vsock", &spec.vsock_socket, spec.fds.vsock)]);
     push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
     if let Some(fs) = &spec.fs_socket {
-        push(&["-chardev", &format!("socket,id=fs,path={}", opt(fs))]);
+        push(&["-chardev", &socket("fs", fs, spec.fds.fs)]);
         push(&["-device", &format!("vhost-user-fs-device,chardev=fs,tag={}", bulwark_protocol::SHARE_TAG)]);
     }
     for (n, nic) in spec.nics.iter().enumerate() {
@@ -118,6 +156,9 @@ mod tests {
             console_log: "/run/b/a,b/console.log".into(),
             log: "/run/b/x/qemu.log".into(),
             nics: vec![],
+            fds: PassedFds::default(),
+            sandbox: false,
+            name: None,
         }
     }
 
@@ -153,6 +194,28 @@ mod tests {
         assert_eq!(after(&a, "-cpu"), ["host"]);
         assert!(!after(&a, "-append")[0].contains("tsc_early_khz"));
         assert!(!a.iter().any(|x| x.contains("vhost-user-fs")));
+    }
+
+    #[test]
+    fn jailed_args_pass_fds_and_turn_the_sandbox_on() {
+        let mut s = spec(Accel::Tcg, true);
+        assert!(!build_args(&s, None).iter().any(|x| x == "-sandbox" || x == "-add-fd"));
+        s.sandbox = true;
+        s.fds = PassedFds { vsock: Some(10), fs: Some(11), console: Some(12) };
+        let a = build_args(&s, None);
+        assert!(!a.iter().any(|x| x == "-name"));
+        s.name = Some("/run/b/a,b".into());
+        assert_eq!(after(&build_args(&s, None), "-name"), ["/run/b/a,,b"]);
+        assert_eq!(after(&a, "-sandbox"), ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
+        assert_eq!(after(&a, "-add-fd"), ["fd=12,set=1,opaque=console"]);
+        let chardevs = after(&a, "-chardev");
+        assert_eq!(
+            chardevs,
+            ["file,id=console,path=/dev/fdset/1", "socket,id=vsock,fd=10", "socket,id=fs,fd=11"],
+            "no path of the state directory is left"
+        );
+        assert!(!a.iter().any(|x| x.contains("/run/b/")), "{a:?}");
+        assert!(!a.iter().any(|x| x.contains("/run/b/")), "{a:?}");
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! directory under the names of [`state_files`].
 
 pub mod args;
+pub mod jail;
 pub mod vhost_vsock;
 pub mod virtiofsd;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,9 +25,11 @@ use crate::error::{Error, Result};
 use crate::host::child::log_tail;
 use crate::host::child::Child;
 use crate::host::{Command, Host};
+use crate::jail::uid::{self, Lease};
 use crate::resources::network::VmNic;
 
-pub use args::{build_args, host_tsc_khz, kernel_cmdline, parse_cpu_khz, VmSpec, BASE_KERNEL_PARAMS};
+pub use args::{build_args, host_tsc_khz, kernel_cmdline, parse_cpu_khz, PassedFds, VmSpec, BASE_KERNEL_PARAMS};
+pub use jail::Policy;
 
 /// The programs the backend runs (from the node configuration).
 #[derive(Debug, Clone)]
@@ -58,14 +63,19 @@ pub fn state_files(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         ("vhost-user vsock socket", vhost_vsock::backend_socket(dir)),
         ("hybrid vsock socket", vhost_vsock::uds_path(dir)),
         ("vhost-user fs socket", virtiofsd::socket(dir)),
+        ("jailed helpers' directory", jail::vm_dir(dir)),
+        ("jail uid record", dir.join(uid::RECORD)),
     ]
 }
 
 /// One QEMU VM and its helpers.
 pub struct Qemu {
     paths: QemuPaths,
+    policy: Policy,
     dir: PathBuf,
     host: Arc<dyn Host>,
+    /// The sandbox uid/gid of QEMU and vhost-device-vsock, held until `stop`.
+    lease: Option<Lease>,
     /// What `prepare` was given (`start` needs it).
     vm: Option<VmConfig>,
     vsock: Option<Arc<Child>>,
@@ -77,11 +87,13 @@ pub struct Qemu {
 
 impl Qemu {
     /// A backend for the sandbox whose state directory is `dir`. Starts nothing.
-    pub fn new(paths: QemuPaths, dir: &Path, host: Arc<dyn Host>) -> Self {
+    pub fn new(paths: QemuPaths, policy: Policy, dir: &Path, host: Arc<dyn Host>) -> Self {
         Qemu {
             paths,
+            policy,
             dir: dir.to_path_buf(),
             host,
+            lease: None,
             vm: None,
             vsock: None,
             virtiofsd: None,
@@ -144,14 +156,26 @@ impl Vmm for Qemu {
                 });
             }
         }
+        if vm.accel == super::Accel::Tcg && self.policy.forbid_tcg_fallback {
+            return Err(Error::FailedPrecondition(format!(
+                "KVM is not usable on this host and vm.allow_tcg_fallback = false in {}: refusing to run \
+                 the guest under TCG (emulation, which QEMU does not support as a security boundary). \
+                 Fix KVM, or set vm.allow_tcg_fallback = true (or vm.acceleration = \"tcg\") to accept it",
+                Config::path().display()
+            )));
+        }
         self.vm = Some(vm.clone());
+        let id = self.take_uid()?;
         let mut vsock = None;
-        let r = vhost_vsock::start(self.host.as_ref(), &self.paths.vhost_device_vsock, &self.dir, &mut vsock).await;
+        let conf = jail::vhost_device_vsock(&self.policy, id, &self.dir);
+        let r =
+            vhost_vsock::start(self.host.as_ref(), &self.paths.vhost_device_vsock, &self.dir, &conf, &mut vsock).await;
         self.vsock = vsock.map(Arc::new);
         r?;
         if let Some(share) = &vm.share {
             let mut fs = None;
-            let r = virtiofsd::start(self.host.as_ref(), &self.paths.virtiofsd, &self.dir, share, &mut fs).await;
+            let conf = jail::virtiofsd(&self.policy);
+            let r = virtiofsd::start(self.host.as_ref(), &self.paths.virtiofsd, &self.dir, share, &conf, &mut fs).await;
             self.virtiofsd = fs.map(Arc::new);
             r?;
         }
@@ -167,7 +191,30 @@ impl Vmm for Qemu {
                 hint: "install qemu-system-x86 or set paths.qemu in the bulwark config".into(),
             });
         }
-        let fds: Vec<_> = nics.iter().map(|n| n.tap_fd).collect();
+        let id =
+            self.lease.as_ref().map(Lease::uid).ok_or_else(|| Error::Boot("QEMU started without its uid".into()))?;
+        // QEMU gets its two helpers' sockets already connected, and the console log open.
+        let vsock_fd =
+            connect(self.host.as_ref(), "vhost-device-vsock", &vhost_vsock::backend_socket(&self.dir), id).await?;
+        let fs_fd = match vm.share {
+            Some(_) => Some(connect(self.host.as_ref(), "virtiofsd", &virtiofsd::socket(&self.dir), 0).await?),
+            None => None,
+        };
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&vm.console_log)
+            .map_err(|e| Error::io(format!("opening the console log {}", vm.console_log.display()), e))?;
+        self.give_host_ports(id);
+        let passed = PassedFds {
+            vsock: Some(vsock_fd.as_raw_fd()),
+            fs: fs_fd.as_ref().map(|f| f.as_raw_fd()),
+            console: Some(console.as_raw_fd()),
+        };
+        let mut fds: Vec<_> = nics.iter().map(|n| n.tap_fd).collect();
+        fds.extend([passed.vsock, passed.fs, passed.console].into_iter().flatten());
         let spec = VmSpec {
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
@@ -180,15 +227,25 @@ impl Vmm for Qemu {
             console_log: vm.console_log.clone(),
             log: log(&self.dir),
             nics,
+            fds: passed,
+            sandbox: true,
+            name: Some(self.dir.to_string_lossy().into_owned()),
         };
         let args = build_args(&spec, host_tsc_khz());
+        let kvm_group = match vm.accel {
+            super::Accel::Kvm => jail::kvm_gid(),
+            super::Accel::Tcg => None,
+        };
+        let conf = jail::qemu(&self.policy, id, kvm_group);
         let child = self.host.spawn(&Command {
             name: "qemu",
             exe: &self.paths.qemu,
             args: &args,
             log: &spec.log,
             keep_fds: &fds,
+            jail: Some(&conf),
         })?;
+        drop((vsock_fd, fs_fd, console));
         let child = Arc::new(child);
         self.qemu = Some(child.clone());
         self.supervise(child);
@@ -234,7 +291,98 @@ impl Vmm for Qemu {
         for c in self.helpers() {
             c.stop(Duration::from_secs(1)).await;
         }
+        // Only once none of its processes runs: the uid may then go to another sandbox.
+        let running =
+            [&self.vsock, &self.virtiofsd, &self.qemu].into_iter().flatten().any(|c| c.exit_status().is_none());
+        if running {
+            tracing::warn!("a VMM process of {} outlived its stop; keeping its jail uid", self.dir.display());
+            if let Some(mut l) = self.lease.take() {
+                l.keep_file();
+            }
+        }
+        self.lease = None;
     }
+}
+
+impl Qemu {
+    /// Allocates the sandbox uid (once) and gives it `<dir>/vm/`.
+    fn take_uid(&mut self) -> Result<u32> {
+        if let Some(l) = &self.lease {
+            return Ok(l.uid());
+        }
+        let lease = uid::allocate(&self.policy.runtime_dir, self.policy.range, &self.dir).map_err(Error::Boot)?;
+        uid::record(&self.dir, &lease)
+            .map_err(|e| Error::io(format!("recording the jail uid in {}", self.dir.display()), e))?;
+        let id = lease.uid();
+        self.lease = Some(lease);
+        let vm = jail::vm_dir(&self.dir);
+        if !vm.exists() {
+            self.host.create_dir(&vm).map_err(|e| Error::io(format!("creating {}", vm.display()), e))?;
+        }
+        self.host
+            .chown(&vm, id, id, 0o700)
+            .map_err(|e| Error::io(format!("giving {} to uid {id}", vm.display()), e))?;
+        tracing::info!("sandbox {}: QEMU and vhost-device-vsock run as uid/gid {id}", self.dir.display());
+        Ok(id)
+    }
+
+    /// Gives the host-port sockets the shim listens on in `<dir>/vm/` (root's, made before
+    /// QEMU starts) to the sandbox uid, so vhost-device-vsock can connect to them. Only
+    /// sockets are touched, through an O_PATH fd of the very inode checked.
+    fn give_host_ports(&self, id: u32) {
+        let vm = jail::vm_dir(&self.dir);
+        let Ok(entries) = std::fs::read_dir(&vm) else { return };
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(vhost_vsock::HOST_PORT_PREFIX) {
+                continue;
+            }
+            if let Err(err) = give_socket(&e.path(), id) {
+                tracing::warn!("giving {} to uid {id}: {err}", e.path().display());
+            }
+        }
+    }
+}
+
+/// Connects to a helper's socket (checked: see [`Host::connect_owned_socket`]). A helper
+/// creates its socket file (bind) a moment before it listens: refused connections are
+/// retried for up to 2 s.
+async fn connect(host: &dyn Host, what: &str, path: &Path, owner: u32) -> Result<std::os::fd::OwnedFd> {
+    let mut tries = 0;
+    loop {
+        match host.connect_owned_socket(path, owner) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(Error::io(format!("connecting to {what} at {}", path.display()), e)),
+        }
+    }
+}
+
+/// fchown of the unix socket `path` (never a symlink) to `id`:`id`.
+fn give_socket(path: &Path, id: u32) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::FileTypeExt;
+    let raw = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: `raw` was just returned by open(2) and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let md = std::fs::File::from(fd.try_clone()?).metadata()?;
+    if !md.file_type().is_socket() {
+        return Err(std::io::Error::other("not a socket"));
+    }
+    nix::unistd::fchownat(
+        Some(fd.as_raw_fd()),
+        "",
+        Some(nix::unistd::Uid::from_raw(id)),
+        Some(nix::unistd::Gid::from_raw(id)),
+        nix::unistd::FchownatFlags::AT_EMPTY_PATH,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -257,6 +405,16 @@ mod tests {
         }
     }
 
+    /// Uids no process runs as, lock files in the test's directory.
+    fn policy(dir: &Path) -> Policy {
+        Policy {
+            range: crate::jail::uid::UidRange { base: 3_900_001_000, count: 1000 },
+            oom_score_adj: 0,
+            runtime_dir: dir.to_path_buf(),
+            forbid_tcg_fallback: false,
+        }
+    }
+
     /// Existing programs (the test binary itself) so the backend's checks pass; the fake
     /// host spawns nothing.
     fn paths() -> QemuPaths {
@@ -270,7 +428,7 @@ mod tests {
         let host = FakeHost::new();
         host.exit_at_spawn("vhost-device-vsock");
         std::fs::write(vhost_vsock::log(&dir), b"bad option\n").unwrap();
-        let mut q = Qemu::new(paths(), &dir, host.clone());
+        let mut q = Qemu::new(paths(), policy(&dir), &dir, host.clone());
         let e = q.prepare(&vm(&dir, true)).await.unwrap_err().to_string();
         assert!(e.contains("vhost-device-vsock exited") && e.contains("bad option"), "{e}");
         // started, so recorded for the pid file and stopped by `stop`
@@ -285,9 +443,10 @@ mod tests {
         let dir = temp_dir("qemu-order");
         let host = FakeHost::new();
         // the helpers' sockets appear at once
+        std::fs::create_dir(jail::vm_dir(&dir)).unwrap();
         std::fs::write(vhost_vsock::backend_socket(&dir), b"").unwrap();
         std::fs::write(virtiofsd::socket(&dir), b"").unwrap();
-        let mut q = Qemu::new(paths(), &dir, host.clone());
+        let mut q = Qemu::new(paths(), policy(&dir), &dir, host.clone());
         q.prepare(&vm(&dir, true)).await.unwrap();
         q.start(Vec::new()).await.unwrap();
         let names: Vec<_> = q.processes().iter().map(|p| p.name).collect();
@@ -308,8 +467,9 @@ mod tests {
     async fn no_share_no_virtiofsd() {
         let dir = temp_dir("qemu-noshare");
         let host = FakeHost::new();
+        std::fs::create_dir(jail::vm_dir(&dir)).unwrap();
         std::fs::write(vhost_vsock::backend_socket(&dir), b"").unwrap();
-        let mut q = Qemu::new(paths(), &dir, host.clone());
+        let mut q = Qemu::new(paths(), policy(&dir), &dir, host.clone());
         q.prepare(&vm(&dir, false)).await.unwrap();
         assert!(!host.calls().iter().any(|c| c.starts_with("spawn virtiofsd")));
         q.stop().await;

@@ -6,27 +6,34 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::jail::vm_dir;
 use crate::error::{Error, Result};
 use crate::host::child::Child;
 use crate::host::{Command, Host};
+use crate::jail::process::Confinement;
 
 /// How long vhost-device-vsock may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
-/// vhost-device-vsock's vhost-user socket (QEMU connects to it).
+/// vhost-device-vsock's vhost-user socket (the shim connects to it and hands the
+/// connection to QEMU). In `<dir>/vm/`, the one directory the helper may write.
 pub fn backend_socket(dir: &Path) -> PathBuf {
-    dir.join("vhost-vsock.sock")
+    vm_dir(dir).join("vhost-vsock.sock")
 }
 
 /// The hybrid-vsock socket the host connects to (`CONNECT <port>`).
 pub fn uds_path(dir: &Path) -> PathBuf {
-    dir.join("vsock.sock")
+    vm_dir(dir).join("vsock.sock")
 }
 
-/// Where guest connections to the host's `port` arrive.
+/// Where guest connections to the host's `port` arrive (the shim listens there; the
+/// backend gives these sockets to the sandbox uid before QEMU starts).
 pub fn host_port_path(dir: &Path, port: u32) -> PathBuf {
-    dir.join(format!("vsock.sock_{port}"))
+    vm_dir(dir).join(format!("vsock.sock_{port}"))
 }
+
+/// Prefix of the host-port sockets in `<dir>/vm/`.
+pub const HOST_PORT_PREFIX: &str = "vsock.sock_";
 
 /// vhost-device-vsock's log.
 pub fn log(dir: &Path) -> PathBuf {
@@ -47,7 +54,13 @@ pub fn args(dir: &Path) -> Vec<String> {
 
 /// Starts vhost-device-vsock for the sandbox in `dir` and waits for its vhost-user socket.
 /// The child is put in `started` as soon as it runs, so the caller can stop it on error.
-pub async fn start(host: &dyn Host, exe: &Path, dir: &Path, started: &mut Option<Child>) -> Result<()> {
+pub async fn start(
+    host: &dyn Host,
+    exe: &Path,
+    dir: &Path,
+    jail: &Confinement,
+    started: &mut Option<Child>,
+) -> Result<()> {
     if !exe.exists() {
         return Err(Error::Missing {
             what: "vhost-device-vsock binary",
@@ -59,7 +72,14 @@ pub async fn start(host: &dyn Host, exe: &Path, dir: &Path, started: &mut Option
     }
     let args = args(dir);
     let log = log(dir);
-    let child = host.spawn(&Command { name: "vhost-device-vsock", exe, args: &args, log: &log, keep_fds: &[] })?;
+    let child = host.spawn(&Command {
+        name: "vhost-device-vsock",
+        exe,
+        args: &args,
+        log: &log,
+        keep_fds: &[],
+        jail: Some(jail),
+    })?;
     let child = started.insert(child);
     child.wait_for_path(&backend_socket(dir), &log, SOCKET_WAIT).await
 }
@@ -71,9 +91,9 @@ mod tests {
     #[test]
     fn paths_and_args() {
         let d = Path::new("/run/bulwark/ns/s1");
-        assert_eq!(host_port_path(d, 1025), PathBuf::from("/run/bulwark/ns/s1/vsock.sock_1025"));
+        assert_eq!(host_port_path(d, 1025), PathBuf::from("/run/bulwark/ns/s1/vm/vsock.sock_1025"));
         let a = args(d);
-        assert_eq!(a[a.len() - 1], "/run/bulwark/ns/s1/vsock.sock");
-        assert!(a.contains(&"/run/bulwark/ns/s1/vhost-vsock.sock".to_string()));
+        assert_eq!(a[a.len() - 1], "/run/bulwark/ns/s1/vm/vsock.sock");
+        assert!(a.contains(&"/run/bulwark/ns/s1/vm/vhost-vsock.sock".to_string()));
     }
 }

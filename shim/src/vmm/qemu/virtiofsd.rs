@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::host::child::Child;
 use crate::host::{Command, Host};
+use crate::jail::process::Confinement;
 
 /// How long virtiofsd may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -28,6 +29,8 @@ pub fn args(dir: &Path, share: &Path) -> Vec<String> {
         format!("--socket-path={}", socket(dir).display()),
         format!("--shared-dir={}", share.display()),
         "--sandbox=namespace".into(),
+        // its own seccomp filter: a syscall outside it kills virtiofsd
+        "--seccomp=kill".into(),
         "--cache=auto".into(),
         "--announce-submounts".into(),
     ]
@@ -35,7 +38,14 @@ pub fn args(dir: &Path, share: &Path) -> Vec<String> {
 
 /// Starts virtiofsd serving `share` for the sandbox in `dir` and waits for its socket. The
 /// child is put in `started` as soon as it runs, so the caller can stop it on error.
-pub async fn start(host: &dyn Host, exe: &Path, dir: &Path, share: &Path, started: &mut Option<Child>) -> Result<()> {
+pub async fn start(
+    host: &dyn Host,
+    exe: &Path,
+    dir: &Path,
+    share: &Path,
+    jail: &Confinement,
+    started: &mut Option<Child>,
+) -> Result<()> {
     if !exe.exists() {
         return Err(Error::Missing {
             what: "virtiofsd binary",
@@ -45,7 +55,8 @@ pub async fn start(host: &dyn Host, exe: &Path, dir: &Path, share: &Path, starte
     }
     let args = args(dir, share);
     let log = log(dir);
-    let child = host.spawn(&Command { name: "virtiofsd", exe, args: &args, log: &log, keep_fds: &[] })?;
+    let child =
+        host.spawn(&Command { name: "virtiofsd", exe, args: &args, log: &log, keep_fds: &[], jail: Some(jail) })?;
     let child = started.insert(child);
     child.wait_for_path(&socket(dir), &log, SOCKET_WAIT).await
 }
@@ -60,5 +71,6 @@ mod tests {
         assert!(a.contains(&"--socket-path=/run/bulwark/s1/virtiofsd.sock".to_string()));
         assert!(a.contains(&"--shared-dir=/run/bulwark/s1/share".to_string()));
         assert!(a.contains(&"--sandbox=namespace".to_string()));
+        assert!(a.contains(&"--seccomp=kill".to_string()));
     }
 }

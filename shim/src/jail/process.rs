@@ -1,0 +1,422 @@
+//! How one VMM process is confined, applied in the forked child before it runs the program
+//! (the shape of Firecracker's jailer, without its chroot): [`Confinement`] says what
+//! (pure data, built by the VMM backend), [`Confinement::prepare`] allocates everything
+//! before the fork, and [`Prepared::enter`] runs in the child between fork and exec, making
+//! only async-signal-safe system calls, and execs the program by fd.
+//!
+//! Order in the child: `oom_score_adj` (the shim runs at containerd's -999; raising it needs
+//! no privilege), the private mount namespace (needs CAP_SYS_ADMIN), the capability bounding
+//! and ambient sets, the groups, gid and uid (which empty the permitted and effective sets
+//! of a non-root uid), an empty `capset` as well, `PR_SET_NO_NEW_PRIVS`, the parent-death
+//! signal again (a credential change clears it), the seccomp filter, and the exec through the
+//! fd opened before the fork (the program's path need not be reachable for the new uid).
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use super::seccomp::{self, Filter};
+
+/// The credentials a process gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (e.g. the group of /dev/kvm); empty for none.
+    pub groups: Vec<u32>,
+}
+
+/// The mount view of a process: a private namespace (slave of the host's, so host unmounts
+/// still reach it) where `hide` is covered by an empty read-only tmpfs and only the
+/// directories of `expose` (below `hide`) are bound back at their paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountView {
+    pub hide: PathBuf,
+    pub expose: Vec<PathBuf>,
+}
+
+/// Everything done to one process before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// Run as this uid/gid (None: keep root).
+    pub creds: Option<Creds>,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    pub no_new_privs: bool,
+    /// Empty effective, permitted, inheritable, ambient and bounding capability sets.
+    pub drop_caps: bool,
+    /// Written to /proc/self/oom_score_adj.
+    pub oom_score_adj: Option<i32>,
+    pub mounts: Option<MountView>,
+    /// Our seccomp filter, in force from the exec on.
+    pub seccomp: Option<Filter>,
+}
+
+/// A bind of a directory onto itself (`target`) through the child's tmpfs: the child opens
+/// it in its new namespace before the cover (a mount of another namespace cannot be bound),
+/// then binds it back through `/proc/self/fd/<n>`.
+struct Bind {
+    /// `target`'s directories from the tmpfs root down, then `target` itself.
+    mkdirs: Vec<CString>,
+    target: CString,
+}
+
+/// A [`Confinement`] with everything allocated, for [`Prepared::enter`] in the child.
+pub struct Prepared {
+    c: Confinement,
+    oom: Option<CString>,
+    hide: Option<CString>,
+    binds: Vec<Bind>,
+    cap_last: u32,
+    exe: OwnedFd,
+    /// argv (program name then arguments) and its NULL-terminated pointer array.
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers in `argv_ptrs` point into the heap buffers of the CStrings in
+// `_argv`, which the struct owns and never changes; moving the struct between threads moves
+// no buffer, and nothing mutates them (the struct is only read, by `enter`).
+unsafe impl Send for Prepared {}
+// SAFETY: as above; `enter` takes `&self` and only reads.
+unsafe impl Sync for Prepared {}
+
+fn cstring(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::other(format!("NUL in {}", p.display())))
+}
+
+fn normal(p: &Path) -> bool {
+    p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// The directories to create below `hide` for `target`, then `target` (pure).
+pub fn dirs_between(hide: &Path, target: &Path) -> Option<Vec<PathBuf>> {
+    let rel = target.strip_prefix(hide).ok()?;
+    let mut cur = hide.to_path_buf();
+    let mut v = Vec::new();
+    for c in rel.components() {
+        cur.push(c);
+        v.push(cur.clone());
+    }
+    (!v.is_empty()).then_some(v)
+}
+
+impl Confinement {
+    /// Allocates what [`Prepared::enter`] needs to run `exe args...` confined: opens the
+    /// program (O_PATH) and the directories to expose, formats every path.
+    pub fn prepare(&self, exe: &Path, args: &[String]) -> std::io::Result<Prepared> {
+        let open_path = |p: &Path, dir: bool| -> std::io::Result<OwnedFd> {
+            let flags = nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | if dir {
+                    nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW
+                } else {
+                    nix::fcntl::OFlag::empty()
+                };
+            let fd = nix::fcntl::open(p, flags, nix::sys::stat::Mode::empty())
+                .map_err(|e| std::io::Error::other(format!("opening {}: {e}", p.display())))?;
+            // SAFETY: `fd` was just returned by open(2) and is owned by nobody else.
+            Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        };
+        let exe_fd = open_path(exe, false)?;
+        let mut binds = Vec::new();
+        let mut hide = None;
+        if let Some(m) = &self.mounts {
+            if !normal(&m.hide) {
+                return Err(std::io::Error::other(format!("{} is not a plain absolute path", m.hide.display())));
+            }
+            hide = Some(cstring(&m.hide)?);
+            for t in &m.expose {
+                let dirs = match dirs_between(&m.hide, t) {
+                    Some(d) if normal(t) => d,
+                    _ => {
+                        return Err(std::io::Error::other(format!("{} is not below {}", t.display(), m.hide.display())))
+                    }
+                };
+                // checked now, opened again in the child
+                drop(open_path(t, true)?);
+                binds.push(Bind {
+                    mkdirs: dirs.iter().map(|d| cstring(d)).collect::<std::io::Result<_>>()?,
+                    target: cstring(t)?,
+                });
+            }
+        }
+        let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63);
+        let mut argv = vec![cstring(exe)?];
+        for a in args {
+            argv.push(CString::new(a.as_bytes()).map_err(|_| std::io::Error::other("NUL in an argument"))?);
+        }
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        Ok(Prepared {
+            c: self.clone(),
+            oom: self.oom_score_adj.map(|v| CString::new(v.to_string())).transpose().map_err(std::io::Error::other)?,
+            hide,
+            binds,
+            cap_last,
+            exe: exe_fd,
+            _argv: argv,
+            argv_ptrs,
+        })
+    }
+}
+
+fn check(r: libc::c_int) -> std::io::Result<()> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+const PROC_OOM: &CStr = c"/proc/self/oom_score_adj";
+const TMPFS: &CStr = c"tmpfs";
+const TMPFS_OPTS: &CStr = c"size=64k,nr_inodes=64,mode=0755";
+const ROOT: &CStr = c"/";
+const EMPTY: &CStr = c"";
+
+impl Prepared {
+    /// Runs in the forked child: confines it and execs the program. Returns only on error.
+    /// Async-signal-safe: system calls on memory allocated before the fork, no allocation
+    /// (errors are `std::io::Error::last_os_error()`, which does not allocate).
+    pub fn enter(&self, parent: libc::pid_t) -> std::io::Result<()> {
+        // SAFETY (for every call below): plain system calls whose pointer arguments are
+        // NUL-terminated strings or arrays owned by `self` (allocated before the fork) or
+        // static; none keeps a pointer after returning.
+        unsafe {
+            if let Some(v) = &self.oom {
+                let fd = libc::open(PROC_OOM.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                check(fd)?;
+                let n = libc::write(fd, v.as_ptr().cast(), v.as_bytes().len());
+                libc::close(fd);
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(hide) = &self.hide {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    ROOT.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ))?;
+                // What stays visible, opened in this namespace before the cover (at most 4).
+                let mut fds = [-1; 4];
+                if self.binds.len() > fds.len() {
+                    return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+                }
+                for (b, fd) in self.binds.iter().zip(fds.iter_mut()) {
+                    *fd = libc::open(
+                        b.target.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    );
+                    check(*fd)?;
+                }
+                let fl = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                check(libc::mount(TMPFS.as_ptr(), hide.as_ptr(), TMPFS.as_ptr(), fl, TMPFS_OPTS.as_ptr().cast()))?;
+                for (b, &fd) in self.binds.iter().zip(fds.iter()) {
+                    for d in &b.mkdirs {
+                        if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    let mut buf = [0u8; 32];
+                    let src = fd_path(fd, &mut buf);
+                    check(libc::mount(
+                        src.as_ptr(),
+                        b.target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                    libc::close(fd);
+                }
+                // The cover itself read-only: nothing can be created in the empty view.
+                let ro = libc::MS_REMOUNT | libc::MS_RDONLY | fl;
+                check(libc::mount(std::ptr::null(), hide.as_ptr(), std::ptr::null(), ro, TMPFS_OPTS.as_ptr().cast()))?;
+            }
+            if self.c.drop_caps {
+                for cap in 0..=self.cap_last {
+                    if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                        && *libc::__errno_location() != libc::EINVAL
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))?;
+            }
+            if let Some(cr) = &self.c.creds {
+                check(libc::setgroups(cr.groups.len(), cr.groups.as_ptr()))?;
+                check(libc::setresgid(cr.gid, cr.gid, cr.gid))?;
+                check(libc::setresuid(cr.uid, cr.uid, cr.uid))?;
+            }
+            if self.c.drop_caps {
+                // _LINUX_CAPABILITY_VERSION_3: two 32-bit halves, all zero.
+                let mut hdr = CapHeader { version: 0x2008_0522, pid: 0 };
+                let data = [CapData::default(); 2];
+                check(libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) as libc::c_int)?;
+            }
+            if self.c.no_new_privs {
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            }
+            // A credential change cleared the parent-death signal: set it again, and give up
+            // if the shim already died in between.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+        }
+        if let Some(f) = &self.c.seccomp {
+            seccomp::install(f)?;
+        }
+        // SAFETY: execveat reads the NULL-terminated argv array and its strings (owned by
+        // `self`) and the process environment; on success it does not return.
+        unsafe {
+            extern "C" {
+                static environ: *const *const libc::c_char;
+            }
+            libc::syscall(
+                libc::SYS_execveat,
+                self.exe.as_raw_fd(),
+                EMPTY.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                environ,
+                libc::AT_EMPTY_PATH,
+            );
+        }
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// "/proc/self/fd/<fd>" NUL-terminated in `buf`, without allocating (async-signal-safe).
+fn fd_path(fd: libc::c_int, buf: &mut [u8; 32]) -> &CStr {
+    const P: &[u8] = b"/proc/self/fd/";
+    buf[..P.len()].copy_from_slice(P);
+    let mut digits = [0u8; 10];
+    let (mut n, mut k) = (fd.max(0) as u32, 0);
+    loop {
+        digits[k] = b'0' + (n % 10) as u8;
+        k += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..k {
+        buf[P.len() + i] = digits[k - 1 - i];
+    }
+    buf[P.len() + k] = 0;
+    CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/proc/self/fd/")
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory for one test (jail/ does not use host/, not even in tests).
+    fn temp_dir(what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "bulwark-test-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("creating a test temp dir");
+        d
+    }
+
+    /// Runs `/bin/sh -c script` confined as `c` and returns its exit code (root only).
+    fn run_confined(c: &Confinement, script: &str) -> Option<std::io::Result<i32>> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let p = match c.prepare(Path::new("/bin/sh"), &["-c".into(), script.into()]) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let parent = std::process::id() as libc::pid_t;
+        let mut cmd = std::process::Command::new("/bin/sh");
+        // SAFETY: `enter` makes only async-signal-safe system calls on memory allocated
+        // before the fork (see there).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || p.enter(parent));
+        }
+        Some(cmd.status().map(std::os::unix::process::ExitStatusExt::into_raw))
+    }
+
+    #[test]
+    fn a_confined_child_runs_as_told() {
+        let d = temp_dir("jail-enter");
+        std::fs::create_dir_all(d.join("ns/s/vm")).unwrap();
+        std::fs::create_dir_all(d.join("other")).unwrap();
+        let c = Confinement {
+            creds: Some(Creds { uid: 3_900_002_000, gid: 3_900_002_000, groups: vec![] }),
+            no_new_privs: true,
+            drop_caps: true,
+            oom_score_adj: Some(0),
+            mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/vm")] }),
+            seccomp: None,
+        };
+        let script = format!(
+            "grep -q '^Uid:.*3900002000' /proc/self/status && grep -q '^NoNewPrivs:.1' /proc/self/status \
+             && grep -q '^CapBnd:.0000000000000000' /proc/self/status && test \"$(cat /proc/self/oom_score_adj)\" = 0 \
+             && test -d {d}/ns/s/vm && ! test -e {d}/other",
+            d = d.display()
+        );
+        match run_confined(&c, &script) {
+            None => {}
+            Some(r) => assert_eq!(r.unwrap(), 0, "a check failed in the child"),
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn dirs_below_the_hidden_root() {
+        let v = dirs_between(Path::new("/run/b"), Path::new("/run/b/ns/s1/vm")).unwrap();
+        assert_eq!(v, [PathBuf::from("/run/b/ns"), "/run/b/ns/s1".into(), "/run/b/ns/s1/vm".into()]);
+        assert_eq!(dirs_between(Path::new("/run/b"), Path::new("/etc")), None);
+        assert_eq!(dirs_between(Path::new("/run/b"), Path::new("/run/b")), None);
+    }
+
+    #[test]
+    fn prepare_rejects_paths_outside_or_odd() {
+        let me = std::env::current_exe().unwrap();
+        let tmp = std::env::temp_dir();
+        let c = |expose: PathBuf| Confinement {
+            mounts: Some(MountView { hide: tmp.clone(), expose: vec![expose] }),
+            ..Default::default()
+        };
+        assert!(c("/etc".into()).prepare(&me, &[]).is_err());
+        assert!(c(tmp.join("..").join("etc")).prepare(&me, &[]).is_err());
+        let d = temp_dir("jail-prepare");
+        let p = c(d.clone()).prepare(&me, &["a".into()]).unwrap();
+        assert_eq!(p.argv_ptrs.len(), 3);
+        assert!(p.argv_ptrs[2].is_null());
+        assert_eq!(p.binds.len(), 1);
+        let mut buf = [0u8; 32];
+        assert_eq!(fd_path(7, &mut buf).to_str().unwrap(), "/proc/self/fd/7");
+        assert_eq!(fd_path(1234567, &mut buf).to_str().unwrap(), "/proc/self/fd/1234567");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

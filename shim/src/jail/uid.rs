@@ -1,0 +1,260 @@
+//! The per-sandbox unprivileged uid/gid (`[jail] uid_base`, `uid_count`): one number per
+//! sandbox, used as both its uid and its gid, taken from the configured range.
+//!
+//! The first candidate is derived from the sandbox's state directory (stable across a
+//! restart of the same sandbox, spread across sandboxes); the others follow it round the
+//! range. A uid is held by an exclusive `flock` on `<runtime_dir>/jail-uids/<uid>` for the
+//! sandbox's lifetime: a lock that a live shim holds is never taken again, and a crashed shim's
+//! lock goes with the process. A uid some process still runs as (a leftover) is skipped too.
+//! The lock file names its sandbox directory; the sandbox records the lock file's path in its
+//! state directory ([`RECORD`]) so that the cleanup after a crash removes it.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use sha2::{Digest, Sha256};
+
+/// Directory of the lock files, under the runtime directory.
+pub const LOCK_DIR: &str = "jail-uids";
+/// File in a sandbox state directory naming its lock file.
+pub const RECORD: &str = "jail-uid";
+
+/// A range of host uids (and the same gids) reserved for sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    pub base: u32,
+    pub count: u32,
+}
+
+impl UidRange {
+    /// The candidates for the sandbox `seed` (its state directory), first choice first:
+    /// every uid of the range exactly once (pure).
+    pub fn candidates(self, seed: &str) -> impl Iterator<Item = u32> {
+        let d = Sha256::digest(seed.as_bytes());
+        let h = u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        let count = self.count.max(1);
+        let start = (h % u64::from(count)) as u32;
+        (0..self.count).map(move |i| self.base + (start + i) % count)
+    }
+}
+
+/// One sandbox's uid/gid, held until dropped (the lock file is removed then).
+#[derive(Debug)]
+pub struct Lease {
+    uid: u32,
+    path: PathBuf,
+    /// false: leave the file when dropped (the uid is skipped, not released).
+    unlink: bool,
+    _lock: Flock<File>,
+}
+
+impl Lease {
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+    /// Leaves the lock file when dropped (a process of the uid may still run).
+    pub fn keep_file(&mut self) {
+        self.unlink = false;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Unlinked while still locked: whoever opened it meanwhile sees a stale inode and
+        // retries (see `try_take`).
+        if self.unlink {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether a process runs with `uid` as its real, effective, saved or fs uid.
+pub fn uid_in_use(uid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))).any(
+        |e| {
+            std::fs::read_to_string(e.path().join("status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .is_some_and(|ids| ids.split_whitespace().any(|x| x.parse::<u32>().ok() == Some(uid)))
+            })
+        },
+    )
+}
+
+/// Takes `<lock_dir>/<uid>` if nobody holds it. `Ok(None)`: held by someone else.
+fn try_take(lock_dir: &Path, uid: u32, owner: &Path) -> std::io::Result<Option<Lease>> {
+    let path = lock_dir.join(uid.to_string());
+    for _ in 0..3 {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => return Err(e.into()),
+        };
+        // The holder before us may have unlinked it between our open and our lock.
+        let same = std::fs::symlink_metadata(&path).is_ok_and(|m| lock.metadata().is_ok_and(|l| l.ino() == m.ino()));
+        if !same {
+            continue;
+        }
+        lock.set_len(0)?;
+        lock.write_all(format!("{}\n", owner.display()).as_bytes())?;
+        return Ok(Some(Lease { uid, path, unlink: true, _lock: lock }));
+    }
+    Ok(None)
+}
+
+/// A free uid of `range` for the sandbox whose state directory is `owner`, locked in
+/// `<runtime_dir>/jail-uids/`.
+pub fn allocate(runtime_dir: &Path, range: UidRange, owner: &Path) -> Result<Lease, String> {
+    let lock_dir = runtime_dir.join(LOCK_DIR);
+    std::fs::create_dir_all(&lock_dir).map_err(|e| format!("creating {}: {e}", lock_dir.display()))?;
+    for uid in range.candidates(&owner.to_string_lossy()) {
+        match try_take(&lock_dir, uid, owner) {
+            Ok(Some(mut lease)) if uid_in_use(uid) => {
+                tracing::warn!("jail uid {uid} is free but a process still runs as it; skipping it");
+                lease.unlink = false;
+            }
+            Ok(Some(lease)) => return Ok(lease),
+            Ok(None) => {}
+            Err(e) => return Err(format!("locking {}/{uid}: {e}", lock_dir.display())),
+        }
+    }
+    Err(format!(
+        "no free jail uid in {}..{} ({} sandboxes hold them all; raise jail.uid_count)",
+        range.base,
+        u64::from(range.base) + u64::from(range.count),
+        range.count
+    ))
+}
+
+/// Writes [`RECORD`] in the state directory `dir`: the path of `lease`'s lock file.
+pub fn record(dir: &Path, lease: &Lease) -> std::io::Result<()> {
+    std::fs::write(dir.join(RECORD), format!("{}\n", lease.path.display()))
+}
+
+/// After a crashed shim: removes the lock file named in `dir`'s [`RECORD`] unless someone
+/// holds it. Only a path of the form `<abs>/jail-uids/<digits>` is touched.
+pub fn release_recorded(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join(RECORD)) else { return };
+    let path = PathBuf::from(text.trim());
+    let well_formed = path.is_absolute()
+        && path.parent().and_then(Path::file_name).is_some_and(|n| n == LOCK_DIR)
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !well_formed {
+        tracing::warn!("ignoring a malformed {} in {}", RECORD, dir.display());
+        return;
+    }
+    let Ok(file) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else { return };
+    if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let owner = std::fs::read_to_string(&path).unwrap_or_default();
+        if owner.trim() == dir.to_string_lossy() {
+            let _ = std::fs::remove_file(&path);
+        }
+        drop(lock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory for one test (jail/ does not use host/, not even in tests).
+    fn temp_dir(what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "bulwark-test-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("creating a test temp dir");
+        d
+    }
+
+    #[test]
+    fn candidates_cover_the_range_once_from_a_stable_start() {
+        let r = UidRange { base: 100_000, count: 7 };
+        let a: Vec<_> = r.candidates("/run/bulwark/ns/a").collect();
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (100_000..100_007).collect::<Vec<_>>());
+        assert_eq!(a, r.candidates("/run/bulwark/ns/a").collect::<Vec<_>>());
+        // different sandboxes start at different places (for these two names)
+        let starts: std::collections::HashSet<_> =
+            (0..20).map(|i| r.candidates(&format!("/run/bulwark/ns/s{i}")).next()).collect();
+        assert!(starts.len() > 3, "{starts:?}");
+        assert_eq!(UidRange { base: 5, count: 0 }.candidates("x").count(), 0);
+    }
+
+    #[test]
+    fn a_held_uid_is_not_given_twice_and_comes_back_when_released() {
+        let rd = temp_dir("jail-uid");
+        // uids no process runs as (far above anything on a test host)
+        let range = UidRange { base: 3_900_000_000, count: 2 };
+        let a = allocate(&rd, range, Path::new("/s/a")).unwrap();
+        let b = allocate(&rd, range, Path::new("/s/b")).unwrap();
+        assert_ne!(a.uid(), b.uid());
+        let e = allocate(&rd, range, Path::new("/s/c")).unwrap_err();
+        assert!(e.contains("no free jail uid"), "{e}");
+        let freed = a.uid();
+        let path = a.path.clone();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "/s/a\n");
+        drop(a);
+        assert!(!path.exists(), "the lock file goes with the lease");
+        let c = allocate(&rd, range, Path::new("/s/c")).unwrap();
+        assert_eq!(c.uid(), freed);
+        drop((b, c));
+        std::fs::remove_dir_all(&rd).unwrap();
+    }
+
+    #[test]
+    fn a_uid_in_use_by_a_process_is_skipped() {
+        let rd = temp_dir("jail-uid-inuse");
+        // our own uid is in use (by this test)
+        let me = nix::unistd::getuid().as_raw();
+        assert!(uid_in_use(me));
+        let e = allocate(&rd, UidRange { base: me, count: 1 }, Path::new("/s/a")).unwrap_err();
+        assert!(e.contains("no free jail uid"), "{e}");
+        std::fs::remove_dir_all(&rd).unwrap();
+    }
+
+    #[test]
+    fn the_record_lets_a_crash_cleanup_remove_an_unheld_lock_file() {
+        let rd = temp_dir("jail-uid-record");
+        let dir = rd.join("ns").join("s");
+        std::fs::create_dir_all(&dir).unwrap();
+        let range = UidRange { base: 3_900_000_100, count: 1 };
+        let lease = allocate(&rd, range, &dir).unwrap();
+        record(&dir, &lease).unwrap();
+        let path = lease.path.clone();
+        // held: left alone
+        release_recorded(&dir);
+        assert!(path.exists());
+        // a crashed shim: the lock is gone but the file stays
+        let mut lease = lease;
+        lease.unlink = false;
+        drop(lease);
+        assert!(path.exists());
+        release_recorded(&dir);
+        assert!(!path.exists());
+        // a record pointing elsewhere is ignored
+        std::fs::write(dir.join(RECORD), "/etc/passwd\n").unwrap();
+        release_recorded(&dir);
+        assert!(Path::new("/etc/passwd").exists());
+        std::fs::remove_dir_all(&rd).unwrap();
+    }
+}

@@ -1,0 +1,135 @@
+//! How the QEMU backend confines its three processes (pure; the mechanisms are `jail/`):
+//!
+//! | process | runs as | capabilities | no_new_privs | mounts | seccomp |
+//! | --- | --- | --- | --- | --- | --- |
+//! | QEMU | the sandbox uid/gid (+ the group of /dev/kvm under KVM) | none (also bounding, ambient) | yes | runtime dir hidden | its own `-sandbox on,...` |
+//! | vhost-device-vsock | the sandbox uid/gid | none | yes | runtime dir hidden but for its `vm/` | ours ([`crate::jail::seccomp`]) |
+//! | virtiofsd | root (serves files as their owners) | root's; virtiofsd drops what it does not use | yes | its own (`--sandbox=namespace`) | its own (`--seccomp=kill`) |
+//!
+//! All three get `oom_score_adj` = `jail.oom_score_adj` (not containerd's -999). QEMU opens
+//! nothing in the state directory: the shim passes it connected sockets to its two helpers
+//! and the console log as fds. vhost-device-vsock creates its sockets in `<dir>/vm/`, owned by
+//! the sandbox uid; the state directory itself stays 0700 root.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::jail::process::{Confinement, Creds, MountView};
+use crate::jail::seccomp;
+use crate::jail::uid::UidRange;
+
+/// The confinement settings of the backend (from the node configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Sandbox uids/gids.
+    pub range: UidRange,
+    pub oom_score_adj: i32,
+    /// Holds every sandbox's state; hidden from QEMU and vhost-device-vsock.
+    pub runtime_dir: PathBuf,
+    /// `vm.acceleration = "auto"` with `vm.allow_tcg_fallback = false`.
+    pub forbid_tcg_fallback: bool,
+}
+
+impl Policy {
+    pub fn from_config(cfg: &Config) -> Self {
+        Policy {
+            range: UidRange { base: cfg.jail.uid_base, count: cfg.jail.uid_count },
+            oom_score_adj: cfg.jail.oom_score_adj,
+            runtime_dir: cfg.paths.runtime_dir.clone(),
+            forbid_tcg_fallback: cfg.vm.acceleration == crate::config::Acceleration::Auto && !cfg.vm.allow_tcg_fallback,
+        }
+    }
+}
+
+/// The directory of vhost-device-vsock's sockets, owned by the sandbox uid.
+pub fn vm_dir(dir: &Path) -> PathBuf {
+    dir.join("vm")
+}
+
+/// The group owning /dev/kvm (QEMU needs it under KVM), unless it is root's.
+pub fn kvm_gid() -> Option<u32> {
+    std::fs::metadata("/dev/kvm").ok().map(|m| m.gid()).filter(|&g| g != 0)
+}
+
+fn unprivileged(p: &Policy, id: u32, groups: Vec<u32>) -> Confinement {
+    Confinement {
+        creds: Some(Creds { uid: id, gid: id, groups }),
+        no_new_privs: true,
+        drop_caps: true,
+        oom_score_adj: Some(p.oom_score_adj),
+        mounts: None,
+        seccomp: None,
+    }
+}
+
+/// QEMU: the sandbox uid, no capabilities, the runtime directory hidden (it gets its files
+/// as fds), `kvm_group` when it runs under KVM. Its seccomp filter is its own `-sandbox`.
+pub fn qemu(p: &Policy, id: u32, kvm_group: Option<u32>) -> Confinement {
+    Confinement {
+        mounts: Some(MountView { hide: p.runtime_dir.clone(), expose: vec![] }),
+        ..unprivileged(p, id, kvm_group.into_iter().collect())
+    }
+}
+
+/// vhost-device-vsock: the sandbox uid, no capabilities, only `<dir>/vm` of the runtime
+/// directory, our seccomp filter.
+pub fn vhost_device_vsock(p: &Policy, id: u32, dir: &Path) -> Confinement {
+    Confinement {
+        mounts: Some(MountView { hide: p.runtime_dir.clone(), expose: vec![vm_dir(dir)] }),
+        seccomp: Some(seccomp::vhost_device_vsock()),
+        ..unprivileged(p, id, vec![])
+    }
+}
+
+/// virtiofsd: stays root (it creates and serves files as their guest-visible owners) with
+/// no_new_privs and the oom score; it sandboxes itself (namespaces, seccomp).
+pub fn virtiofsd(p: &Policy) -> Confinement {
+    Confinement { no_new_privs: true, oom_score_adj: Some(p.oom_score_adj), ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            range: UidRange { base: 2_000_000_000, count: 10 },
+            oom_score_adj: 0,
+            runtime_dir: "/run/bulwark".into(),
+            forbid_tcg_fallback: false,
+        }
+    }
+
+    #[test]
+    fn each_process_gets_its_confinement() {
+        let p = policy();
+        let q = qemu(&p, 2_000_000_003, Some(104));
+        let c = q.creds.as_ref().unwrap();
+        assert_eq!((c.uid, c.gid, c.groups.as_slice()), (2_000_000_003, 2_000_000_003, &[104][..]));
+        assert!(q.no_new_privs && q.drop_caps && q.seccomp.is_none());
+        assert_eq!(q.mounts.as_ref().unwrap().hide, PathBuf::from("/run/bulwark"));
+        assert!(q.mounts.as_ref().unwrap().expose.is_empty());
+        assert!(qemu(&p, 5, None).creds.unwrap().groups.is_empty());
+
+        let v = vhost_device_vsock(&p, 7, Path::new("/run/bulwark/ns/s"));
+        assert_eq!(v.creds.as_ref().unwrap().uid, 7);
+        assert!(v.creds.as_ref().unwrap().groups.is_empty());
+        assert!(v.no_new_privs && v.drop_caps && v.seccomp.is_some());
+        assert_eq!(v.mounts.unwrap().expose, [PathBuf::from("/run/bulwark/ns/s/vm")]);
+
+        let f = virtiofsd(&p);
+        assert!(f.creds.is_none() && f.no_new_privs && !f.drop_caps && f.mounts.is_none());
+        assert_eq!(f.oom_score_adj, Some(0));
+    }
+
+    #[test]
+    fn tcg_fallback_is_forbidden_only_for_auto_without_permission() {
+        let mut cfg = Config::default();
+        assert!(!Policy::from_config(&cfg).forbid_tcg_fallback);
+        cfg.vm.allow_tcg_fallback = false;
+        assert!(Policy::from_config(&cfg).forbid_tcg_fallback);
+        cfg.vm.acceleration = crate::config::Acceleration::Tcg;
+        assert!(!Policy::from_config(&cfg).forbid_tcg_fallback, "an explicit tcg is no fallback");
+    }
+}

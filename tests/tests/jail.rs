@@ -1,0 +1,190 @@
+//! The VMM jail, seen from the host while a container runs: QEMU and vhost-device-vsock run
+//! as an unprivileged uid/gid with no capabilities (bounding set included), no_new_privs and
+//! a seccomp filter, in a mount namespace where the runtime directory holding every
+//! sandbox's state is hidden (vhost-device-vsock sees only its own `vm/` directory);
+//! virtiofsd keeps root but has no_new_privs and its seccomp filter; none of the three keeps
+//! containerd's negative oom_score_adj. The container still runs, prints and exits normally.
+//! And with `vm.allow_tcg_fallback = false`, a host without usable KVM refuses to boot.
+
+use std::path::Path;
+
+use bulwark_e2e::containerd::{Containerd, CTR_LIMIT};
+use bulwark_e2e::leftovers::{entries, vm_processes};
+use bulwark_e2e::process::wait_bounded;
+
+/// The value of `key:` in /proc/<pid>/status.
+fn status_field(status: &str, key: &str) -> Result<String, String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| format!("no {key} in status:\n{status}"))
+}
+
+/// The four ids (real, effective, saved, fs) of a Uid:/Gid: line.
+fn ids(status: &str, key: &str) -> Result<Vec<u32>, String> {
+    status_field(status, key)?.split_whitespace().map(|x| x.parse().map_err(|e| format!("{key} {x}: {e}"))).collect()
+}
+
+fn pid_of(c: &Containerd, program: &str) -> Result<i32, String> {
+    let found: Vec<_> =
+        vm_processes(&c.dir.to_string_lossy()).into_iter().filter(|p| p.cmdline.contains(program)).collect();
+    match found.as_slice() {
+        [one] => Ok(one.pid),
+        other => Err(format!("expected one {program} for the sandbox, found {other:?}")),
+    }
+}
+
+fn read(path: String) -> Result<String, String> {
+    std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))
+}
+
+/// What every process of the VM must show: no_new_privs, a seccomp filter, an
+/// oom_score_adj that is not negative.
+fn check_common(name: &str, pid: i32, status: &str) -> Result<(), String> {
+    if status_field(status, "NoNewPrivs")? != "1" {
+        return Err(format!("{name} (pid {pid}) runs without no_new_privs:\n{status}"));
+    }
+    if status_field(status, "Seccomp")? != "2" {
+        return Err(format!("{name} (pid {pid}) runs without a seccomp filter:\n{status}"));
+    }
+    let oom: i32 = read(format!("/proc/{pid}/oom_score_adj"))?.trim().parse().map_err(|e| format!("{e}"))?;
+    if oom < 0 {
+        return Err(format!("{name} (pid {pid}) kept a negative oom_score_adj {oom}"));
+    }
+    Ok(())
+}
+
+/// QEMU and vhost-device-vsock: not root, no capabilities at all.
+fn check_unprivileged(name: &str, pid: i32, status: &str) -> Result<u32, String> {
+    let uids = ids(status, "Uid")?;
+    let gids = ids(status, "Gid")?;
+    if uids.contains(&0) || gids.contains(&0) {
+        return Err(format!("{name} (pid {pid}) runs with uid/gid 0: {uids:?} {gids:?}"));
+    }
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        let v = status_field(status, cap)?;
+        if u64::from_str_radix(&v, 16).map_err(|e| format!("{cap} {v}: {e}"))? != 0 {
+            return Err(format!("{name} (pid {pid}) has {cap} {v}"));
+        }
+    }
+    let groups = status_field(status, "Groups")?;
+    if groups.split_whitespace().any(|g| g == "0") {
+        return Err(format!("{name} (pid {pid}) is in group 0: {groups}"));
+    }
+    Ok(uids[0])
+}
+
+/// What `pid` sees at `dir` (through its own root, i.e. in its mount namespace).
+fn seen_by(pid: i32, dir: &Path) -> Vec<String> {
+    let mut v = entries(&Path::new(&format!("/proc/{pid}/root")).join(dir.strip_prefix("/").unwrap_or(dir)));
+    v.sort();
+    v
+}
+
+#[test]
+fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let rd = c.shim.runtime_dir.clone();
+    // Another sandbox's state, as the host sees it: no VMM process may see it.
+    let decoy = rd.join("other-ns").join("other-sandbox");
+    std::fs::create_dir_all(&decoy).map_err(|e| format!("{e}"))?;
+    std::fs::write(decoy.join("console.log"), "secret").map_err(|e| format!("{e}"))?;
+
+    let (mut run, lines) =
+        c.spawn_run_lines("jailed", &[], &["sh", "-c", "echo jailed-hello; sleep 25; echo jailed-bye"])?;
+    c.wait_running("jailed")?;
+    let first = lines.recv_timeout(CTR_LIMIT).map_err(|e| format!("no output: {e}\n{}", c.diagnostics()))?;
+    assert_eq!(first, "jailed-hello");
+
+    let sandbox = entries(&rd.join("bulwark-e2e"));
+    assert_eq!(sandbox.len(), 1, "one sandbox state dir: {sandbox:?}");
+    let sdir = rd.join("bulwark-e2e").join(&sandbox[0]);
+
+    let mut uids = Vec::new();
+    for name in ["qemu-system", "vhost-device-vsock"] {
+        let pid = pid_of(&c, name)?;
+        let status = read(format!("/proc/{pid}/status"))?;
+        check_common(name, pid, &status)?;
+        uids.push(check_unprivileged(name, pid, &status)?);
+        // The runtime dir is covered by an empty tmpfs in its mount namespace.
+        let mountinfo = read(format!("/proc/{pid}/mountinfo"))?;
+        let covered = mountinfo.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&rd.to_string_lossy().as_ref()) && l.contains(" - tmpfs ")
+        });
+        assert!(covered, "{name} (pid {pid}): no tmpfs over {} in its mountinfo:\n{mountinfo}", rd.display());
+        let host_view = entries(&rd);
+        assert!(host_view.contains(&"other-ns".to_string()), "the decoy is there for the host: {host_view:?}");
+        let view = seen_by(pid, &rd);
+        assert!(!view.contains(&"other-ns".to_string()), "{name} sees other sandboxes' state: {view:?}");
+        assert!(!view.iter().any(|e| e.starts_with("jail-uids") || e.starts_with("accel-probe")), "{view:?}");
+        let own = seen_by(pid, &sdir);
+        if name == "qemu-system" {
+            assert!(view.is_empty(), "QEMU sees the runtime dir: {view:?}");
+        } else {
+            // only its own sockets directory
+            assert_eq!(view, ["bulwark-e2e"], "{name} view of {}", rd.display());
+            assert_eq!(own, ["vm"], "{name} view of its state dir {}", sdir.display());
+        }
+    }
+    assert_eq!(uids[0], uids[1], "QEMU and vhost-device-vsock share the sandbox uid");
+
+    // virtiofsd: root (it serves files as their owners), but no_new_privs and its seccomp.
+    // With --sandbox=namespace it forks: the parent only waits; the child serves.
+    let fs: Vec<i32> = vm_processes(&c.dir.to_string_lossy())
+        .into_iter()
+        .filter(|p| p.cmdline.contains("virtiofsd"))
+        .map(|p| p.pid)
+        .collect();
+    let server = fs
+        .iter()
+        .copied()
+        .find(|p| {
+            read(format!("/proc/{p}/status"))
+                .is_ok_and(|s| ids(&s, "PPid").is_ok_and(|pp| fs.contains(&(pp[0] as i32))))
+        })
+        .ok_or_else(|| format!("no serving virtiofsd child among {fs:?}"))?;
+    check_common("virtiofsd", server, &read(format!("/proc/{server}/status"))?)?;
+    for &pid in &fs {
+        let status = read(format!("/proc/{pid}/status"))?;
+        assert_eq!(status_field(&status, "NoNewPrivs")?, "1", "virtiofsd {pid}");
+        let oom: i32 = read(format!("/proc/{pid}/oom_score_adj"))?.trim().parse().map_err(|e| format!("{e}"))?;
+        assert!(oom >= 0, "virtiofsd {pid} oom_score_adj {oom}");
+    }
+
+    // The state dir stays root's; the helpers' directory is the sandbox uid's.
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&sdir).map_err(|e| format!("{e}"))?;
+    assert_eq!((md.uid(), md.mode() & 0o777), (0, 0o700), "state dir owner and mode");
+    let vm = std::fs::metadata(sdir.join("vm")).map_err(|e| format!("{e}"))?;
+    assert_eq!(vm.uid(), uids[0], "vm/ belongs to the sandbox uid");
+
+    let st = wait_bounded(&mut run, CTR_LIMIT)?;
+    assert!(st.success(), "the container must exit normally: {st:?}\n{}", c.diagnostics());
+    let last: Vec<String> = lines.try_iter().collect();
+    assert_eq!(last, ["jailed-bye"], "the rest of its output");
+    std::fs::remove_dir_all(rd.join("other-ns")).map_err(|e| format!("{e}"))?;
+    c.assert_clean()
+}
+
+#[test]
+fn a_forbidden_tcg_fallback_fails_the_boot_with_a_clear_error() -> Result<(), String> {
+    let c = Containerd::start(|s| {
+        s.acceleration = "auto".into();
+        s.extra = "allow_tcg_fallback = false\n".into();
+    })?;
+    let out = c.run_rm("notcg", &["echo", "booted"])?;
+    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+    if out.status.success() {
+        // KVM works on this host: no fallback happened.
+        assert!(log.contains("acceleration: kvm"), "booted without KVM although TCG was forbidden:\n{log}");
+        return c.assert_clean();
+    }
+    assert!(
+        out.stderr.contains("allow_tcg_fallback") && out.stderr.contains("TCG"),
+        "the error must name the setting and the risk: {out:?}"
+    );
+    assert!(log.contains("not a security boundary"), "no loud warning about the TCG fallback in the log");
+    c.assert_clean()
+}
