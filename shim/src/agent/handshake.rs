@@ -73,9 +73,14 @@ pub fn parse_ok_line(line: &[u8]) -> Option<u32> {
 
 /// Connects to guest `port` through the hybrid-vsock socket `path`.
 pub async fn connect(path: &Path, port: u32, timeout: Duration) -> Result<UnixStream> {
+    let s = UnixStream::connect(&path).await.map_err(|e| Error::io(format!("connecting to {}", path.display()), e))?;
+    connect_over(s, path, port, timeout).await
+}
+
+/// Sends `CONNECT <port>` on `s`, a connection to the hybrid-vsock socket `path` (named in
+/// errors), and waits for `OK <n>`.
+pub async fn connect_over(mut s: UnixStream, path: &Path, port: u32, timeout: Duration) -> Result<UnixStream> {
     let fut = async {
-        let mut s =
-            UnixStream::connect(&path).await.map_err(|e| Error::io(format!("connecting to {}", path.display()), e))?;
         s.write_all(format!("CONNECT {port}\n").as_bytes())
             .await
             .map_err(|e| Error::io(format!("writing CONNECT to {}", path.display()), e))?;

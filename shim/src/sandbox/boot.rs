@@ -19,11 +19,12 @@ use crate::agent::{handshake, streams, AgentApi};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host::child::{log_tail, wait_exit};
+use crate::host::Host;
 use crate::jail::cgroup as host_cgroup;
 use crate::resources::network;
 use crate::sandbox::sizing::VmSize;
 use crate::vmm::accel::{self, KvmBootProbe, PROBE_TIMEOUT};
-use crate::vmm::{Accel, VmConfig};
+use crate::vmm::{Accel, AgentSocket, VmConfig};
 
 /// Attempts at CONNECT to the agent's port after READY, and the pause between them.
 const CONNECT_ATTEMPTS: u32 = 3;
@@ -130,7 +131,7 @@ impl Sandbox {
         crate::agent::check_version(version)?;
         *super::lock(&self.log_task) = Some(streams::spawn_log_forwarder(log_stream, self.id.clone()));
 
-        let stream = connect_agent_port(socket.connect_path()).await?;
+        let stream = connect_agent_port(self.host.as_ref(), &socket).await?;
         let agent: Arc<dyn AgentApi> = (self.connect_agent)(stream, vm_exit);
         let info = agent.check().await?;
         tracing::info!(
@@ -195,10 +196,23 @@ impl Sandbox {
 }
 
 /// CONNECT to the agent's ttrpc port through the hybrid-vsock socket, a few times.
-async fn connect_agent_port(path: &std::path::Path) -> Result<tokio::net::UnixStream> {
+async fn connect_agent_port(host: &dyn Host, socket: &AgentSocket) -> Result<tokio::net::UnixStream> {
+    let path = socket.connect_path();
     let mut last = None;
     for _ in 0..CONNECT_ATTEMPTS {
-        match handshake::connect(path, bulwark_protocol::AGENT_PORT, CONNECT_TIMEOUT).await {
+        let attempt = match socket.owner() {
+            // In a directory the jailed helper can write: only that uid's very socket.
+            Some(uid) => match host.connect_owned_socket(path, uid).and_then(|fd| {
+                let s = std::os::unix::net::UnixStream::from(fd);
+                s.set_nonblocking(true)?;
+                tokio::net::UnixStream::from_std(s)
+            }) {
+                Ok(s) => handshake::connect_over(s, path, bulwark_protocol::AGENT_PORT, CONNECT_TIMEOUT).await,
+                Err(e) => Err(Error::io(format!("connecting to {}", path.display()), e)),
+            },
+            None => handshake::connect(path, bulwark_protocol::AGENT_PORT, CONNECT_TIMEOUT).await,
+        };
+        match attempt {
             Ok(s) => return Ok(s),
             Err(e) => {
                 last = Some(e);

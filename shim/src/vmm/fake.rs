@@ -115,7 +115,7 @@ impl Vmm for FakeVmm {
     }
 
     fn agent_socket(&self) -> AgentSocket {
-        AgentSocket::HybridVsock { uds_path: self.dir.join("fake-vsock.sock") }
+        AgentSocket::HybridVsock { uds_path: self.dir.join("fake-vsock.sock"), owner: None }
     }
 
     async fn prepare(&mut self, _vm: &VmConfig) -> Result<()> {

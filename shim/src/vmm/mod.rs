@@ -43,21 +43,31 @@ pub struct Capabilities {
 pub enum AgentSocket {
     /// Firecracker-style hybrid vsock: connect to `uds_path` and send `CONNECT <port>\n` to
     /// reach guest port P; guest connections to the host's port P arrive on `<uds_path>_P`.
-    HybridVsock { uds_path: PathBuf },
+    /// `owner`: the uid the socket must belong to when it lives in a directory a jailed
+    /// helper can write (the host then connects only to that very socket, never through a
+    /// planted symlink or another program's socket); `None`: a root-only directory.
+    HybridVsock { uds_path: PathBuf, owner: Option<u32> },
 }
 
 impl AgentSocket {
     /// The unix socket the host connects to (then `CONNECT <port>`).
     pub fn connect_path(&self) -> &Path {
         match self {
-            AgentSocket::HybridVsock { uds_path } => uds_path,
+            AgentSocket::HybridVsock { uds_path, .. } => uds_path,
+        }
+    }
+
+    /// The uid the connect socket must belong to, if any (see the variant).
+    pub fn owner(&self) -> Option<u32> {
+        match self {
+            AgentSocket::HybridVsock { owner, .. } => *owner,
         }
     }
 
     /// Where the guest's connections to the host's `port` arrive (the host listens there).
     pub fn host_port_path(&self, port: u32) -> PathBuf {
         match self {
-            AgentSocket::HybridVsock { uds_path } => {
+            AgentSocket::HybridVsock { uds_path, .. } => {
                 let mut s = uds_path.as_os_str().to_owned();
                 s.push(format!("_{port}"));
                 PathBuf::from(s)
@@ -135,7 +145,7 @@ mod tests {
 
     #[test]
     fn hybrid_vsock_paths() {
-        let s = AgentSocket::HybridVsock { uds_path: "/run/b/x/vsock.sock".into() };
+        let s = AgentSocket::HybridVsock { uds_path: "/run/b/x/vsock.sock".into(), owner: None };
         assert_eq!(s.connect_path(), Path::new("/run/b/x/vsock.sock"));
         assert_eq!(s.host_port_path(1025), PathBuf::from("/run/b/x/vsock.sock_1025"));
     }

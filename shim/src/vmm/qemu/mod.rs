@@ -140,7 +140,10 @@ impl Vmm for Qemu {
     }
 
     fn agent_socket(&self) -> AgentSocket {
-        AgentSocket::HybridVsock { uds_path: vhost_vsock::uds_path(&self.dir) }
+        AgentSocket::HybridVsock {
+            uds_path: vhost_vsock::uds_path(&self.dir),
+            owner: self.lease.as_ref().map(Lease::uid),
+        }
     }
 
     async fn prepare(&mut self, vm: &VmConfig) -> Result<()> {
