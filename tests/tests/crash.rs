@@ -10,18 +10,42 @@ use bulwark_e2e::containerd::{Containerd, CTR_LIMIT};
 use bulwark_e2e::leftovers::vm_processes;
 use bulwark_e2e::process::wait_bounded;
 
-/// Runs `sleep 600` as container `id`, SIGKILLs the one process of its sandbox whose command
-/// line contains `program`, and returns how `ctr run` ended.
+/// Runs `sleep 600` as container `id`, SIGKILLs the processes of its sandbox whose command
+/// line contains `program` (virtiofsd is two: it forks its sandboxed worker), and returns how
+/// `ctr run` ended.
 fn kill_mid_run(c: &Containerd, id: &str, program: &str) -> Result<ExitStatus, String> {
     let mut run = c.spawn_run(id, &["sleep", "600"])?;
     c.wait_running(id)?;
     let victims: Vec<_> =
         vm_processes(&c.dir.to_string_lossy()).into_iter().filter(|p| p.cmdline.contains(program)).collect();
-    assert_eq!(victims.len(), 1, "expected one {program} for the sandbox: {victims:?}");
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is a process this test's
-    // containerd started.
-    assert_eq!(unsafe { libc::kill(victims[0].pid, libc::SIGKILL) }, 0);
+    assert!(!victims.is_empty(), "expected a {program} for the sandbox");
+    for v in &victims {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is a process this
+        // test's containerd started.
+        unsafe { libc::kill(v.pid, libc::SIGKILL) };
+    }
     wait_bounded(&mut run, CTR_LIMIT)
+}
+
+/// A helper of the VM dies (kill -9 of virtiofsd or vhost-device-vsock): the pod must end, not
+/// hang with its containers RUNNING: the task exits non-zero with a TaskExit event within a
+/// bounded time, and nothing is left behind.
+fn a_dead_helper_ends_the_pod(program: &str, id: &str) -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let status = kill_mid_run(&c, id, program)?;
+    assert!(!status.success(), "the task must exit non-zero when {program} dies: {status:?}\n{}", c.diagnostics());
+    c.wait_event(id, "/tasks/exit", Duration::from_secs(10))?;
+    c.assert_clean()
+}
+
+#[test]
+fn killing_virtiofsd_ends_the_pod() -> Result<(), String> {
+    a_dead_helper_ends_the_pod("virtiofsd", "fsdead")
+}
+
+#[test]
+fn killing_vhost_device_vsock_ends_the_pod() -> Result<(), String> {
+    a_dead_helper_ends_the_pod("vhost-device-vsock", "vsockdead")
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The QEMU backend of [`Vmm`]: `qemu-system-x86_64 -M microvm` and the two helper processes
 //! it owns, vhost-device-vsock (hybrid vsock, vhost_vsock.rs) and virtiofsd (the share,
 //! virtiofsd.rs). It starts them in order, waits for their sockets, supervises them (an
-//! unexpected VM exit stops the helpers; vhost-device-vsock never exits by itself) and stops
-//! them. The command line is args.rs (pure). Its sockets and logs live in the sandbox's state
+//! unexpected VM exit stops the helpers, vhost-device-vsock never exits by itself; a helper
+//! that dies kills the VM) and stops them. The command line is args.rs (pure). Its sockets and logs live in the sandbox's state
 //! directory under the names of [`state_files`].
 
 pub mod args;
@@ -107,9 +107,27 @@ impl Qemu {
         [&self.virtiofsd, &self.vsock].into_iter().flatten().cloned().collect()
     }
 
-    /// An unexpected exit of QEMU stops the helpers.
+    /// An unexpected exit of QEMU stops the helpers; an unexpected exit of a helper kills
+    /// QEMU (the VM cannot work without its file share or its vsock device: a pod whose
+    /// helper died must end, not hang), and the VM's death then ends every container.
     fn supervise(&self, qemu: Arc<Child>) {
         let helpers = self.helpers();
+        for h in helpers.clone() {
+            let (stopping, qemu) = (self.stopping.clone(), qemu.clone());
+            tokio::spawn(async move {
+                let st = h.wait().await;
+                if stopping.load(Ordering::SeqCst) || qemu.exit_status().is_some() {
+                    return;
+                }
+                tracing::error!(
+                    "{} (pid {}) exited unexpectedly ({st}); the VM cannot run without it: killing QEMU (pid {})",
+                    h.name,
+                    h.pid,
+                    qemu.pid
+                );
+                qemu.stop(Duration::ZERO).await;
+            });
+        }
         let stopping = self.stopping.clone();
         let console = self.vm.as_ref().map(|v| v.console_log.clone());
         tokio::spawn(async move {
