@@ -9,4 +9,6 @@
 pub mod cgroup;
 pub mod process;
 pub mod seccomp;
+#[cfg(test)]
+pub mod testing;
 pub mod uid;

@@ -332,19 +332,7 @@ struct CapData {
 mod tests {
     use super::*;
 
-    /// A fresh directory for one test (jail/ does not use host/, not even in tests).
-    fn temp_dir(what: &str) -> PathBuf {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "bulwark-test-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("creating a test temp dir");
-        d
-    }
+    use crate::jail::testing::temp_dir;
 
     /// Runs `/bin/sh -c script` confined as `c` and returns its exit code (root only).
     fn run_confined(c: &Confinement, script: &str) -> Option<std::io::Result<i32>> {

@@ -171,19 +171,7 @@ pub fn release_recorded(dir: &Path) {
 mod tests {
     use super::*;
 
-    /// A fresh directory for one test (jail/ does not use host/, not even in tests).
-    fn temp_dir(what: &str) -> PathBuf {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "bulwark-test-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("creating a test temp dir");
-        d
-    }
+    use crate::jail::testing::temp_dir;
 
     #[test]
     fn candidates_cover_the_range_once_from_a_stable_start() {
