@@ -51,7 +51,17 @@ fn killing_vhost_device_vsock_ends_the_pod() -> Result<(), String> {
 #[test]
 fn killing_qemu_exits_the_task_and_cleans_up() -> Result<(), String> {
     let c = Containerd::start(|_| {})?;
-    let status = kill_mid_run(&c, "crash", "qemu-system")?;
+    // (Also: the guest's serial console reaches the shim's capped console log while it runs.)
+    let mut run = c.spawn_run("crash", &["sleep", "600"])?;
+    c.wait_running("crash")?;
+    let console = c.shim.runtime_dir.join(bulwark_e2e::containerd::NAMESPACE).join("crash").join("console.log");
+    let text = std::fs::read_to_string(&console).map_err(|e| format!("{}: {e}", console.display()))?;
+    assert!(text.contains("bulwark-agent"), "the guest console should show the agent's lines: {text:?}");
+    for v in vm_processes(&c.dir.to_string_lossy()).into_iter().filter(|p| p.cmdline.contains("qemu-system")) {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is this test's QEMU.
+        unsafe { libc::kill(v.pid, libc::SIGKILL) };
+    }
+    let status = wait_bounded(&mut run, CTR_LIMIT)?;
     assert!(!status.success(), "the task must exit non-zero when its VM dies: {status:?}");
     c.wait_event("crash", "/tasks/exit", Duration::from_secs(10))?;
     c.assert_clean()

@@ -195,12 +195,12 @@ pub fn shell_status(st: ExitStatus) -> u32 {
 
 /// The last ~1.5 KiB of a log file, one line, control characters replaced.
 pub fn log_tail(path: &Path) -> String {
-    let data = match std::fs::read(path) {
+    // Only the end is read (the file may be large): seek to its last 1.5 KiB.
+    let data = match read_tail(path, 1536) {
         Ok(d) => d,
         Err(e) => return format!("(unreadable: {e})"),
     };
-    let start = data.len().saturating_sub(1536);
-    let s: String = String::from_utf8_lossy(&data[start..])
+    let s: String = String::from_utf8_lossy(&data)
         .chars()
         .map(|c| {
             if c == '\n' {
@@ -217,6 +217,17 @@ pub fn log_tail(path: &Path) -> String {
     } else {
         s
     }
+}
+
+/// The last `max` bytes of a file, read without reading the rest.
+fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut data = Vec::with_capacity(max as usize);
+    f.take(max).read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// Waits on an exit-status channel. A closed channel (waiter gone) counts as status 255.

@@ -101,7 +101,8 @@ pub fn build_args(spec: &VmSpec, tsc_khz: Option<u64>) -> Vec<String> {
         Some(fd) => {
             // the fd joins fd set 1; QEMU opens "/dev/fdset/1" by dup'ing it
             push(&["-add-fd", &format!("fd={fd},set=1,opaque=console")]);
-            push(&["-chardev", "file,id=console,path=/dev/fdset/1"]);
+            // append=on: QEMU would otherwise truncate the fd (ftruncate fails on the pipe).
+            push(&["-chardev", "file,id=console,path=/dev/fdset/1,append=on"]);
         }
         None => push(&["-chardev", &format!("file,id=console,path={}", opt(&spec.console_log))]),
     }
@@ -211,7 +212,7 @@ mod tests {
         let chardevs = after(&a, "-chardev");
         assert_eq!(
             chardevs,
-            ["file,id=console,path=/dev/fdset/1", "socket,id=vsock,fd=10", "socket,id=fs,fd=11"],
+            ["file,id=console,path=/dev/fdset/1,append=on", "socket,id=vsock,fd=10", "socket,id=fs,fd=11"],
             "no path of the state directory is left"
         );
         assert!(!a.iter().any(|x| x.contains("/run/b/")), "{a:?}");

@@ -6,12 +6,12 @@
 //! directory under the names of [`state_files`].
 
 pub mod args;
+pub mod console;
 pub mod jail;
 pub mod vhost_vsock;
 pub mod virtiofsd;
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -221,12 +221,8 @@ impl Vmm for Qemu {
             Some(_) => Some(connect(self.host.as_ref(), "virtiofsd", &virtiofsd::socket(&self.dir), 0).await?),
             None => None,
         };
-        let console = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&vm.console_log)
+        // The console goes into a pipe the shim copies into a size-capped log (console.rs).
+        let console = console::spawn(&vm.console_log)
             .map_err(|e| Error::io(format!("opening the console log {}", vm.console_log.display()), e))?;
         self.give_host_ports(id);
         let passed = PassedFds {
