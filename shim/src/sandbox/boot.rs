@@ -227,11 +227,30 @@ async fn connect_agent_port(host: &dyn Host, socket: &AgentSocket) -> Result<tok
 pub async fn probe_boot(cfg: &Config, accel: Accel, timeout: Duration) -> Result<()> {
     // ".probe" cannot clash with a containerd namespace (identifiers start alphanumeric).
     let id = std::process::id().to_string();
+    remove_stale_probes(&cfg.paths.runtime_dir.join(".probe"));
     let sb = Arc::new(Sandbox::prepare(cfg, ".probe", &id)?);
     let size = VmSize { vcpus: cfg.vm.vcpus, memory_mib: cfg.vm.memory_mib };
     let r = sb.boot(accel, size, timeout).await;
     sb.teardown().await;
     r
+}
+
+/// Removes the probe directories of shims that died mid-probe (named by their pid; a pid
+/// that no longer runs this shim's program is stale), with their processes and mounts.
+fn remove_stale_probes(probes: &std::path::Path) {
+    let me = std::env::current_exe().ok();
+    let Ok(entries) = std::fs::read_dir(probes) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<u32>() else { continue };
+        let alive = std::fs::read_link(format!("/proc/{pid}/exe")).ok().is_some_and(|exe| Some(exe) == me);
+        if !alive {
+            tracing::warn!("removing the probe directory of a shim that died mid-probe: {}", e.path().display());
+            if let Err(err) = state_dir::cleanup_dir(&e.path()) {
+                tracing::warn!("{err}");
+            }
+        }
+    }
 }
 
 /// The KVM boot probe: a real boot of the configured kernel+initrd under KVM, up to the
@@ -248,4 +267,24 @@ impl KvmBootProbe for BootProbe {
 /// The acceleration for a new VM (`vm.acceleration`; `auto` probes KVM with a real boot).
 pub async fn resolve_accel(cfg: &Config) -> Accel {
     accel::resolve(cfg, &BootProbe).await
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::remove_stale_probes;
+
+    #[test]
+    fn probe_dirs_of_dead_shims_are_removed_and_live_ones_kept() {
+        let probes = crate::host::fake::temp_dir("probes");
+        let dead = probes.join("999999999"); // above the kernel's PID_MAX_LIMIT: never alive
+        let live = probes.join(std::process::id().to_string());
+        let other = probes.join("not-a-pid");
+        for d in [&dead, &live, &other] {
+            std::fs::create_dir_all(d.join("share")).unwrap();
+        }
+        remove_stale_probes(&probes);
+        assert!(!dead.exists(), "a dead shim's probe directory is removed");
+        assert!(live.exists() && other.exists(), "a running shim's (and anything else) is kept");
+        std::fs::remove_dir_all(&probes).unwrap();
+    }
 }

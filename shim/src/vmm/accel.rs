@@ -38,7 +38,11 @@ impl Accel {
 /// How long the KVM boot probe waits for READY. A working KVM boots in well under a second.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 const CACHE_FILE: &str = "accel-probe";
-const CACHE_VERSION: &str = "bulwark-accel-probe-v1";
+const CACHE_VERSION: &str = "bulwark-accel-probe-v2";
+/// A negative probe (no boot under KVM) is retried after this, doubling with each failure
+/// in a row up to [`MAX_RETRY`]: one unlucky timeout does not pin a node to TCG until reboot.
+const FIRST_RETRY: u64 = 600;
+const MAX_RETRY: u64 = 24 * 3600;
 
 /// Whether a real guest boots under KVM: `Ok` once the agent answered, else why not.
 #[async_trait]
@@ -98,11 +102,17 @@ async fn auto(cfg: &Config, probe: &dyn KvmBootProbe) -> (Accel, String) {
     let cache = cfg.paths.runtime_dir.join(CACHE_FILE);
     // One probe at a time per host: shims starting together wait for the first one's result.
     let _lock = lock_probe(&cfg.paths.runtime_dir).await;
+    let now = unix_now();
+    let previous = std::fs::read_to_string(&cache).ok();
     if let Some(key) = &key {
-        if let Some((accel, why)) = std::fs::read_to_string(&cache).ok().and_then(|t| parse_cache(&t, key)) {
+        if let Some((accel, why)) = previous.as_deref().and_then(|t| parse_cache(t, key, now)) {
             return (accel, format!("cached probe result from {}: {why}", cache.display()));
         }
     }
+    let failures_before = match (&key, previous.as_deref()) {
+        (Some(k), Some(t)) => cached_failures(t, k),
+        _ => 0,
+    };
     let (accel, why) = match probe.probe(cfg).await {
         Ok(()) => (Accel::Kvm, "KVM_CREATE_VM works and the guest booted under KVM".to_string()),
         Err(e) => (Accel::Tcg, format!("KVM_CREATE_VM works but the guest did not boot under KVM: {e}")),
@@ -110,7 +120,8 @@ async fn auto(cfg: &Config, probe: &dyn KvmBootProbe) -> (Accel, String) {
     if let Some(key) = &key {
         let _ = std::fs::create_dir_all(&cfg.paths.runtime_dir);
         let tmp = cache.with_extension("tmp");
-        let text = format_cache(key, accel, &why);
+        let failures = if accel == Accel::Tcg { failures_before + 1 } else { 0 };
+        let text = format_cache(key, accel, &why, failures, now);
         if std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &cache)).is_err() {
             tracing::warn!("could not write the accel probe cache {}", cache.display());
         }
@@ -168,13 +179,26 @@ fn cache_key(kernel: &Path) -> Result<String, String> {
     ))
 }
 
-fn format_cache(key: &str, accel: Accel, why: &str) -> String {
-    let why: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    format!("{CACHE_VERSION}\n{key}\n{}\n{why}\n", accel.as_str())
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Reads a cache file; `None` unless it is well-formed and for `key`.
-fn parse_cache(text: &str, key: &str) -> Option<(Accel, String)> {
+/// When a negative result written at `now` after `failures` failures in a row may be probed
+/// again (pure).
+fn retry_after(failures: u32, now: u64) -> u64 {
+    let wait = FIRST_RETRY.saturating_mul(1u64 << failures.saturating_sub(1).min(20)).min(MAX_RETRY);
+    now.saturating_add(wait)
+}
+
+/// The cache file's text: version, key, result, why, then the failures in a row and when a
+/// negative result expires (pure).
+fn format_cache(key: &str, accel: Accel, why: &str, failures: u32, now: u64) -> String {
+    let why: String = why.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    format!("{CACHE_VERSION}\n{key}\n{}\n{why}\n{failures} {}\n", accel.as_str(), retry_after(failures, now))
+}
+
+/// The cache's fields if it is well-formed and for `key`: (result, why, failures, retry after).
+fn read_cache(text: &str, key: &str) -> Option<(Accel, String, u32, u64)> {
     let mut lines = text.lines();
     if lines.next()? != CACHE_VERSION || lines.next()? != key {
         return None;
@@ -184,7 +208,23 @@ fn parse_cache(text: &str, key: &str) -> Option<(Accel, String)> {
         "tcg" => Accel::Tcg,
         _ => return None,
     };
-    Some((accel, lines.next().unwrap_or("").to_string()))
+    let why = lines.next()?.to_string();
+    let mut tail = lines.next()?.split(' ');
+    let failures = tail.next()?.parse().ok()?;
+    let retry = tail.next()?.parse().ok()?;
+    Some((accel, why, failures, retry))
+}
+
+/// A cached result to use at `now`: a positive one always (for this boot and kernel), a
+/// negative one only until it expires (pure).
+fn parse_cache(text: &str, key: &str, now: u64) -> Option<(Accel, String)> {
+    let (accel, why, _, retry) = read_cache(text, key)?;
+    (accel == Accel::Kvm || now < retry).then_some((accel, why))
+}
+
+/// How many negative probes in a row the cache records for `key` (0 if none).
+fn cached_failures(text: &str, key: &str) -> u32 {
+    read_cache(text, key).map(|(_, _, f, _)| f).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -202,13 +242,20 @@ mod tests {
 
     #[test]
     fn cache_round_trip_and_key_mismatch() {
-        let t = format_cache("boot1 /k 5", Accel::Tcg, "no\nboot");
-        assert_eq!(parse_cache(&t, "boot1 /k 5"), Some((Accel::Tcg, "no boot".into())));
-        assert_eq!(parse_cache(&t, "boot2 /k 5"), None);
-        assert_eq!(parse_cache("garbage", "boot1 /k 5"), None);
-        assert_eq!(parse_cache(&format!("{CACHE_VERSION}\nk\nfast\n"), "k"), None);
-        let t = format_cache("k", Accel::Kvm, "ok");
-        assert_eq!(parse_cache(&t, "k").map(|x| x.0), Some(Accel::Kvm));
+        let t = format_cache("boot1 /k 5", Accel::Tcg, "no\nboot", 1, 1000);
+        assert_eq!(parse_cache(&t, "boot1 /k 5", 1000), Some((Accel::Tcg, "no boot".into())));
+        assert_eq!(parse_cache(&t, "boot2 /k 5", 1000), None);
+        assert_eq!(parse_cache("garbage", "boot1 /k 5", 1000), None);
+        assert_eq!(parse_cache(&format!("{CACHE_VERSION}\nk\nfast\n"), "k", 0), None);
+        let t = format_cache("k", Accel::Kvm, "ok", 0, 1000);
+        assert_eq!(parse_cache(&t, "k", u64::MAX).map(|x| x.0), Some(Accel::Kvm), "a positive result stays");
+        // A negative result expires, later ones after longer waits, at most a day.
+        let t = format_cache("k", Accel::Tcg, "timeout", 1, 1000);
+        assert!(parse_cache(&t, "k", 1000 + FIRST_RETRY - 1).is_some());
+        assert!(parse_cache(&t, "k", 1000 + FIRST_RETRY).is_none(), "the probe runs again");
+        assert_eq!(cached_failures(&t, "k"), 1);
+        assert_eq!(retry_after(2, 0), 2 * FIRST_RETRY);
+        assert_eq!(retry_after(40, 0), MAX_RETRY);
     }
 
     /// Counts its calls; never boots anything.
