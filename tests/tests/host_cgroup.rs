@@ -15,8 +15,13 @@ use std::time::Duration;
 use bulwark_e2e::process::run;
 use bulwark_e2e::repo_root;
 
+/// images/boot-check keeps its run files in one directory: the two tests of this file take
+/// turns (the test runner runs them in parallel).
+static BOOT_CHECK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Boots the cgroup scenario and returns the guest's `key=value` results.
 fn boot(mode: &str) -> Result<HashMap<String, String>, String> {
+    let _turn = BOOT_CHECK.lock().unwrap_or_else(|p| p.into_inner());
     let script = repo_root().join("images/boot-check");
     let out = run(
         Command::new(&script).args(["--accel", "tcg", "--timeout", "120", "--cgroup", mode]),
