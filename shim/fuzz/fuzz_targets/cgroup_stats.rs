@@ -54,7 +54,8 @@ impl Name {
 
 #[derive(Arbitrary, Debug)]
 struct Input {
-    /// (file index, bytes): that file grown past MAX_FILE with a repetition of itself.
+    /// (file index, bytes): that file grown with a repetition of itself (1 value in 16), to
+    /// cross MAX_FILE.
     grow: Option<(u8, u32)>,
     files: Vec<(Name, Vec<u8>)>,
 }
@@ -73,7 +74,7 @@ fn check_lines(s: &str) {
 
 fuzz_target!(|input: Input| {
     let mut files: HashMap<String, Vec<u8>> = input.files.into_iter().map(|(n, v)| (n.name(), v)).collect();
-    if let Some((i, extra)) = input.grow {
+    if let Some((i, extra)) = input.grow.filter(|(_, e)| e % 16 == 0) {
         let len = files.len();
         if let Some(v) = files.values_mut().nth(i as usize % len.max(1)) {
             let extra = extra as usize % (2 * MAX_FILE);
