@@ -90,3 +90,41 @@ pub fn bound_written(reply_len: u32, sent: usize) -> usize {
 pub fn rpc_status_error(status: ttrpc::proto::Status) -> String {
     crate::agent::client::rpc_err("Call", ttrpc::Error::RpcStatus(status)).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_reader_stops_at_the_line() {
+        assert_eq!(read_line_bounded(b"READY 2\nlog line\n", 64), (Some(b"READY 2\n".to_vec()), 8));
+        assert_eq!(read_line_bounded(&[b'x'; 100], 64), (None, 64));
+        assert_eq!(read_line_bounded(b"OK 1", 64), (None, 4));
+    }
+
+    #[test]
+    fn replies_are_bounded() {
+        assert_eq!(bound_pids((0..70_000).collect()).len(), MAX_PIDS);
+        assert_eq!(bound_pids(vec![3, 1, 2]), vec![3, 1, 2]);
+        assert_eq!(bound_oom_id("c".repeat(MAX_OOM_ID_LEN)).map(|s| s.len()), Some(MAX_OOM_ID_LEN));
+        assert_eq!(bound_oom_id("c".repeat(MAX_OOM_ID_LEN + 1)), None);
+        assert_eq!(bound_read_chunk(vec![7; MAX_READ_CHUNK as usize + 1]).len(), MAX_READ_CHUNK as usize);
+        assert_eq!((bound_written(10, 4), bound_written(3, 4), bound_written(u32::MAX, 0)), (4, 3, 0));
+        let mut files: HashMap<String, Vec<u8>> =
+            (0..40).map(|i| (format!("f{i}"), vec![b'1'; MAX_CGROUP_FILE + 5])).collect();
+        files.insert("n".repeat(65), b"1".to_vec());
+        let kept = bound_stats_files(files);
+        assert_eq!(kept.len(), MAX_STATS_FILES);
+        assert!(kept.iter().all(|(k, v)| k.len() <= 64 && v.len() == MAX_CGROUP_FILE));
+    }
+
+    #[test]
+    fn guest_error_statuses_are_cleaned_and_cut() {
+        let mut s = ttrpc::proto::Status::new();
+        s.set_code(ttrpc::Code::NOT_FOUND);
+        s.message = format!("gone\x1b[2J\n{}", "y".repeat(2 * MAX_STATUS_MESSAGE));
+        let e = rpc_status_error(s);
+        assert!(e.starts_with("Call: gone?[2J?yyy") && e.ends_with(" [truncated]"), "{e}");
+        assert!(e.chars().count() < MAX_STATUS_MESSAGE + 40);
+    }
+}
