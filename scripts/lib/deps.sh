@@ -7,7 +7,8 @@
 # Variables (respecting values already set in the environment):
 #   BULWARK_REPO       repository root (derived from this file's location)
 #   BULWARK_CACHE      ${BULWARK_CACHE:-$HOME/.cache/bulwark}: kernels, tools, ... (survives sessions)
-#   BULWARK_TOOLS_BIN  $BULWARK_CACHE/tools/bin: cargo-installed helpers (virtiofsd, vhost-device-vsock)
+#   BULWARK_TOOLS_BIN  $BULWARK_CACHE/tools/bin: cargo-installed helpers (virtiofsd, vhost-device-vsock,
+#                      cargo-fuzz for scripts/fuzz)
 #   BULWARK_BUILD      $BULWARK_REPO/build: build outputs (git-ignored)
 #   BULWARK_CONTAINERD2_BIN  containerd 2.x (Debian sid's package) unpacked under $BULWARK_CACHE
 #   BULWARK_VENV       $BULWARK_CACHE/venv: a private Python venv for the PyPI tools below
@@ -37,6 +38,7 @@ export BULWARK_VENV
 BULWARK_CARGO_TOOLS=(
   "virtiofsd 1.14.0 virtiofsd"
   "vhost-device-vsock 0.3.0 vhost-device-vsock"
+  "cargo-fuzz 0.13.2 cargo-fuzz"
 )
 
 bulwark_die() {
@@ -80,7 +82,7 @@ bulwark_tool_ok() {
   local bin="$BULWARK_TOOLS_BIN/$1" want="$2" out
   [ -x "$bin" ] || return 1
   out="$("$bin" --version 2>/dev/null)" || return 1
-  # e.g. "virtiofsd 1.14.0", "vhost-device-vsock 0.3.0"
+  # e.g. "virtiofsd 1.14.0", "vhost-device-vsock 0.3.0", "cargo-fuzz 0.13.2"
   [ "${out##* }" = "$want" ]
 }
 

@@ -24,6 +24,8 @@ mod agent;
 mod config;
 mod container;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod jail;
 mod policy;

@@ -38,11 +38,11 @@ pub(super) fn ctx_long() -> ttrpc::context::Context {
     ttrpc::context::Context::default()
 }
 
-fn rpc_err(what: &str, e: ttrpc::Error) -> Error {
+pub(crate) fn rpc_err(what: &str, e: ttrpc::Error) -> Error {
     match e {
         ttrpc::Error::RpcStatus(s) => {
             // Guest text, passed on to containerd and its users: bounded and cleaned.
-            let msg = sanitize(s.message(), 1024);
+            let msg = sanitize(s.message(), MAX_STATUS_MESSAGE);
             match s.code() {
                 ttrpc::Code::NOT_FOUND => Error::NotFound(format!("{what}: {msg}")),
                 ttrpc::Code::INVALID_ARGUMENT => Error::InvalidArgument(format!("{what}: {msg}")),
@@ -54,12 +54,53 @@ fn rpc_err(what: &str, e: ttrpc::Error) -> Error {
     }
 }
 
+/// Characters of a guest's error message kept (then marked as truncated).
+pub(crate) const MAX_STATUS_MESSAGE: usize = 1024;
 /// Files kept from a StatsContainer reply.
-const MAX_STATS_FILES: usize = 32;
+pub(crate) const MAX_STATS_FILES: usize = 32;
 /// Pids kept from a ListProcesses reply.
 pub const MAX_PIDS: usize = 65_536;
 /// Longest container id accepted in an OOM event (containerd ids are at most 76 bytes).
-const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_ID_LEN: usize = 128;
+
+/// A StatsContainer reply's files as kept (pure): names of at most 64 bytes, at most
+/// MAX_STATS_FILES files, each cut to MAX_CGROUP_FILE bytes.
+pub(crate) fn bound_stats_files(files: HashMap<String, Vec<u8>>) -> HashMap<String, Vec<u8>> {
+    files
+        .into_iter()
+        .filter(|(k, _)| k.len() <= 64)
+        .take(MAX_STATS_FILES)
+        .map(|(k, mut v)| {
+            v.truncate(MAX_CGROUP_FILE);
+            (k, v)
+        })
+        .collect()
+}
+
+/// A ListProcesses reply's pids as kept (pure): at most MAX_PIDS.
+pub(crate) fn bound_pids(mut pids: Vec<u32>) -> Vec<u32> {
+    pids.truncate(MAX_PIDS);
+    pids
+}
+
+/// A WaitOomEvent reply's container id (pure): overlong ids are refused.
+pub(crate) fn bound_oom_id(id: String) -> Result<String> {
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::Agent(format!("WaitOomEvent: container id of {} bytes", id.len())));
+    }
+    Ok(id)
+}
+
+/// A ReadStdout/ReadStderr reply's data as kept (pure): at most MAX_READ_CHUNK bytes.
+pub(crate) fn bound_read_chunk(mut data: Vec<u8>) -> Vec<u8> {
+    data.truncate(MAX_READ_CHUNK as usize);
+    data
+}
+
+/// How much of `sent` bytes a WriteStdin reply says the agent took (pure): never more than sent.
+pub(crate) fn bound_written(reply_len: u32, sent: usize) -> usize {
+    (reply_len as usize).min(sent)
+}
 
 fn req(id: &str) -> ContainerRequest {
     ContainerRequest { container_id: id.to_string(), ..Default::default() }
@@ -173,12 +214,11 @@ impl AgentApi for TtrpcAgent {
             max_len: MAX_READ_CHUNK,
             ..Default::default()
         };
-        let mut r = match stream {
+        let r = match stream {
             Stream::Stdout => self.bounded("ReadStdout", None, self.client.read_stdout(ctx_long(), &req)).await?,
             Stream::Stderr => self.bounded("ReadStderr", None, self.client.read_stderr(ctx_long(), &req)).await?,
         };
-        r.data.truncate(MAX_READ_CHUNK as usize);
-        Ok(r.data)
+        Ok(bound_read_chunk(r.data))
     }
 
     /// Writes stdin data; returns how much the agent took.
@@ -191,7 +231,7 @@ impl AgentApi for TtrpcAgent {
             ..Default::default()
         };
         let r = self.bounded("WriteStdin", Some(CALL_TIMEOUT), self.client.write_stdin(ctx_short(), &req)).await?;
-        Ok((r.len as usize).min(len))
+        Ok(bound_written(r.len, len))
     }
 
     async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
@@ -247,15 +287,7 @@ impl AgentApi for TtrpcAgent {
         let r = self
             .bounded("StatsContainer", Some(CALL_TIMEOUT), self.client.stats_container(ctx_short(), &req(id)))
             .await?;
-        Ok(r.cgroup_files
-            .into_iter()
-            .filter(|(k, _)| k.len() <= 64)
-            .take(MAX_STATS_FILES)
-            .map(|(k, mut v)| {
-                v.truncate(MAX_CGROUP_FILE);
-                (k, v)
-            })
-            .collect())
+        Ok(bound_stats_files(r.cgroup_files))
     }
 
     /// Applies OCI `linux.resources` JSON to the container's cgroup.
@@ -284,20 +316,16 @@ impl AgentApi for TtrpcAgent {
 
     /// Guest pids of the container's processes (at most MAX_PIDS).
     async fn list_processes(&self, id: &str) -> Result<Vec<u32>> {
-        let mut r = self
+        let r = self
             .bounded("ListProcesses", Some(CALL_TIMEOUT), self.client.list_processes(ctx_short(), &req(id)))
             .await?;
-        r.pids.truncate(MAX_PIDS);
-        Ok(r.pids)
+        Ok(bound_pids(r.pids))
     }
 
     /// Long poll: the id of the next container the guest OOM-killed in (ends with an error
     /// when the VM dies). Overlong ids are refused.
     async fn wait_oom_event(&self) -> Result<String> {
         let r = self.bounded("WaitOomEvent", None, self.client.wait_oom_event(ctx_long(), &Empty::default())).await?;
-        if r.container_id.len() > MAX_ID_LEN {
-            return Err(Error::Agent(format!("WaitOomEvent: container id of {} bytes", r.container_id.len())));
-        }
-        Ok(r.container_id)
+        bound_oom_id(r.container_id)
     }
 }

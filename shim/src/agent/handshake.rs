@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::error::{Error, Result};
 
 /// Longest READY / OK line accepted.
-const MAX_HANDSHAKE_LINE: usize = 64;
+pub(crate) const MAX_HANDSHAKE_LINE: usize = 64;
 
 /// Binds the listener for the agent's log connection at `path` (the VMM's socket for guest
 /// connections to the host's LOG_PORT), before the VM starts.
@@ -27,7 +27,7 @@ pub fn bind_log_listener(path: &Path) -> Result<UnixListener> {
 
 /// Reads one `\n`-terminated line byte by byte (so nothing after it is consumed), at most
 /// `max` bytes. `None` on EOF, overlong line or I/O error.
-async fn read_line_bounded<R: AsyncReadExt + Unpin>(r: &mut R, max: usize) -> Option<Vec<u8>> {
+pub(crate) async fn read_line_bounded<R: AsyncReadExt + Unpin>(r: &mut R, max: usize) -> Option<Vec<u8>> {
     let mut line = Vec::with_capacity(16);
     loop {
         let b = r.read_u8().await.ok()?;

@@ -42,7 +42,7 @@ const VM_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the exit path waits for the cgroup's OOM count.
 const OOM_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes of memory.events looked at by the OOM check (the reply is untrusted), as Stats does.
-const MAX_MEMORY_EVENTS: usize = bulwark_protocol::MAX_CGROUP_FILE;
+pub(crate) const MAX_MEMORY_EVENTS: usize = bulwark_protocol::MAX_CGROUP_FILE;
 
 /// What Delete reports of a process.
 #[derive(Debug, Clone)]
@@ -387,7 +387,7 @@ impl Container {
 
 /// The cgroup's `oom_kill` count from its `memory.events` (untrusted: bounded, malformed
 /// lines skipped; absent: 0).
-fn oom_kills(files: &HashMap<String, Vec<u8>>) -> u64 {
+pub(crate) fn oom_kills(files: &HashMap<String, Vec<u8>>) -> u64 {
     let Some(raw) = files.get("memory.events") else { return 0 };
     let text = String::from_utf8_lossy(&raw[..raw.len().min(MAX_MEMORY_EVENTS)]);
     text.lines()

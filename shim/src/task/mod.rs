@@ -27,7 +27,7 @@ mod resources;
 mod service;
 mod start;
 mod state;
-mod stats;
+pub(crate) mod stats;
 #[cfg(test)]
 mod tests;
 

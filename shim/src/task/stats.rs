@@ -16,9 +16,9 @@ use crate::error::{Error, Result};
 /// Bytes of one file looked at (the agent caps at the same size; the host does not trust it).
 pub const MAX_FILE: usize = bulwark_protocol::MAX_CGROUP_FILE;
 /// Lines of one file looked at.
-const MAX_LINES: usize = 4096;
+pub(crate) const MAX_LINES: usize = 4096;
 /// io.stat devices kept.
-const MAX_IO_DEVICES: usize = 256;
+pub(crate) const MAX_IO_DEVICES: usize = 256;
 
 /// The text of one file: at most MAX_FILE bytes, lossy UTF-8 (pure).
 fn text(files: &HashMap<String, Vec<u8>>, name: &str) -> Option<String> {
