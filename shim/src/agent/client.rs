@@ -56,6 +56,20 @@ pub(crate) fn rpc_err(what: &str, e: ttrpc::Error) -> Error {
 
 /// Characters of a guest's error message kept (then marked as truncated).
 pub(crate) const MAX_STATUS_MESSAGE: usize = 1024;
+/// The cgroup files Stats reads (task/stats.rs), kept first from a reply.
+const STATS_FILES_READ: &[&str] = &[
+    "cpu.stat",
+    "io.stat",
+    "memory.current",
+    "memory.events",
+    "memory.max",
+    "memory.peak",
+    "memory.stat",
+    "memory.swap.current",
+    "memory.swap.max",
+    "pids.current",
+    "pids.max",
+];
 /// Files kept from a StatsContainer reply.
 pub(crate) const MAX_STATS_FILES: usize = 32;
 /// Pids kept from a ListProcesses reply.
@@ -66,9 +80,15 @@ pub(crate) const MAX_ID_LEN: usize = 128;
 /// A StatsContainer reply's files as kept (pure): names of at most 64 bytes, at most
 /// MAX_STATS_FILES files, each cut to MAX_CGROUP_FILE bytes.
 pub(crate) fn bound_stats_files(files: HashMap<String, Vec<u8>>) -> HashMap<String, Vec<u8>> {
+    // Which files are kept must not be left to the map's order: the ones Stats reads first,
+    // then the others by name (a guest padding its reply with junk names cannot push out
+    // memory.events or cpu.stat).
+    let mut files: Vec<(String, Vec<u8>)> = files.into_iter().filter(|(k, _)| k.len() <= 64).collect();
+    files.sort_by(|(a, _), (b, _)| {
+        (!STATS_FILES_READ.contains(&a.as_str()), a).cmp(&(!STATS_FILES_READ.contains(&b.as_str()), b))
+    });
     files
         .into_iter()
-        .filter(|(k, _)| k.len() <= 64)
         .take(MAX_STATS_FILES)
         .map(|(k, mut v)| {
             v.truncate(MAX_CGROUP_FILE);
@@ -327,5 +347,20 @@ impl AgentApi for TtrpcAgent {
     async fn wait_oom_event(&self) -> Result<String> {
         let r = self.bounded("WaitOomEvent", None, self.client.wait_oom_event(ctx_long(), &Empty::default())).await?;
         bound_oom_id(r.container_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_padded_stats_reply_cannot_push_out_the_files_stats_reads() {
+        let mut files: HashMap<String, Vec<u8>> = (0..200).map(|i| (format!("aaa.junk{i}"), vec![b'x'; 10])).collect();
+        files.insert("memory.events".into(), b"oom_kill 1\n".to_vec());
+        files.insert("cpu.stat".into(), b"usage_usec 5\n".to_vec());
+        let kept = bound_stats_files(files);
+        assert_eq!(kept.len(), MAX_STATS_FILES);
+        assert!(kept.contains_key("memory.events") && kept.contains_key("cpu.stat"), "{:?}", kept.keys());
     }
 }

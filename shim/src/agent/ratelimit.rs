@@ -58,10 +58,18 @@ impl RateLimit {
     }
 }
 
+/// Characters that must not reach a log line or a terminal from the guest: control
+/// characters (but tab), the Unicode line and paragraph separators, and bidirectional
+/// overrides/isolates (which can make a log line read as something else).
+pub fn unsafe_in_text(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Guest text made safe for a log line or an error containerd shows: at most `max`
 /// characters, control characters (escape sequences, newlines) replaced by '?'.
 pub fn sanitize(text: &str, max: usize) -> String {
-    let mut out: String = text.chars().take(max).map(|c| if c.is_control() && c != '\t' { '?' } else { c }).collect();
+    let mut out: String = text.chars().take(max).map(|c| if unsafe_in_text(c) { '?' } else { c }).collect();
     if text.chars().nth(max).is_some() {
         out.push_str(" [truncated]");
     }
@@ -90,5 +98,6 @@ mod tests {
         assert_eq!(sanitize("ok\ttab", 100), "ok\ttab");
         assert_eq!(sanitize("\x1b[2Jclear\nnext\r", 100), "?[2Jclear?next?");
         assert_eq!(sanitize(&"x".repeat(10), 4), "xxxx [truncated]");
+        assert_eq!(sanitize("a\u{202E}b\u{2028}c", 100), "a?b?c", "bidi overrides and line separators");
     }
 }

@@ -4,7 +4,7 @@
 
 use bulwark_protocol::MAX_LOG_LINE;
 
-use super::ratelimit::RateLimit;
+use super::ratelimit::{unsafe_in_text, RateLimit};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 
@@ -52,7 +52,7 @@ impl LineSplitter {
 }
 
 fn clean(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).chars().map(|c| if c.is_control() && c != '\t' { '?' } else { c }).collect()
+    String::from_utf8_lossy(bytes).chars().map(|c| if unsafe_in_text(c) { '?' } else { c }).collect()
 }
 
 /// Forwards the agent's log lines into the shim log (target "bulwark_agent") until EOF.

@@ -139,9 +139,9 @@ impl Sandbox {
             self.id,
             started.elapsed(),
             accel.as_str(),
-            info.agent_version.chars().take(64).collect::<String>(),
+            crate::agent::ratelimit::sanitize(&info.agent_version, 64),
             info.agent_protocol_version,
-            info.kernel_release.chars().take(64).collect::<String>()
+            crate::agent::ratelimit::sanitize(&info.kernel_release, 64)
         );
         if let Some(req) = setup {
             agent.setup_sandbox(&req).await?;
