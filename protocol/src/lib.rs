@@ -18,40 +18,41 @@
 //!
 //! Everything the host reads from the guest is untrusted: the host bounds sizes and times.
 
-/// The agent API's messages (generated from `proto/agent.proto`).
-#[allow(
-    clippy::all,
-    unused_mut,
-    unused_imports,
-    unused_results,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    missing_docs,
-    dead_code,
-    unknown_lints
-)]
-pub mod agent {
-    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+/// Declares a module of code generated at build time (protobuf and ttrpc codegen) with the
+/// lints that generated code trips allowed: one list for every generated module.
+macro_rules! generated {
+    ($(#[$doc:meta])* pub mod $name:ident { $($body:tt)* }) => {
+        $(#[$doc])*
+        #[allow(
+            clippy::all,
+            unused_mut,
+            unused_imports,
+            unused_results,
+            non_camel_case_types,
+            non_snake_case,
+            non_upper_case_globals,
+            missing_docs,
+            dead_code,
+            unknown_lints
+        )]
+        pub mod $name { $($body)* }
+    };
 }
 
-/// The async ttrpc client ([`agent_ttrpc::AgentClient`]) and server trait
-/// ([`agent_ttrpc::Agent`], registered with [`agent_ttrpc::create_agent`]).
-#[allow(
-    clippy::all,
-    unused_mut,
-    unused_imports,
-    unused_results,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    missing_docs,
-    dead_code,
-    unknown_lints
-)]
-pub mod agent_ttrpc {
-    use super::agent;
-    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+generated! {
+    /// The agent API's messages (generated from `proto/agent.proto`).
+    pub mod agent {
+        include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+    }
+}
+
+generated! {
+    /// The async ttrpc client ([`agent_ttrpc::AgentClient`]) and server trait
+    /// ([`agent_ttrpc::Agent`], registered with [`agent_ttrpc::create_agent`]).
+    pub mod agent_ttrpc {
+        use super::agent;
+        include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+    }
 }
 
 pub use protobuf;

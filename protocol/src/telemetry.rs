@@ -18,21 +18,11 @@ use crate::limits::{
     MAX_ARGV_BYTES, MAX_ARGV_ENTRIES, MAX_TELEMETRY_FRAME, MAX_TELEMETRY_IMAGE, MAX_TELEMETRY_NAME, MAX_TELEMETRY_PATH,
 };
 
-/// The telemetry messages (generated from `proto/telemetry.proto`).
-#[allow(
-    clippy::all,
-    unused_mut,
-    unused_imports,
-    unused_results,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    missing_docs,
-    dead_code,
-    unknown_lints
-)]
-pub mod messages {
-    include!(concat!(env!("OUT_DIR"), "/telemetry.rs"));
+generated! {
+    /// The telemetry messages (generated from `proto/telemetry.proto`).
+    pub mod messages {
+        include!(concat!(env!("OUT_DIR"), "/telemetry.rs"));
+    }
 }
 
 pub use messages::guest_frame::Kind as GuestFrameKind;
