@@ -71,16 +71,13 @@ pub fn pod_resources(annotations: &HashMap<String, String>) -> PodResources {
 /// Sizes the VM of a pod from its sandbox annotations and the node config (pure). Returns
 /// the size and a line saying how it was chosen, for the log.
 pub fn size_vm(vm: &Vm, annotations: &HashMap<String, String>) -> (VmSize, String) {
-    let vcpus = match (positive(annotations, CPU_QUOTA_ANNOTATION), positive(annotations, CPU_PERIOD_ANNOTATION)) {
-        (Some(q), Some(p)) => {
-            let want = q.div_ceil(p).min(u32::MAX as u64) as u32;
-            (want.clamp(vm.min_vcpus, vm.max_vcpus), format!("{want} from the pod's CPU limit"))
-        }
-        _ => (vm.vcpus, "default".to_string()),
+    let (want_vcpus, want_mib) = requested(annotations);
+    let vcpus = match want_vcpus {
+        Some(want) => (want.clamp(vm.min_vcpus, vm.max_vcpus), format!("{want} from the pod's CPU limit")),
+        None => (vm.vcpus, "default".to_string()),
     };
-    let memory = match positive(annotations, MEMORY_ANNOTATION) {
-        Some(bytes) => {
-            let want = bytes.div_ceil(MIB).min(u32::MAX as u64) as u32;
+    let memory = match want_mib {
+        Some(want) => {
             (want.clamp(vm.min_memory_mib, vm.max_memory_mib), format!("{want} MiB from the pod's memory limit"))
         }
         None => (vm.memory_mib, "default".to_string()),
