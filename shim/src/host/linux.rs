@@ -55,17 +55,10 @@ impl Host for LinuxHost {
 /// [`Host::connect_owned_socket`]: opens `path` with O_PATH|O_NOFOLLOW, checks that it is a
 /// socket owned by `owner`, and connects through `/proc/self/fd/<n>` (the very inode checked).
 pub fn connect_owned_socket(path: &Path, owner: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let raw = nix::fcntl::open(
-        path,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    // SAFETY: `raw` was just returned by open(2) and is owned by nobody else.
-    let node = unsafe { OwnedFd::from_raw_fd(raw) };
-    let md = std::fs::File::from(node.try_clone()?).metadata()?;
-    if !md.file_type().is_socket() || md.uid() != owner {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    let (node, md) = open_socket_node(path)?;
+    if md.uid() != owner {
         return Err(std::io::Error::other(format!(
             "{} is not a socket owned by uid {owner} (type {:?}, uid {})",
             path.display(),
@@ -76,6 +69,25 @@ pub fn connect_owned_socket(path: &Path, owner: u32) -> std::io::Result<std::os:
     let via = format!("/proc/self/fd/{}", node.as_raw_fd());
     let s = std::os::unix::net::UnixStream::connect(via)?;
     Ok(OwnedFd::from(s))
+}
+
+/// Opens the unix socket `path` itself with O_PATH|O_NOFOLLOW (a symlink there is refused)
+/// and returns the fd with its metadata; anything but a socket is an error.
+pub fn open_socket_node(path: &Path) -> std::io::Result<(std::os::fd::OwnedFd, std::fs::Metadata)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::FileTypeExt;
+    let raw = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: `raw` was just returned by open(2) and is owned by nobody else.
+    let node = unsafe { OwnedFd::from_raw_fd(raw) };
+    let md = std::fs::File::from(node.try_clone()?).metadata()?;
+    if !md.file_type().is_socket() {
+        return Err(std::io::Error::other(format!("{} is not a socket (type {:?})", path.display(), md.file_type())));
+    }
+    Ok((node, md))
 }
 
 /// Decodes a mountinfo path field (`\040` style octal escapes) (pure).

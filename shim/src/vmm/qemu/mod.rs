@@ -379,19 +379,7 @@ async fn connect(host: &dyn Host, what: &str, path: &Path, owner: u32) -> Result
 
 /// fchown of the unix socket `path` (never a symlink) to `id`:`id`.
 fn give_socket(path: &Path, id: u32) -> std::io::Result<()> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::fs::FileTypeExt;
-    let raw = nix::fcntl::open(
-        path,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    // SAFETY: `raw` was just returned by open(2) and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let md = std::fs::File::from(fd.try_clone()?).metadata()?;
-    if !md.file_type().is_socket() {
-        return Err(std::io::Error::other("not a socket"));
-    }
+    let (fd, _) = crate::host::linux::open_socket_node(path)?;
     nix::unistd::fchownat(
         Some(fd.as_raw_fd()),
         "",
