@@ -66,6 +66,19 @@ pub fn console_log(dir: &Path) -> PathBuf {
     dir.join("console.log")
 }
 
+/// The sandbox's recent guest syscall events, as the telemetry relay enriched them: a
+/// sequence of frames (`u32` big-endian length + one `bulwark.telemetry.v1.Enriched`
+/// message, the node socket's framing), capped in size; when full it is renamed to
+/// [`telemetry_frames_old`] and a new one starts. Read by `bulwark events`.
+pub fn telemetry_frames(dir: &Path) -> PathBuf {
+    dir.join("telemetry.frames")
+}
+
+/// The previous [`telemetry_frames`] file, once the current one reached its cap.
+pub fn telemetry_frames_old(dir: &Path) -> PathBuf {
+    dir.join("telemetry.frames.1")
+}
+
 /// The saved pod network (what `delete` undoes after a crashed shim).
 pub fn network_state(dir: &Path) -> PathBuf {
     dir.join(network::STATE_FILE)
