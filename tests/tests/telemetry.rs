@@ -1,0 +1,175 @@
+//! The guest syscall collector end to end: a container in a microVM, run through a real
+//! containerd, does what Falco rules watch for (reads /etc/shadow, makes a file executable and
+//! runs it, connects out with nc, deletes a log file). The agent's eBPF collector, loaded in
+//! the real guest kernel, sends those syscalls over vsock to the shim's relay, which writes
+//! them, enriched, into the sandbox's `telemetry.frames`. The test reads that file while the
+//! container still runs and checks each event's type, path, process names and container id.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bulwark_e2e::containerd::Containerd;
+use bulwark_protocol::limits::MAX_TELEMETRY_FRAME;
+use bulwark_protocol::telemetry::{decode_enriched, Enriched, EventType, FrameDecoder};
+
+/// How long the events may take to arrive (TCG boots and runs slowly).
+const ARRIVAL_LIMIT: Duration = Duration::from_secs(180);
+
+/// Every enriched event in a frames file (a partial last frame is left for the next read).
+fn read_frames(path: &Path) -> Vec<Enriched> {
+    let Ok(bytes) = std::fs::read(path) else { return Vec::new() };
+    let mut d = FrameDecoder::new(MAX_TELEMETRY_FRAME);
+    let mut input = bytes.as_slice();
+    let mut out = Vec::new();
+    while let Ok(Some(frame)) = d.decode(&mut input) {
+        if let Ok(m) = decode_enriched(&frame) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn ty(m: &Enriched) -> EventType {
+    m.event.type_.enum_value().unwrap_or(EventType::EVENT_TYPE_UNSPECIFIED)
+}
+
+fn describe(events: &[Enriched]) -> String {
+    let mut s = String::new();
+    for m in events.iter().take(400) {
+        let e = &m.event;
+        s.push_str(&format!(
+            "  {:?} res={} pid={} ppid={} comm={:?} path={:?} path2={:?} exe={:?} argv={:?} cid={:?}/{:?}\n",
+            ty(m),
+            e.res,
+            e.pid,
+            e.ppid,
+            e.comm,
+            e.path,
+            e.path2,
+            e.exe_path,
+            e.argv,
+            e.container_id,
+            m.container_id
+        ));
+    }
+    s
+}
+
+/// One expected event: a name for messages and the predicate that recognises it.
+type Expect = (&'static str, Box<dyn Fn(&Enriched) -> bool>);
+
+#[test]
+fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let id = "telemetry-e2e";
+    // 10.11.12.1: the VM has no NIC under `ctr run`, so the connect fails at once (ENETUNREACH)
+    // and nothing leaves the VM; the event still carries the address asked for.
+    // The busybox image has no /etc/shadow: the script writes one first.
+    let script = "echo 'root:*:19000::::::' >/etc/shadow; cat /etc/shadow >/dev/null; \
+                  printf '#!/bin/sh\\necho dropped\\n' >/tmp/x; chmod +x /tmp/x && /tmp/x; \
+                  sh -c 'nc 10.11.12.1 8080 </dev/null'; \
+                  mkdir -p /var/log && touch /var/log/x && rm /var/log/x; \
+                  echo done; exec sleep 600";
+    let mut run = c.spawn_run(id, &["sh", "-c", script])?;
+    c.wait_running(id)?;
+    let frames = c.shim.runtime_dir.join("default").join(id).join("telemetry.frames");
+
+    let expected: Vec<Expect> = vec![
+        (
+            "cat's execve with its argv",
+            Box::new(|m| {
+                ty(m) == EventType::EXECVE
+                    && m.event.res == 0
+                    && m.event.comm == "cat"
+                    && m.event.argv == ["cat", "/etc/shadow"]
+                    && m.event.exe_path.starts_with('/')
+                    && m.event.cwd == "/"
+            }),
+        ),
+        (
+            "cat's openat of /etc/shadow",
+            Box::new(|m| {
+                matches!(ty(m), EventType::OPENAT | EventType::OPENAT2)
+                    && m.event.comm == "cat"
+                    && m.event.path == "/etc/shadow"
+                    && m.event.res >= 0
+                    && m.event.flags & 3 == 0
+            }),
+        ),
+        (
+            "chmod +x of /tmp/x",
+            Box::new(|m| {
+                matches!(ty(m), EventType::CHMOD | EventType::FCHMODAT | EventType::FCHMOD)
+                    && m.event.comm == "chmod"
+                    && m.event.path == "/tmp/x"
+                    && m.event.mode & 0o111 != 0
+                    && m.event.res == 0
+            }),
+        ),
+        (
+            "the execve of /tmp/x",
+            Box::new(|m| ty(m) == EventType::EXECVE && m.event.res == 0 && m.event.path == "/tmp/x"),
+        ),
+        (
+            "nc's connect to 10.11.12.1:8080",
+            Box::new(|m| {
+                let s = m.event.socket.as_ref();
+                ty(m) == EventType::CONNECT
+                    && m.event.comm == "nc"
+                    && s.is_some_and(|s| s.remote_addr == [10, 11, 12, 1] && s.remote_port == 8080)
+            }),
+        ),
+        (
+            "rm's unlink of /var/log/x",
+            Box::new(|m| {
+                matches!(ty(m), EventType::UNLINK | EventType::UNLINKAT)
+                    && m.event.comm == "rm"
+                    && m.event.path == "/var/log/x"
+                    && m.event.res == 0
+            }),
+        ),
+        ("a fork of the shell", Box::new(|m| matches!(ty(m), EventType::FORK | EventType::VFORK | EventType::CLONE | EventType::CLONE3) && m.event.res > 0)),
+        ("an exit", Box::new(|m| ty(m) == EventType::EXIT)),
+    ];
+
+    let start = Instant::now();
+    let mut events = Vec::new();
+    let mut missing: Vec<&str> = expected.iter().map(|e| e.0).collect();
+    while start.elapsed() < ARRIVAL_LIMIT {
+        events = read_frames(&frames);
+        missing = expected.iter().filter(|(_, f)| !events.iter().any(|m| f(m))).map(|e| e.0).collect();
+        if missing.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    let _ = bulwark_e2e::process::wait_bounded(&mut run, Duration::from_secs(60));
+    let _ = c.ctr(&["containers", "rm", id]);
+
+    let listing = describe(&events);
+    if !missing.is_empty() {
+        return Err(format!(
+            "after {ARRIVAL_LIMIT:?}, {} events in {}; missing: {missing:?}\n{listing}\n{}",
+            events.len(),
+            frames.display(),
+            c.diagnostics()
+        ));
+    }
+    // Every event is the container's: the relay's identity and the guest's mapping agree, and
+    // nothing of the agent or the VM's own processes was collected.
+    for m in &events {
+        if m.container_id != id || m.event.container_id != id || m.sandbox_id != id {
+            return Err(format!("an event not attributed to {id}: {m:?}\n{listing}"));
+        }
+    }
+    // The process tree holds together: /tmp/x's parent is the shell that ran the script.
+    let exec_x = events.iter().find(|m| ty(m) == EventType::EXECVE && m.event.path == "/tmp/x");
+    let script_sh = events.iter().find(|m| ty(m) == EventType::EXECVE && m.event.argv.first().is_some_and(|a| a == "sh"));
+    if let (Some(x), Some(sh)) = (exec_x, script_sh) {
+        assert_eq!(x.event.ppid, sh.event.pid, "parent of /tmp/x\n{listing}");
+    } else {
+        return Err(format!("no execve of the script's shell\n{listing}"));
+    }
+    c.assert_clean()
+}
