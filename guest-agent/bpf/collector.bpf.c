@@ -114,6 +114,8 @@ struct pathbuf {
 	__u64 root_mnt;
 	__u32 pos;
 	__u32 truncated;
+	__u32 at_root; /* the walk reached the task's root or the namespace's */
+	__u32 pad;
 	__u8 buf[PATHBUF_HALF + NAME_MAX + 1];
 };
 
@@ -370,29 +372,39 @@ static long walk_step(__u32 i, void *unused)
 	struct pathbuf *w = bpf_map_lookup_elem(&pathbufs, &zero);
 	if (!w)
 		return 1;
-	if (w->dentry == w->root_dentry && w->vfsmnt == w->root_mnt)
+	if (w->dentry == w->root_dentry && w->vfsmnt == w->root_mnt) {
+		w->at_root = 1;
 		return 1;
+	}
 	struct dentry *d = (struct dentry *)w->dentry;
 	struct vfsmount *vm = (struct vfsmount *)w->vfsmnt;
 	if (!d || !vm)
 		return 1;
 	struct dentry *mnt_root = BPF_CORE_READ(vm, mnt_root);
 	struct dentry *parent = BPF_CORE_READ(d, d_parent);
-	if (d == mnt_root || d == parent) {
-		if (d != mnt_root)
-			return 1;
+	bool last = false;
+	if (d == mnt_root) {
 		struct mount *m = (struct mount *)((void *)vm - bpf_core_field_offset(struct mount, mnt));
 		struct mount *mp = BPF_CORE_READ(m, mnt_parent);
-		if (!mp || mp == m)
+		if (!mp || mp == m) {
+			w->at_root = 1;
 			return 1;
+		}
 		w->dentry = (__u64)BPF_CORE_READ(m, mnt_mountpoint);
 		w->vfsmnt = (__u64)((void *)mp + bpf_core_field_offset(struct mount, mnt));
 		return 0;
+	}
+	if (d == parent) {
+		/* A pseudo file (pipe, socket, memfd...) or a disconnected dentry: its own name,
+		 * as d_path gives "/memfd:x", and nothing for the nameless (pipes). */
+		last = true;
 	}
 	__u32 len = BPF_CORE_READ(d, d_name.len);
 	const unsigned char *name = BPF_CORE_READ(d, d_name.name);
 	if (len > NAME_MAX)
 		len = NAME_MAX;
+	if (last && len == 0)
+		return 1;
 	__u32 pos = w->pos;
 	if (pos > PATHBUF_HALF - 1 || len + 1 > pos) {
 		w->truncated = 1;
@@ -404,7 +416,7 @@ static long walk_step(__u32 i, void *unused)
 	w->buf[pos] = '/';
 	bpf_probe_read_kernel(&w->buf[pos + 1], len & NAME_MAX, name);
 	w->dentry = (__u64)parent;
-	return 0;
+	return last ? 1 : 0;
 }
 
 /* The path of dentry+vfsmnt as `task` sees it (below its root). A global function: the
@@ -431,9 +443,12 @@ __noinline int put_path_at(struct scratch *s, __u32 id, __u64 dentry, __u64 vfsm
 	}
 	w->pos = PATHBUF_HALF - 1;
 	w->truncated = 0;
+	w->at_root = 0;
 	bpf_loop(MAX_PATH_DEPTH, walk_step, 0, 0);
 	__u32 pos = w->pos;
 	if (pos >= PATHBUF_HALF - 1) {
+		if (!w->at_root)
+			return 0; /* a nameless pseudo file: no path */
 		pos = PATHBUF_HALF - 2;
 		w->buf[pos] = '/';
 	}

@@ -1,15 +1,15 @@
 //! The BPF side, in one std thread that owns it: load the embedded object
-//! (`bpf/collector.bpf.c`, built by build.rs) with libbpf, write the config map, attach the
-//! raw tracepoints, then poll the ring buffer (libbpf's poll blocks), turning each record into
-//! an event for the queue. Between polls it applies the container cgroups registered or
-//! removed since (commands from the agent, never a lock shared with it) and adds the records
-//! the ring buffer had no room for (the `lost` map) to the drop counter.
+//! (`bpf/collector.bpf.c`, built by build.rs) with libbpf, write the config map, hand the
+//! `containers` map to the agent (a duplicated fd: the agent updates it directly when a
+//! container is created or removed, so nothing waits for this thread), attach the raw
+//! tracepoints, then poll the ring buffer (libbpf's poll blocks), turning each record into an
+//! event for the queue, and add the records the ring buffer had no room for (the `lost` map)
+//! to the drop counter.
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use libbpf_rs::{MapCore, MapFlags, ObjectBuilder, PrintLevel, RingBufferBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, ObjectBuilder, PrintLevel, RingBufferBuilder};
 
 use super::config::Settings;
 use super::queue::{Counters, EventQueue, RateLimit};
@@ -27,19 +27,12 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("sched_process_exit", "sched_process_exit"),
 ];
 
-/// How long one ring-buffer poll may block (commands wait at most this long).
+/// How long one ring-buffer poll may block (the lost counter is read between polls).
 const POLL: Duration = Duration::from_millis(200);
 /// How often the counters are logged.
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest libbpf message logged (verifier logs can be long; their end says why).
 const MAX_LIBBPF_MESSAGE: usize = 4000;
-
-/// A change to the set of watched container cgroups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Watch(u64),
-    Unwatch(u64),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -103,12 +96,14 @@ pub struct Reader {
     pub counters: Arc<Counters>,
     /// cgroup id -> container id, for the events' container_id.
     pub names: Arc<Mutex<HashMap<u64, String>>>,
-    pub commands: Receiver<Command>,
+    /// Where the `containers` map goes once loaded, for the agent's watch/unwatch.
+    pub watched: Arc<Mutex<super::State>>,
+    /// Set once the programs are attached.
+    pub ready: Arc<super::Ready>,
 }
 
 impl Reader {
-    /// Loads, attaches and reads until the agent goes away (the command channel closes).
-    /// Returns the reason it could not start or went on.
+    /// Loads, attaches and reads for the VM's life. Returns the reason it could not start.
     pub fn run(self) -> Result<(), BpfError> {
         libbpf_rs::set_print(Some((PrintLevel::Info, print)));
         let exe = std::fs::metadata("/proc/self/exe").map_err(BpfError::SelfExe)?;
@@ -127,9 +122,13 @@ impl Reader {
         config
             .update(&0u32.to_le_bytes(), &config_value(self.settings.types, agent_ino, agent_dev), MapFlags::ANY)
             .map_err(libbpf("writing the config map"))?;
+        // Publish the map first, then copy what was watched before: a watch racing with this
+        // lands in the map either way (it records its name before it looks for the map).
+        let handle = Arc::new(MapHandle::try_from(&containers).map_err(libbpf("duplicating the containers map"))?);
+        super::lock(&self.watched).map = Some(handle.clone());
         let snapshot: Vec<u64> = super::lock(&self.names).keys().copied().collect();
         for id in snapshot {
-            apply(&containers, Command::Watch(id));
+            super::update_watch(&handle, id, true);
         }
         let mut links = Vec::new();
         for (prog_name, tracepoint) in PROGRAMS {
@@ -139,6 +138,7 @@ impl Reader {
                     .map_err(libbpf(format!("attaching {prog_name} to {tracepoint}")))?,
             );
         }
+        self.ready.set(true);
         tracing::info!(
             types = format!("{:#x}", self.settings.types),
             max_events_per_sec = self.settings.max_events_per_sec,
@@ -183,13 +183,6 @@ impl Reader {
         let mut lost_seen = 0u64;
         let mut last_stats = Instant::now();
         loop {
-            loop {
-                match self.commands.try_recv() {
-                    Ok(c) => apply(&containers, c),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return Ok(()),
-                }
-            }
             if let Err(e) = ring.poll(POLL) {
                 // EINTR and the like: log, pause, go on.
                 tracing::debug!("telemetry: ring buffer poll: {e}");
@@ -207,16 +200,6 @@ impl Reader {
                 tracing::info!(seen, sent, dropped, queued, bytes, "telemetry: collector counters");
             }
         }
-    }
-}
-
-fn apply(containers: &libbpf_rs::Map<'_>, c: Command) {
-    let res = match c {
-        Command::Watch(id) => containers.update(&id.to_le_bytes(), &[1u8], MapFlags::ANY),
-        Command::Unwatch(id) => containers.delete(&id.to_le_bytes()),
-    };
-    if let Err(e) = res {
-        tracing::warn!("telemetry: {c:?} in the containers map failed: {e}");
     }
 }
 

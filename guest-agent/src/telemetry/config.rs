@@ -3,7 +3,7 @@
 //! map) and the rate limit.
 use protobuf::Enum;
 use protocol::agent::TelemetryConfig;
-use protocol::telemetry::EventType;
+use protocol::telemetry::{event_type_by_name, event_type_names, EventType};
 
 /// Events per second sent when the host asks for 0 (the agent's default).
 pub const DEFAULT_MAX_EVENTS_PER_SEC: u32 = 20_000;
@@ -18,7 +18,7 @@ pub struct Settings {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("telemetry: unknown syscall {0:?} (known: {known})", known = known_names().join(", "))]
+    #[error("telemetry: unknown syscall {0:?} (known: {known})", known = event_type_names().join(", "))]
     UnknownSyscall(String),
     #[error("telemetry: {0} syscall names, more than the {MAX_NAMES} accepted")]
     TooManyNames(usize),
@@ -30,11 +30,6 @@ const MAX_NAMES: usize = 256;
 /// Every collectable event type (all but UNSPECIFIED).
 fn all_types() -> impl Iterator<Item = EventType> {
     EventType::VALUES.iter().copied().filter(|t| *t != EventType::EVENT_TYPE_UNSPECIFIED)
-}
-
-/// The lower-case names the request may use ("execve", "openat", ...).
-pub fn known_names() -> Vec<String> {
-    all_types().map(|t| format!("{t:?}").to_ascii_lowercase()).collect()
 }
 
 fn bit(t: EventType) -> u64 {
@@ -53,9 +48,7 @@ pub fn parse(cfg: &TelemetryConfig) -> Result<Option<Settings>, ConfigError> {
     }
     let mut types = 0u64;
     for name in &cfg.syscalls {
-        let t = all_types()
-            .find(|t| format!("{t:?}").eq_ignore_ascii_case(name) && name.bytes().all(|b| !b.is_ascii_uppercase()))
-            .ok_or_else(|| ConfigError::UnknownSyscall(name.chars().take(64).collect()))?;
+        let t = event_type_by_name(name).ok_or_else(|| ConfigError::UnknownSyscall(name.chars().take(64).collect()))?;
         types |= bit(t);
     }
     if types == 0 {
@@ -97,7 +90,7 @@ mod tests {
         for t in [EventType::EXECVE, EventType::EXIT, EventType::VFORK, EventType::CLONE3] {
             assert_ne!(s.types & bit(t), 0, "{t:?}");
         }
-        assert_eq!(all_types_mask().count_ones() as usize, known_names().len());
+        assert_eq!(all_types_mask().count_ones() as usize, event_type_names().len());
     }
 
     #[test]

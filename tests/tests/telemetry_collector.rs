@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bulwark_e2e::containerd::Containerd;
+use bulwark_e2e::containerd::{Containerd, NAMESPACE};
 use bulwark_protocol::limits::MAX_TELEMETRY_FRAME;
-use bulwark_protocol::telemetry::{decode_enriched, Enriched, EventType, FrameDecoder};
+use bulwark_protocol::telemetry::{decode_enriched, Enriched, EventType, FdType, FrameDecoder, L4Proto};
 
 /// How long the events may take to arrive (TCG boots and runs slowly).
 const ARRIVAL_LIMIT: Duration = Duration::from_secs(180);
@@ -55,6 +55,13 @@ fn describe(events: &[Enriched]) -> String {
     s
 }
 
+/// The agent's and the relay's telemetry lines from containerd's log (the shim logs there).
+fn telemetry_log(c: &Containerd) -> String {
+    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("telemetry") || l.contains("libbpf")).collect();
+    format!("--- telemetry lines of containerd.log ---\n{}", lines[lines.len().saturating_sub(60)..].join("\n"))
+}
+
 /// One expected event: a name for messages and the predicate that recognises it.
 type Expect = (&'static str, Box<dyn Fn(&Enriched) -> bool>);
 
@@ -65,6 +72,8 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
     // 10.11.12.1: the VM has no NIC under `ctr run`, so the connect fails at once (ENETUNREACH)
     // and nothing leaves the VM; the event still carries the address asked for.
     // The busybox image has no /etc/shadow: the script writes one first.
+    // busybox's shell runs most applets (cat, chmod, rm) in a forked child without an execve;
+    // nc goes through an execve of /proc/self/exe.
     let script = "echo 'root:*:19000::::::' >/etc/shadow; cat /etc/shadow >/dev/null; \
                   printf '#!/bin/sh\\necho dropped\\n' >/tmp/x; chmod +x /tmp/x && /tmp/x; \
                   sh -c 'nc 10.11.12.1 8080 </dev/null'; \
@@ -72,19 +81,12 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
                   echo done; exec sleep 600";
     let mut run = c.spawn_run(id, &["sh", "-c", script])?;
     c.wait_running(id)?;
-    let frames = c.shim.runtime_dir.join("default").join(id).join("telemetry.frames");
+    let frames = c.shim.runtime_dir.join(NAMESPACE).join(id).join("telemetry.frames");
 
     let expected: Vec<Expect> = vec![
         (
-            "cat's execve with its argv",
-            Box::new(|m| {
-                ty(m) == EventType::EXECVE
-                    && m.event.res == 0
-                    && m.event.comm == "cat"
-                    && m.event.argv == ["cat", "/etc/shadow"]
-                    && m.event.exe_path.starts_with('/')
-                    && m.event.cwd == "/"
-            }),
+            "the entrypoint's execve (the collector attached before the container started)",
+            Box::new(move |m| ty(m) == EventType::EXECVE && m.event.res == 0 && m.event.argv == ["sh", "-c", script]),
         ),
         (
             "cat's openat of /etc/shadow",
@@ -108,7 +110,18 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
         ),
         (
             "the execve of /tmp/x",
-            Box::new(|m| ty(m) == EventType::EXECVE && m.event.res == 0 && m.event.path == "/tmp/x"),
+            Box::new(|m| {
+                ty(m) == EventType::EXECVE
+                    && m.event.res == 0
+                    && m.event.path == "/tmp/x"
+                    && m.event.argv == ["/bin/sh", "/tmp/x"]
+            }),
+        ),
+        (
+            "nc's execve with its argv",
+            Box::new(|m| {
+                ty(m) == EventType::EXECVE && m.event.res == 0 && m.event.argv == ["nc", "10.11.12.1", "8080"]
+            }),
         ),
         (
             "nc's connect to 10.11.12.1:8080",
@@ -116,7 +129,12 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
                 let s = m.event.socket.as_ref();
                 ty(m) == EventType::CONNECT
                     && m.event.comm == "nc"
-                    && s.is_some_and(|s| s.remote_addr == [10, 11, 12, 1] && s.remote_port == 8080)
+                    && m.event.fd_type.enum_value() == Ok(FdType::IPV4_SOCKET)
+                    && s.is_some_and(|s| {
+                        s.remote_addr == [10, 11, 12, 1]
+                            && s.remote_port == 8080
+                            && s.proto.enum_value() == Ok(L4Proto::TCP)
+                    })
             }),
         ),
         (
@@ -128,7 +146,13 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
                     && m.event.res == 0
             }),
         ),
-        ("a fork of the shell", Box::new(|m| matches!(ty(m), EventType::FORK | EventType::VFORK | EventType::CLONE | EventType::CLONE3) && m.event.res > 0)),
+        (
+            "a fork of the shell",
+            Box::new(|m| {
+                matches!(ty(m), EventType::FORK | EventType::VFORK | EventType::CLONE | EventType::CLONE3)
+                    && m.event.res > 0
+            }),
+        ),
         ("an exit", Box::new(|m| ty(m) == EventType::EXIT)),
     ];
 
@@ -148,11 +172,13 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
     let _ = c.ctr(&["containers", "rm", id]);
 
     let listing = describe(&events);
+    eprintln!("{} events from the guest:\n{listing}", events.len());
     if !missing.is_empty() {
         return Err(format!(
-            "after {ARRIVAL_LIMIT:?}, {} events in {}; missing: {missing:?}\n{listing}\n{}",
+            "after {ARRIVAL_LIMIT:?}, {} events in {}; missing: {missing:?}\n{listing}\n{}\n{}",
             events.len(),
             frames.display(),
+            telemetry_log(&c),
             c.diagnostics()
         ));
     }
@@ -163,13 +189,21 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
             return Err(format!("an event not attributed to {id}: {m:?}\n{listing}"));
         }
     }
-    // The process tree holds together: /tmp/x's parent is the shell that ran the script.
+    // The process tree holds together: /tmp/x's parent is the shell that ran the script...
     let exec_x = events.iter().find(|m| ty(m) == EventType::EXECVE && m.event.path == "/tmp/x");
-    let script_sh = events.iter().find(|m| ty(m) == EventType::EXECVE && m.event.argv.first().is_some_and(|a| a == "sh"));
-    if let (Some(x), Some(sh)) = (exec_x, script_sh) {
-        assert_eq!(x.event.ppid, sh.event.pid, "parent of /tmp/x\n{listing}");
-    } else {
-        return Err(format!("no execve of the script's shell\n{listing}"));
-    }
+    let script_sh = events.iter().find(|m| ty(m) == EventType::EXECVE && m.event.argv == ["sh", "-c", script]);
+    let (Some(x), Some(sh)) = (exec_x, script_sh) else {
+        return Err(format!("no execve of the script's shell or of /tmp/x\n{listing}"));
+    };
+    assert_eq!(x.event.ppid, sh.event.pid, "parent of /tmp/x\n{listing}");
+    // ... and the shell's fork result is that child's pid (one pid namespace for both).
+    assert!(
+        events.iter().any(|m| matches!(ty(m), EventType::CLONE | EventType::FORK | EventType::VFORK)
+            && m.event.pid == sh.event.pid
+            && m.event.res == x.event.pid as i64),
+        "no fork of {} returning {}\n{listing}",
+        sh.event.pid,
+        x.event.pid
+    );
     c.assert_clean()
 }
