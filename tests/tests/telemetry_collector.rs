@@ -62,6 +62,35 @@ fn telemetry_log(c: &Containerd) -> String {
     format!("--- telemetry lines of containerd.log ---\n{}", lines[lines.len().saturating_sub(60)..].join("\n"))
 }
 
+/// Starts `script` in container `id` (run by `sh -c`, it should end with `exec sleep 600`),
+/// reads its sandbox's telemetry.frames until `done` holds or [`ARRIVAL_LIMIT`] passes, then
+/// kills and removes the container. Returns the events and whether `done` held.
+fn collect(
+    c: &Containerd,
+    id: &str,
+    script: &str,
+    done: impl Fn(&[Enriched]) -> bool,
+) -> Result<(Vec<Enriched>, bool), String> {
+    let mut run = c.spawn_run(id, &["sh", "-c", script])?;
+    c.wait_running(id)?;
+    let frames = c.shim.runtime_dir.join(NAMESPACE).join(id).join("telemetry.frames");
+    let start = Instant::now();
+    let mut events = Vec::new();
+    let mut ok = false;
+    while start.elapsed() < ARRIVAL_LIMIT {
+        events = read_frames(&frames);
+        if done(&events) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    let _ = bulwark_e2e::process::wait_bounded(&mut run, Duration::from_secs(60));
+    let _ = c.ctr(&["containers", "rm", id]);
+    Ok((events, ok))
+}
+
 /// One expected event: a name for messages and the predicate that recognises it.
 type Expect = (&'static str, Box<dyn Fn(&Enriched) -> bool>);
 
@@ -72,16 +101,13 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
     // 10.11.12.1: the VM has no NIC under `ctr run`, so the connect fails at once (ENETUNREACH)
     // and nothing leaves the VM; the event still carries the address asked for.
     // The busybox image has no /etc/shadow: the script writes one first.
-    // busybox's shell runs most applets (cat, chmod, rm) in a forked child without an execve;
-    // nc goes through an execve of /proc/self/exe.
+    // busybox's shell runs some applets (chmod, rm) in a forked child without an execve and
+    // others (cat, nc) through an execve of /proc/self/exe (comm "exe" at the execve).
     let script = "echo 'root:*:19000::::::' >/etc/shadow; cat /etc/shadow >/dev/null; \
                   printf '#!/bin/sh\\necho dropped\\n' >/tmp/x; chmod +x /tmp/x && /tmp/x; \
                   sh -c 'nc 10.11.12.1 8080 </dev/null'; \
                   mkdir -p /var/log && touch /var/log/x && rm /var/log/x; \
                   echo done; exec sleep 600";
-    let mut run = c.spawn_run(id, &["sh", "-c", script])?;
-    c.wait_running(id)?;
-    let frames = c.shim.runtime_dir.join(NAMESPACE).join(id).join("telemetry.frames");
 
     let expected: Vec<Expect> = vec![
         (
@@ -156,28 +182,17 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
         ("an exit", Box::new(|m| ty(m) == EventType::EXIT)),
     ];
 
-    let start = Instant::now();
-    let mut events = Vec::new();
-    let mut missing: Vec<&str> = expected.iter().map(|e| e.0).collect();
-    while start.elapsed() < ARRIVAL_LIMIT {
-        events = read_frames(&frames);
-        missing = expected.iter().filter(|(_, f)| !events.iter().any(|m| f(m))).map(|e| e.0).collect();
-        if missing.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-    let _ = bulwark_e2e::process::wait_bounded(&mut run, Duration::from_secs(60));
-    let _ = c.ctr(&["containers", "rm", id]);
-
+    let missing_of = |events: &[Enriched]| -> Vec<&str> {
+        expected.iter().filter(|(_, f)| !events.iter().any(|m| f(m))).map(|e| e.0).collect()
+    };
+    let (events, _) = collect(&c, id, script, |events| missing_of(events).is_empty())?;
+    let missing = missing_of(&events);
     let listing = describe(&events);
     eprintln!("{} events from the guest:\n{listing}", events.len());
     if !missing.is_empty() {
         return Err(format!(
-            "after {ARRIVAL_LIMIT:?}, {} events in {}; missing: {missing:?}\n{listing}\n{}\n{}",
+            "after {ARRIVAL_LIMIT:?}, {} events; missing: {missing:?}\n{listing}\n{}\n{}",
             events.len(),
-            frames.display(),
             telemetry_log(&c),
             c.diagnostics()
         ));
@@ -205,5 +220,53 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
         sh.event.pid,
         x.event.pid
     );
+    c.assert_clean()
+}
+
+#[test]
+fn only_the_configured_syscalls_are_collected() -> Result<(), String> {
+    let c = Containerd::start(|s| {
+        s.extra.push_str("[telemetry]\nsyscalls = [\"execve\", \"unlink\"]\nnode_socket = \"\"\n");
+    })?;
+    let id = "telemetry-filter";
+    let script = "cat /etc/passwd >/dev/null; touch /tmp/y; rm /tmp/y; exec sleep 600";
+    let unlink_y = |m: &Enriched| ty(m) == EventType::UNLINK && m.event.path == "/tmp/y" && m.event.comm == "rm";
+    // Events arrive in order: once rm's unlink is there, everything before it is too.
+    let (events, done) = collect(&c, id, script, |events| events.iter().any(unlink_y))?;
+    let listing = describe(&events);
+    if !done {
+        return Err(format!("no unlink of /tmp/y after {ARRIVAL_LIMIT:?}\n{listing}\n{}", telemetry_log(&c)));
+    }
+    for m in &events {
+        assert!(matches!(ty(m), EventType::EXECVE | EventType::UNLINK), "a type that is off was collected:\n{listing}");
+    }
+    assert!(
+        events.iter().any(|m| ty(m) == EventType::EXECVE && m.event.argv == ["sh", "-c", script]),
+        "the entrypoint's execve:\n{listing}"
+    );
+    c.assert_clean()
+}
+
+#[test]
+fn events_over_the_guests_rate_are_dropped_and_reported() -> Result<(), String> {
+    const RATE: u64 = 5;
+    let c = Containerd::start(|s| {
+        s.extra.push_str(&format!("[telemetry]\nguest_max_events_per_sec = {RATE}\nnode_socket = \"\"\n"));
+    })?;
+    let id = "telemetry-rate";
+    // About 400 events (fork, execve, openat, exit per cat) as fast as the VM goes.
+    let script = "i=0; while [ $i -lt 100 ]; do cat /etc/passwd >/dev/null; i=$((i+1)); done; exec sleep 600";
+    let start = Instant::now();
+    // The shim's own rate (20000/s) drops nothing here: what `drops` counts is the guest's
+    // Drops frames.
+    let (events, done) = collect(&c, id, script, |events| events.iter().any(|m| m.drops > 0))?;
+    let elapsed = start.elapsed().as_secs() + 1;
+    let listing = describe(&events);
+    if !done {
+        return Err(format!("no event reported drops after {ARRIVAL_LIMIT:?}\n{listing}\n{}", telemetry_log(&c)));
+    }
+    // A bucket of RATE tokens refilled at RATE a second.
+    let most = RATE * (elapsed + 1);
+    assert!(events.len() as u64 <= most, "{} events in {elapsed} s at {RATE}/s:\n{listing}", events.len());
     c.assert_clean()
 }
