@@ -183,7 +183,7 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
     ];
 
     let missing_of = |events: &[Enriched]| -> Vec<&str> {
-        expected.iter().filter(|(_, f)| !events.iter().any(|m| f(m))).map(|e| e.0).collect()
+        expected.iter().filter(|(_, f)| !events.iter().any(f)).map(|e| e.0).collect()
     };
     let (events, _) = collect(&c, id, script, |events| missing_of(events).is_empty())?;
     let missing = missing_of(&events);

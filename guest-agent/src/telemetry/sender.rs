@@ -210,7 +210,7 @@ mod tests {
         h.join().unwrap();
         let (seen, sent, dropped) = counters.get();
         assert_eq!(seen, 0);
-        assert!(dropped >= 4 + 1, "the event lost with the broken stream is counted: {dropped}");
+        assert!(dropped > 4, "4 reported drops and the event lost with the broken stream: {dropped}");
         assert!(sent >= 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
