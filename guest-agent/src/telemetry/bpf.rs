@@ -5,8 +5,7 @@
 //! tracepoints, then poll the ring buffer (libbpf's poll blocks), turning each record into an
 //! event for the queue, and add the records the ring buffer had no room for (the `lost` map)
 //! to the drop counter.
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ObjectBuilder, PrintLevel, RingBufferBuilder};
@@ -14,6 +13,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, ObjectBuilder, PrintLevel, RingBuf
 use super::config::Settings;
 use super::queue::{Counters, EventQueue, RateLimit};
 use super::raw::{self, Context};
+use super::watch::{Ready, Watched};
 
 /// The collector's BPF object, compiled by build.rs.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/collector.bpf.o"));
@@ -94,12 +94,11 @@ pub struct Reader {
     pub settings: Settings,
     pub queue: Arc<EventQueue>,
     pub counters: Arc<Counters>,
-    /// cgroup id -> container id, for the events' container_id.
-    pub names: Arc<Mutex<HashMap<u64, String>>>,
-    /// Where the `containers` map goes once loaded, for the agent's watch/unwatch.
-    pub watched: Arc<Mutex<super::State>>,
+    /// The watched containers: gets the `containers` map once loaded, names the events'
+    /// containers.
+    pub watched: Arc<Watched>,
     /// Set once the programs are attached.
-    pub ready: Arc<super::Ready>,
+    pub ready: Arc<Ready>,
 }
 
 impl Reader {
@@ -122,14 +121,8 @@ impl Reader {
         config
             .update(&0u32.to_le_bytes(), &config_value(self.settings.types, agent_ino, agent_dev), MapFlags::ANY)
             .map_err(libbpf("writing the config map"))?;
-        // Publish the map first, then copy what was watched before: a watch racing with this
-        // lands in the map either way (it records its name before it looks for the map).
-        let handle = Arc::new(MapHandle::try_from(&containers).map_err(libbpf("duplicating the containers map"))?);
-        super::lock(&self.watched).map = Some(handle.clone());
-        let snapshot: Vec<u64> = super::lock(&self.names).keys().copied().collect();
-        for id in snapshot {
-            super::update_watch(&handle, id, true);
-        }
+        let handle = MapHandle::try_from(&containers).map_err(libbpf("duplicating the containers map"))?;
+        self.watched.publish(Arc::new(handle));
         let mut links = Vec::new();
         for (prog_name, tracepoint) in PROGRAMS {
             let prog = object.progs_mut().find(|p| p.name() == *prog_name).ok_or(BpfError::Missing(prog_name))?;
@@ -148,8 +141,8 @@ impl Reader {
 
         let mut rate = RateLimit::new(self.settings.max_events_per_sec);
         let offset = realtime_offset_ns();
-        let names = self.names.clone();
-        let container_of = move |id: u64| super::lock(&names).get(&id).cloned();
+        let watched = self.watched.clone();
+        let container_of = move |id: u64| watched.container_of(id);
         let (queue, counters) = (self.queue.clone(), self.counters.clone());
         let mut bad_records = 0u64;
         let mut builder = RingBufferBuilder::new();
