@@ -5,7 +5,11 @@
  *
  *   bulwark-probe unshare-user | unshare-files | mount | userns-mount | keyctl | socket-vsock
  *                 | socket-unix | ptrace <pid> | ptrace-child | mkdir <path> | seccomp-mode
+ *                 | open-loop <n>
  *                 (several may follow)
+ *
+ * open-loop: n times open("/etc/passwd") + close, then "open-loop <n> <elapsed ns>" (the
+ * syscall-heavy loop scripts/bench times with the guest's syscall collector off and on).
  *
  * ptrace-child: PTRACE_ATTACH to a child of the probe (Yama's default scope allows tracing a
  * descendant, so only seccomp or a missing capability refuses it).
@@ -28,6 +32,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef AF_VSOCK
@@ -68,7 +74,7 @@ static void report(const char *check, long rc) {
 
 static int usage(void) {
     fprintf(stderr, "usage: bulwark-probe unshare-user|unshare-files|mount|keyctl|socket-vsock|socket-unix|"
-                    "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode ...\n");
+                    "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode|open-loop <n> ...\n");
     return 2;
 }
 
@@ -123,6 +129,20 @@ int main(int argc, char **argv) {
             waitpid(child, NULL, __WALL);
         } else if (strcmp(c, "mkdir") == 0 && i + 1 < argc) {
             report(c, mkdir(argv[++i], 0755));
+        } else if (strcmp(c, "open-loop") == 0 && i + 1 < argc) {
+            long n = atol(argv[++i]);
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            for (long k = 0; k < n; k++) {
+                int fd = open("/etc/passwd", O_RDONLY);
+                if (fd >= 0) {
+                    close(fd);
+                }
+            }
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            long long ns = (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+            printf("open-loop %ld %lld\n", n, ns);
+            fflush(stdout);
         } else if (strcmp(c, "seccomp-mode") == 0) {
             FILE *f = fopen("/proc/self/status", "r");
             char line[256];
