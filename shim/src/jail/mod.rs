@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod process;
+pub mod reach;
 pub mod seccomp;
 #[cfg(test)]
 pub mod testing;
