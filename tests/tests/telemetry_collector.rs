@@ -113,7 +113,7 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
 
     // An exec process joins the container's cgroup: it is watched too.
     let exec = || {
-        let out = c.ctr(&["task", "exec", "--exec-id", "e1", id, "cat", "/etc/hostname"])?;
+        let out = c.ctr(&["task", "exec", "--exec-id", "e1", id, "cat", "/etc/group"])?;
         if !out.status.success() {
             return Err(format!("ctr task exec failed: {out:?}"));
         }
@@ -191,10 +191,10 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
         ),
         ("an exit", Box::new(|m| ty(m) == EventType::EXIT)),
         (
-            "the exec process's openat of /etc/hostname",
+            "the exec process's openat of /etc/group",
             Box::new(|m| {
                 matches!(ty(m), EventType::OPENAT | EventType::OPENAT2)
-                    && m.event.path == "/etc/hostname"
+                    && m.event.path == "/etc/group"
                     && m.event.comm == "cat"
             }),
         ),
