@@ -29,11 +29,13 @@ use bulwark_e2e::{Artifacts, RUNTIME, TEST_IMAGE};
 use bulwark_shim::vmm::qemu::{self, VmSpec};
 use bulwark_shim::vmm::Accel;
 
+/// One part of the benchmark, given the number of rounds.
+type Part = fn(usize) -> Result<(), String>;
+
 fn main() {
     let rounds: usize = std::env::var("BULWARK_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let only = std::env::var("BULWARK_BENCH_ONLY").unwrap_or_default();
-    let parts: [(&str, fn(usize) -> Result<(), String>); 3] =
-        [("ctr", bench), ("cri", bench_cri), ("collector", bench_collector)];
+    let parts: [(&str, Part); 3] = [("ctr", bench), ("cri", bench_cri), ("collector", bench_collector)];
     if !only.is_empty() && !parts.iter().any(|(name, _)| *name == only) {
         eprintln!("BULWARK_BENCH_ONLY={only:?}: expected one of ctr, cri, collector");
         std::process::exit(2);
