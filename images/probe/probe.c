@@ -6,7 +6,11 @@
  *   bulwark-probe unshare-user | unshare-files | mount | userns-mount | keyctl | socket-vsock
  *                 | socket-unix | ptrace <pid> | ptrace-child | mkdir <path> | seccomp-mode
  *                 | vsock-connect <cid> <port> | share-race <dir> <seconds> <canary>
+ *                 | open-loop <n>
  *                 (several may follow)
+ *
+ * open-loop: n times open("/etc/passwd") + close, then "open-loop <n> <elapsed ns>" (the
+ * syscall-heavy loop scripts/bench times with the guest's syscall collector off and on).
  *
  * ptrace-child: PTRACE_ATTACH to a child of the probe (Yama's default scope allows tracing a
  * descendant, so only seccomp or a missing capability refuses it).
@@ -47,6 +51,8 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <dirent.h>
@@ -254,7 +260,7 @@ static void share_race(const char *dir, const char *secs_s, const char *canary) 
 static int usage(void) {
     fprintf(stderr, "usage: bulwark-probe unshare-user|unshare-files|mount|keyctl|socket-vsock|socket-unix|"
                     "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode|vsock-connect <cid> <port>|"
-                    "share-race <dir> <seconds> <canary> ...\n");
+                    "share-race <dir> <seconds> <canary>|open-loop <n> ...\n");
     return 2;
 }
 
@@ -315,6 +321,20 @@ int main(int argc, char **argv) {
         } else if (strcmp(c, "share-race") == 0 && i + 3 < argc) {
             share_race(argv[i + 1], argv[i + 2], argv[i + 3]);
             i += 3;
+        } else if (strcmp(c, "open-loop") == 0 && i + 1 < argc) {
+            long n = atol(argv[++i]);
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            for (long k = 0; k < n; k++) {
+                int fd = open("/etc/passwd", O_RDONLY);
+                if (fd >= 0) {
+                    close(fd);
+                }
+            }
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            long long ns = (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+            printf("open-loop %ld %lld\n", n, ns);
+            fflush(stdout);
         } else if (strcmp(c, "seccomp-mode") == 0) {
             FILE *f = fopen("/proc/self/status", "r");
             char line[256];

@@ -24,6 +24,7 @@ BULWARK_DEB_PACKAGES=(
   qemu-system-x86 containerd runc busybox-static protobuf-compiler libseccomp-dev
   libcap-ng-dev cpio xz-utils zstd pkg-config clang erofs-utils
   containernetworking-plugins iproute2 kmod lz4 binutils python3-venv
+  libelf-dev zlib1g-dev make
 )
 
 # package==version  binary: PyPI tools, installed into $BULWARK_VENV (never the system's Python).

@@ -12,7 +12,8 @@
 //! - edges: `vmm/` (trait `Vmm`; the QEMU backend owns its helper processes; a fake for
 //!   tests), `agent/` (everything asked of the guest, the boot handshake, guest→host
 //!   streams), `resources/` (rootfs, volumes, mount cleanup, pod network), `jail/` (host
-//!   confinement of the VMM, a room), `host/` (trait `Host`: child processes, mounts).
+//!   confinement of the VMM, a room), `host/` (trait `Host`: child processes, mounts),
+//!   `telemetry/` (the relay of the guest's syscall events to the node).
 //! - `config.rs` (the node configuration) and `error.rs` (typed errors) at the bottom.
 //!
 //! No module imports one above it; `scripts/module-deps` lists the edges and fails on a cycle.
@@ -33,6 +34,7 @@ mod resources;
 pub mod sandbox;
 pub mod shim;
 mod task;
+mod telemetry;
 pub mod vmm;
 
 /// The runtime type containerd knows this shim by.

@@ -31,6 +31,7 @@ use crate::host::Host;
 use crate::jail::cgroup::{self as host_cgroup, CgroupPath, HostCgroup, PodResources};
 use crate::resources::mount::cleanup_mounts_and_dir_with;
 use crate::resources::network::{HostNetwork, PodConfig};
+use crate::telemetry;
 use crate::vmm::{self, ExitWatch, Vmm};
 
 /// Where a sandbox is in its life.
@@ -102,6 +103,10 @@ pub struct Sandbox {
     cgroup_plan: std::sync::Mutex<Option<(CgroupPath, PodResources)>>,
     /// The host cgroup (jail/cgroup.rs), once created at boot; removed on teardown.
     host_cgroup: std::sync::Mutex<Option<Arc<HostCgroup>>>,
+    /// Who the guest's syscall events belong to: the pod, and its containers by id.
+    telemetry: telemetry::Identity,
+    /// The relay of the guest's syscall events (telemetry/), from boot to teardown.
+    relay: std::sync::Mutex<Option<telemetry::Relay>>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +161,8 @@ impl Sandbox {
             network: Mutex::new(None),
             cgroup_plan: std::sync::Mutex::new(None),
             host_cgroup: std::sync::Mutex::new(None),
+            telemetry: telemetry::Identity::default(),
+            relay: std::sync::Mutex::new(None),
         })
     }
 
@@ -192,11 +199,18 @@ impl Sandbox {
         self.vm_exit.get().cloned()
     }
 
+    /// Who the guest's syscall events belong to (the shim's verbs add and remove containers).
+    pub fn telemetry(&self) -> &telemetry::Identity {
+        &self.telemetry
+    }
+
     /// Records the pod settings (hostname, netns) of the sandbox container's spec and the
     /// tenant's bandwidth ceiling (Mbit/s); `boot` attaches the network with the ceiling and
     /// sends the settings to the agent.
     pub fn set_pod_config(&self, spec: &oci_spec::runtime::Spec, bandwidth_mbit: Option<u32>) -> Result<()> {
         let pod = PodConfig::from_spec(spec)?.with_bandwidth_mbit(bandwidth_mbit);
+        let node = telemetry::node_name(&self.cfg.telemetry);
+        self.telemetry.set_pod(&node, &self.id, &spec.annotations().clone().unwrap_or_default());
         let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let plan = match cgroups_path {
             Some(p) => {
@@ -246,6 +260,9 @@ impl Sandbox {
         self.vmm.lock().await.stop().await;
         if let Some(h) = lock(&self.log_task).take() {
             h.abort();
+        }
+        if let Some(mut relay) = lock(&self.relay).take() {
+            relay.stop();
         }
         // After the VM is gone (its tap fds closed): remove the tc redirects and any tap left.
         if let Some(net) = self.network.lock().await.take() {
