@@ -13,7 +13,8 @@
 //!   tests), `agent/` (everything asked of the guest, the boot handshake, guest→host
 //!   streams), `resources/` (rootfs, volumes, mount cleanup, pod network), `jail/` (host
 //!   confinement of the VMM, a room), `host/` (trait `Host`: child processes, mounts).
-//! - `config.rs` (the node configuration) and `error.rs` (typed errors) at the bottom.
+//! - `config.rs` (the node configuration, public: the `bulwark` CLI reads it too) and
+//!   `error.rs` (typed errors) at the bottom.
 //!
 //! No module imports one above it; `scripts/module-deps` lists the edges and fails on a cycle.
 //!
@@ -21,7 +22,7 @@
 //! containerd-shim's logger writes to containerd's shim log. No tracing subscriber here.
 
 mod agent;
-mod config;
+pub mod config;
 mod container;
 mod error;
 #[doc(hidden)]

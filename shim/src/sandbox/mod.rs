@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod health;
+pub mod info;
 pub mod oom;
 pub mod sizing;
 pub mod state_dir;
@@ -102,6 +103,8 @@ pub struct Sandbox {
     cgroup_plan: std::sync::Mutex<Option<(CgroupPath, PodResources)>>,
     /// The host cgroup (jail/cgroup.rs), once created at boot; removed on teardown.
     host_cgroup: std::sync::Mutex<Option<Arc<HostCgroup>>>,
+    /// The pod's identity from the sandbox container's spec, for `sandbox.json` (info.rs).
+    identity: std::sync::Mutex<info::SandboxInfo>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +159,7 @@ impl Sandbox {
             network: Mutex::new(None),
             cgroup_plan: std::sync::Mutex::new(None),
             host_cgroup: std::sync::Mutex::new(None),
+            identity: std::sync::Mutex::new(info::SandboxInfo::default()),
         })
     }
 
@@ -212,6 +216,7 @@ impl Sandbox {
         };
         *lock(&self.pod) = Some(pod);
         *lock(&self.cgroup_plan) = plan;
+        *lock(&self.identity) = info::identity(&spec.annotations().clone().unwrap_or_default());
         Ok(())
     }
 
