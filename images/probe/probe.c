@@ -5,10 +5,17 @@
  *
  *   bulwark-probe unshare-user | unshare-files | mount | userns-mount | keyctl | socket-vsock
  *                 | socket-unix | ptrace <pid> | ptrace-child | mkdir <path> | seccomp-mode
+ *                 | vsock-connect <cid> <port>
  *                 (several may follow)
  *
  * ptrace-child: PTRACE_ATTACH to a child of the probe (Yama's default scope allows tracing a
  * descendant, so only seccomp or a missing capability refuses it).
+ *
+ * vsock-connect: socket(AF_VSOCK) and connect to <cid>:<port> (connect timeout 5 s), printed as
+ * "vsock-connect <cid>:<port> <result>": the errno of socket or connect, or, once connected,
+ * what the peer did within 5 s: CLOSED (end of stream or reset: it refused to serve us), DATA
+ * (it sent bytes) or OPEN (it kept the connection open without a word, as a server waiting for
+ * a request does).
  *
  * userns-mount: unshare(CLONE_NEWUSER|CLONE_NEWNS) ("userns-mount-unshare"), then, if that
  * worked, mount a tmpfs on /tmp in the new namespaces ("userns-mount"): the way to mount
@@ -22,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -29,6 +37,9 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <sys/time.h>
+#include <linux/vm_sockets.h>
 
 #ifndef AF_VSOCK
 #define AF_VSOCK 40
@@ -49,6 +60,14 @@ static const char *errname(int e) {
     case EAFNOSUPPORT: return "EAFNOSUPPORT";
     case EOPNOTSUPP: return "EOPNOTSUPP";
     case EDQUOT: return "EDQUOT";
+    case ECONNRESET: return "ECONNRESET";
+    case ECONNREFUSED: return "ECONNREFUSED";
+    case ETIMEDOUT: return "ETIMEDOUT";
+    case EHOSTUNREACH: return "EHOSTUNREACH";
+    case ENETUNREACH: return "ENETUNREACH";
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+    case EROFS: return "EROFS";
+    case ENXIO: return "ENXIO";
     default: {
         static char buf[32];
         snprintf(buf, sizeof buf, "errno%d", e);
@@ -66,9 +85,45 @@ static void report(const char *check, long rc) {
     fflush(stdout);
 }
 
+/* socket(AF_VSOCK) + connect to cid:port, then 5 s to see what the peer does. */
+static void vsock_connect(const char *cid_s, const char *port_s) {
+    char check[64];
+    snprintf(check, sizeof check, "vsock-connect %s:%s", cid_s, port_s);
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        report(check, -1);
+        return;
+    }
+    struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
+    setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof tv);
+    struct sockaddr_vm addr;
+    memset(&addr, 0, sizeof addr);
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = (unsigned)strtoul(cid_s, NULL, 10);
+    addr.svm_port = (unsigned)strtoul(port_s, NULL, 10);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        report(check, -1);
+        close(fd);
+        return;
+    }
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int n = poll(&p, 1, 5000);
+    const char *what = "OPEN";
+    if (n > 0) {
+        char buf[64];
+        ssize_t got = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        what = got > 0 ? "DATA" : "CLOSED";
+    } else if (n < 0) {
+        what = errname(errno);
+    }
+    printf("%s %s\n", check, what);
+    fflush(stdout);
+    close(fd);
+}
+
 static int usage(void) {
     fprintf(stderr, "usage: bulwark-probe unshare-user|unshare-files|mount|keyctl|socket-vsock|socket-unix|"
-                    "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode ...\n");
+                    "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode|vsock-connect <cid> <port> ...\n");
     return 2;
 }
 
@@ -123,6 +178,9 @@ int main(int argc, char **argv) {
             waitpid(child, NULL, __WALL);
         } else if (strcmp(c, "mkdir") == 0 && i + 1 < argc) {
             report(c, mkdir(argv[++i], 0755));
+        } else if (strcmp(c, "vsock-connect") == 0 && i + 2 < argc) {
+            vsock_connect(argv[i + 1], argv[i + 2]);
+            i += 2;
         } else if (strcmp(c, "seccomp-mode") == 0) {
             FILE *f = fopen("/proc/self/status", "r");
             char line[256];

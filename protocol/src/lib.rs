@@ -79,6 +79,7 @@ pub const SHARE_TAG: &str = "bulwark-share";
 pub mod limits;
 pub use limits::{validate_id, IdError, MAX_CGROUP_FILE, MAX_ID_LEN, MAX_LOG_LINE, MAX_READ_CHUNK, MAX_SPEC_JSON};
 pub mod telemetry;
+pub mod telemetry_json;
 
 /// The first line the agent writes on the log connection.
 pub fn ready_line() -> String {

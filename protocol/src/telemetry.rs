@@ -12,7 +12,7 @@
 //! not parse or break the per-field limits of [`crate::limits`] (such a frame is counted and
 //! skipped: framing is intact).
 
-use protobuf::Message;
+use protobuf::{Enum, Message};
 
 use crate::limits::{
     MAX_ARGV_BYTES, MAX_ARGV_ENTRIES, MAX_TELEMETRY_FRAME, MAX_TELEMETRY_IMAGE, MAX_TELEMETRY_NAME, MAX_TELEMETRY_PATH,
@@ -148,6 +148,22 @@ impl FrameDecoder {
     }
 }
 
+/// The lower-case name of an event type as configured (`"execve"`, `"openat"`, ...); `None`
+/// for the unspecified value.
+pub fn event_type_name(t: EventType) -> Option<String> {
+    (t != EventType::EVENT_TYPE_UNSPECIFIED).then(|| format!("{t:?}").to_ascii_lowercase())
+}
+
+/// The event type a configured lower-case name stands for (`None`: no such type).
+pub fn event_type_by_name(name: &str) -> Option<EventType> {
+    EventType::VALUES.iter().copied().find(|t| event_type_name(*t).as_deref() == Some(name))
+}
+
+/// Every configurable event type name, in the protocol's order.
+pub fn event_type_names() -> Vec<String> {
+    EventType::VALUES.iter().filter_map(|t| event_type_name(*t)).collect()
+}
+
 /// One message as a frame (length + bytes); refuses a message over [`MAX_TELEMETRY_FRAME`].
 pub fn encode_frame(msg: &impl Message) -> Result<Vec<u8>, MessageError> {
     let body = msg.write_to_bytes().map_err(|e| MessageError::Parse(e.to_string()))?;
@@ -253,6 +269,18 @@ mod tests {
         let mut g = GuestFrame::new();
         g.set_event(e);
         encode_frame(&g).unwrap()
+    }
+
+    #[test]
+    fn event_type_names_round_trip() {
+        assert_eq!(event_type_by_name("execve"), Some(EventType::EXECVE));
+        assert_eq!(event_type_by_name("finit_module"), Some(EventType::FINIT_MODULE));
+        for bad in ["EXECVE", "", "event_type_unspecified", "exec ve", "nosuch"] {
+            assert_eq!(event_type_by_name(bad), None, "{bad}");
+        }
+        let names = event_type_names();
+        assert_eq!(names.len(), EventType::VALUES.len() - 1);
+        assert!(names.iter().all(|n| event_type_by_name(n).is_some()));
     }
 
     #[test]

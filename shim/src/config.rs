@@ -53,6 +53,19 @@
 //! pids_max = 1024           # pids.max of the sandbox cgroup (QEMU threads, helpers, the shim)
 //! io_weight = 100           # io.weight (1..=10000)
 //! move_shim = true          # the shim's own process goes into the sandbox cgroup too
+//!
+//! [telemetry]               # guest syscall telemetry (telemetry/, docs/telemetry.md)
+//! enabled = true            # the guest's eBPF collector runs in every sandbox
+//! syscalls = []             # event types to collect ("execve", "openat", ...); [] = all
+//! guest_max_events_per_sec = 20000  # the collector's own send rate (0 = the agent's default)
+//! max_events_per_sec = 20000  # what the shim takes per sandbox; beyond: dropped, counted
+//! burst = 40000             # events above the rate accepted at once
+//! node_socket = "/run/bulwark/telemetry.sock"  # the Falco plugin's socket ("" = none)
+//! node_buffer_bytes = 8388608  # frames held while the node socket is down (then: dropped)
+//! json_file = ""            # also append JSON lines here (another pipeline; "" = none)
+//! json_file_max_bytes = 67108864  # the JSON file is not written past this (rotate it)
+//! frames_file_max_bytes = 4194304 # per sandbox telemetry.frames (`bulwark events`), x2 with .1
+//! node_name = ""            # the node's name in events ("" = the host name)
 //! ```
 //!
 //! The RuntimeClass `overhead` (which kubelet adds to the pod's resources, and so to the pod
@@ -110,6 +123,89 @@ pub struct Config {
     pub tenants: std::collections::BTreeMap<String, TenantOverride>,
     pub cgroup: Cgroup,
     pub jail: Jail,
+    pub telemetry: Telemetry,
+}
+
+/// `[telemetry]`: the guest syscall collector and the shim's relay of its events
+/// (telemetry/).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    pub enabled: bool,
+    pub syscalls: Vec<String>,
+    pub guest_max_events_per_sec: u32,
+    pub max_events_per_sec: u32,
+    pub burst: u32,
+    pub node_socket: PathBuf,
+    pub node_buffer_bytes: usize,
+    pub json_file: PathBuf,
+    pub json_file_max_bytes: u64,
+    pub frames_file_max_bytes: u64,
+    pub node_name: String,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            enabled: true,
+            syscalls: Vec::new(),
+            guest_max_events_per_sec: 20_000,
+            max_events_per_sec: 20_000,
+            burst: 40_000,
+            node_socket: "/run/bulwark/telemetry.sock".into(),
+            node_buffer_bytes: 8 << 20,
+            json_file: PathBuf::new(),
+            json_file_max_bytes: 64 << 20,
+            frames_file_max_bytes: 4 << 20,
+            node_name: String::new(),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Checks the section (the syscall names against the protocol's event types).
+    fn validate(&self) -> std::result::Result<(), String> {
+        for name in &self.syscalls {
+            if bulwark_protocol::telemetry::event_type_by_name(name).is_none() {
+                return Err(format!(
+                    "telemetry.syscalls: unknown event type {name:?} (known: {})",
+                    bulwark_protocol::telemetry::event_type_names().join(", ")
+                ));
+            }
+        }
+        for (key, p) in [("telemetry.node_socket", &self.node_socket), ("telemetry.json_file", &self.json_file)] {
+            if !p.as_os_str().is_empty() && !p.is_absolute() {
+                return Err(format!("{key} = {p:?} must be an absolute path (or \"\" for none)"));
+            }
+        }
+        if self.node_socket.as_os_str().len() > 107 {
+            return Err(format!(
+                "telemetry.node_socket = {:?} is longer than a unix socket path may be (107 bytes)",
+                self.node_socket
+            ));
+        }
+        if self.max_events_per_sec == 0 || self.burst == 0 {
+            return Err("telemetry.max_events_per_sec and telemetry.burst must be at least 1".to_string());
+        }
+        if !(64 << 10..=1 << 30).contains(&self.node_buffer_bytes) {
+            return Err(format!(
+                "telemetry.node_buffer_bytes = {} must be between 64 KiB and 1 GiB",
+                self.node_buffer_bytes
+            ));
+        }
+        if !(64 << 10..=1 << 30).contains(&self.frames_file_max_bytes) {
+            return Err(format!(
+                "telemetry.frames_file_max_bytes = {} must be between 64 KiB and 1 GiB",
+                self.frames_file_max_bytes
+            ));
+        }
+        if self.node_name.len() > bulwark_protocol::limits::MAX_TELEMETRY_NAME
+            || self.node_name.chars().any(char::is_control)
+        {
+            return Err("telemetry.node_name must be at most 256 bytes without control characters".to_string());
+        }
+        Ok(())
+    }
 }
 
 /// `[cgroup]`: the host cgroup v2 of each sandbox (jail/cgroup.rs).
@@ -322,6 +418,7 @@ impl Config {
                 "vm.kernel_params must be at most 1024 bytes of printable characters without '\"'".to_string()
             ));
         }
+        self.telemetry.validate().map_err(err)?;
         self.tenant.validate("tenant").map_err(err)?;
         for (name, over) in &self.tenants {
             if !crate::policy::valid_tenant_name(name) {
@@ -397,6 +494,18 @@ mod tests {
             pids_max = 512
             io_weight = 200
             move_shim = false
+            [telemetry]
+            enabled = false
+            syscalls = ["execve", "openat", "connect"]
+            guest_max_events_per_sec = 1000
+            max_events_per_sec = 2000
+            burst = 3000
+            node_socket = ""
+            node_buffer_bytes = 65536
+            json_file = "/var/log/bulwark/events.jsonl"
+            json_file_max_bytes = 1000000
+            frames_file_max_bytes = 65536
+            node_name = "node-7"
             "#,
         )
         .unwrap();
@@ -416,6 +525,22 @@ mod tests {
             }
         );
         assert!(!cfg.vm.allow_tcg_fallback);
+        assert_eq!(
+            cfg.telemetry,
+            Telemetry {
+                enabled: false,
+                syscalls: vec!["execve".into(), "openat".into(), "connect".into()],
+                guest_max_events_per_sec: 1000,
+                max_events_per_sec: 2000,
+                burst: 3000,
+                node_socket: PathBuf::new(),
+                node_buffer_bytes: 65536,
+                json_file: "/var/log/bulwark/events.jsonl".into(),
+                json_file_max_bytes: 1_000_000,
+                frames_file_max_bytes: 65536,
+                node_name: "node-7".into(),
+            }
+        );
         assert_eq!(cfg.jail, Jail { uid_base: 500_000, uid_count: 10, oom_score_adj: 100 });
     }
 
@@ -452,6 +577,14 @@ mod tests {
             ("[jail]\nuid_base = 4294967000\n", "jail.uid_base"),
             ("[jail]\noom_score_adj = -1\n", "jail.oom_score_adj"),
             ("[jail]\nuid = 5\n", "uid"),
+            ("[telemetry]\nsyscalls = [\"execve\", \"opne\"]\n", "unknown event type \"opne\""),
+            ("[telemetry]\nnode_socket = \"relative.sock\"\n", "telemetry.node_socket"),
+            ("[telemetry]\njson_file = \"x.jsonl\"\n", "telemetry.json_file"),
+            ("[telemetry]\nmax_events_per_sec = 0\n", "telemetry.max_events_per_sec"),
+            ("[telemetry]\nnode_buffer_bytes = 1\n", "telemetry.node_buffer_bytes"),
+            ("[telemetry]\nframes_file_max_bytes = 1\n", "telemetry.frames_file_max_bytes"),
+            ("[telemetry]\nnode_name = \"a\\nb\"\n", "telemetry.node_name"),
+            ("[telemetry]\nenable = true\n", "enable"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?} -> {e}");

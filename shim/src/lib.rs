@@ -12,7 +12,8 @@
 //! - edges: `vmm/` (trait `Vmm`; the QEMU backend owns its helper processes; a fake for
 //!   tests), `agent/` (everything asked of the guest, the boot handshake, guest→host
 //!   streams), `resources/` (rootfs, volumes, mount cleanup, pod network), `jail/` (host
-//!   confinement of the VMM, a room), `host/` (trait `Host`: child processes, mounts).
+//!   confinement of the VMM, a room), `host/` (trait `Host`: child processes, mounts),
+//!   `telemetry/` (the relay of the guest's syscall events to the node).
 //! - `config.rs` (the node configuration, public: the `bulwark` CLI reads it too) and
 //!   `error.rs` (typed errors) at the bottom.
 //!
@@ -34,6 +35,7 @@ mod resources;
 pub mod sandbox;
 pub mod shim;
 mod task;
+mod telemetry;
 pub mod vmm;
 
 /// The runtime type containerd knows this shim by.

@@ -38,6 +38,10 @@ pub struct ContainerSpec {
     pub stdin_once: bool,
     pub tty: bool,
     pub memory_limit: Option<i64>,
+    /// CFS (quota, period) in microseconds: kubelet's translation of a CPU limit.
+    pub cpu_quota: Option<(i64, i64)>,
+    /// cgroup v2 files to set (CRI `unified`), e.g. `pids.max`.
+    pub unified: HashMap<String, String>,
     /// (host path, container path, read-only)
     pub mounts: Vec<(PathBuf, String, bool)>,
 }
@@ -280,9 +284,7 @@ impl CriClient {
                 })
                 .collect(),
             linux: Some(cri::LinuxContainerConfig {
-                resources: spec
-                    .memory_limit
-                    .map(|m| cri::LinuxContainerResources { memory_limit_in_bytes: m, ..Default::default() }),
+                resources: resources_of(spec),
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(kubelet_namespaces()),
                     ..Default::default()
@@ -417,6 +419,21 @@ pub fn read_cri_log(path: &Path) -> Vec<(String, String)> {
         }
     }
     lines
+}
+
+/// The container's resources as kubelet sends them; None when it sets none.
+fn resources_of(spec: &ContainerSpec) -> Option<cri::LinuxContainerResources> {
+    if spec.memory_limit.is_none() && spec.cpu_quota.is_none() && spec.unified.is_empty() {
+        return None;
+    }
+    let (cpu_quota, cpu_period) = spec.cpu_quota.unwrap_or((0, 0));
+    Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: spec.memory_limit.unwrap_or(0),
+        cpu_quota,
+        cpu_period,
+        unified: spec.unified.clone(),
+        ..Default::default()
+    })
 }
 
 /// kubelet's defaults: pod-wide network and IPC namespaces, a PID namespace per container.

@@ -4,11 +4,13 @@
 //! left nothing behind (processes, sockets, mounts, state directories). For the CRI tests:
 //! `cri` starts containerd 1.6 or 2.x with its CRI plugin and a private CNI network (`cni`),
 //! `cri_client` drives it like kubelet, `cri_stream` speaks the streaming protocol for
-//! interactive exec and attach.
+//! interactive exec and attach. For escape tests: `canary` (a watched host file, the host
+//! mount table).
 //!
 //! Nothing here is faked: containerd, ctr, QEMU, virtiofsd and vhost-device-vsock are the real
 //! programs. When one is missing the test fails with a message saying what to install or build.
 
+pub mod canary;
 pub mod cni;
 pub mod containerd;
 pub mod cri;

@@ -285,3 +285,35 @@ fn refusals_name_the_problem() -> Result<(), String> {
     assert_eq!(left, [config], "only the node's own config is left");
     Ok(())
 }
+
+/// The config.toml install-node writes holds the shim's own defaults (shim/src/config.rs) for
+/// everything but the installed paths, the runtime directory and the telemetry socket below
+/// it: a default changed in the shim shows up here.
+#[test]
+fn the_installed_config_is_the_shims_defaults_with_the_installed_paths() -> Result<(), String> {
+    use bulwark_shim::config::Config;
+    let out = process::run(
+        Command::new(script()).args(["--root", "/srv/n", "--print-config", "--qemu", "/usr/bin/qemu-system-x86_64"]),
+        Duration::from_secs(30),
+    )?;
+    assert!(out.status.success(), "{}", out.stderr);
+    let cfg = Config::parse(&out.stdout, Path::new("print-config")).map_err(|e| e.to_string())?;
+    let d = Config::default();
+    assert_eq!(cfg.vm, d.vm);
+    assert_eq!(cfg.jail, d.jail);
+    assert_eq!(cfg.tenant, d.tenant);
+    assert_eq!(cfg.tenants, d.tenants);
+    assert_eq!(cfg.cgroup, d.cgroup);
+    assert_eq!(cfg.telemetry.node_socket, Path::new("/srv/n/run/bulwark/telemetry.sock"));
+    let mut t = cfg.telemetry.clone();
+    t.node_socket = d.telemetry.node_socket.clone();
+    assert_eq!(t, d.telemetry);
+    let p = &cfg.paths;
+    assert_eq!(p.qemu, Path::new("/usr/bin/qemu-system-x86_64"));
+    assert_eq!(p.kernel, Path::new("/srv/n/opt/bulwark/share/vmlinux"));
+    assert_eq!(p.initrd, Path::new("/srv/n/opt/bulwark/share/initramfs.cpio"));
+    assert_eq!(p.virtiofsd, Path::new("/srv/n/opt/bulwark/libexec/virtiofsd"));
+    assert_eq!(p.vhost_device_vsock, Path::new("/srv/n/opt/bulwark/libexec/vhost-device-vsock"));
+    assert_eq!(p.runtime_dir, Path::new("/srv/n/run/bulwark"));
+    Ok(())
+}

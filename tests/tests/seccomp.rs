@@ -2,6 +2,8 @@
 //! gets the agent's default one (the escapes fail with EPERM, ordinary commands work, in the
 //! init process and in execs); capabilities unlock what they normally unlock; a profile
 //! brought with `ctr run --seccomp --seccomp-profile` is enforced, with AF_VSOCK denied on top.
+//! A tenant whose policy allows unconfined containers runs without a filter, yet an AF_VSOCK
+//! connection from its container still never reaches the agent or a host port.
 //! `/bin/bulwark-probe` (images/probe/probe.c) prints one `<check> <OK|ERRNO>` line per
 //! attempted syscall; every check asserts the exact outcome. Every test ends with the
 //! leftovers check.
@@ -14,9 +16,10 @@ use bulwark_e2e::{RUNTIME, TEST_IMAGE};
 
 /// The probe's lines in `out` (other output is ignored).
 fn probe_lines(out: &str) -> Vec<String> {
-    const CHECKS: [&str; 13] = [
+    const CHECKS: [&str; 14] = [
         "seccomp-mode",
         "socket-vsock",
+        "vsock-connect",
         "socket-unix",
         "unshare-user",
         "unshare-files",
@@ -34,12 +37,15 @@ fn probe_lines(out: &str) -> Vec<String> {
 
 /// The escapes: a sibling `sleep` to ptrace, then every check (userns-mount last: it leaves
 /// the probe in new namespaces when it works).
-const ESCAPES: &str = "sleep 300 & p=$!; bulwark-probe seccomp-mode socket-vsock socket-unix unshare-user \
+const ESCAPES: &str = "sleep 300 & p=$!; bulwark-probe seccomp-mode socket-vsock vsock-connect 2 1025 \
+     vsock-connect 3 1024 socket-unix unshare-user \
      unshare-files mount keyctl ptrace $p ptrace-child mkdir /tmp/probe-dir-$$ userns-mount; echo probe-exit $?; kill $p";
 
-const CONFINED: [&str; 12] = [
+const CONFINED: [&str; 14] = [
     "seccomp-mode 2",
     "socket-vsock EPERM",
+    "vsock-connect 2:1025 EPERM",
+    "vsock-connect 3:1024 EPERM",
     "socket-unix OK",
     "unshare-user EPERM",
     "unshare-files OK",
@@ -163,5 +169,65 @@ fn a_profile_from_ctr_is_enforced_with_vsock_denied() -> Result<(), String> {
         "{out:?}"
     );
     assert!(stdout.contains("mkdir-failed"), "busybox mkdir worked under a profile denying it: {out:?}");
+    c.assert_clean()
+}
+
+/// The vsock ports a container could aim at: the agent API, the log (READY) port and the
+/// telemetry port, on the host (CID 2), the guest's own CID (3) and the local CID (1).
+const VSOCK_TARGETS: [(u32, u32); 7] = [(3, 1024), (1, 1024), (3, 1025), (3, 1026), (2, 1024), (2, 1025), (2, 1026)];
+
+/// A host listener on vsock port `port` of the sandbox: what vhost-device-vsock connects to
+/// when the guest connects to CID 2 port `port` (`<state dir>/vm/vsock.sock_<port>`, given to
+/// the sandbox uid like the shim's own). It accepts and holds connections, never writes.
+fn host_vsock_listener(c: &Containerd, sandbox: &str, port: u32) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::MetadataExt;
+    let vm = c.shim.runtime_dir.join(bulwark_e2e::containerd::NAMESPACE).join(sandbox).join("vm");
+    let owner = std::fs::metadata(&vm).map_err(|e| format!("{}: {e}", vm.display()))?;
+    let path = vm.join(format!("vsock.sock_{port}"));
+    let l = std::os::unix::net::UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).map_err(|e| e.to_string())?;
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(l)
+}
+
+#[test]
+fn a_tenant_allowed_unconfined_is_not_filtered_and_still_cannot_reach_the_agent() -> Result<(), String> {
+    let c = Containerd::start(|s| s.extra = "[tenants.open-vsock]\nallow_unconfined_seccomp = true\n".into())?;
+    let id = "uv1";
+    let run = c.spawn_run_with(id, &["--annotation", "bulwark.io/tenant=open-vsock"], &["sleep", "600"])?;
+    c.wait_running(id)?;
+    // The positive control: a port the host does serve (the probe must see it OPEN, proving
+    // that the container's vsock connections do leave the guest and that OPEN is detected).
+    let control = host_vsock_listener(&c, id, 5000)?;
+    let mut args =
+        vec!["task", "exec", "--exec-id", "v1", id, "bulwark-probe", "seccomp-mode", "keyctl", "socket-vsock"];
+    let targets: Vec<(String, String)> =
+        VSOCK_TARGETS.iter().chain(&[(2, 5000)]).map(|(cid, port)| (cid.to_string(), port.to_string())).collect();
+    for (cid, port) in &targets {
+        args.extend(["vsock-connect", cid.as_str(), port.as_str()]);
+    }
+    let out = c.ctr(&args)?;
+    let accepted = control.accept().is_ok();
+    drop(control);
+    let ctx = format!("{out:?}\n{}", c.diagnostics());
+    assert!(out.status.success(), "{ctx}");
+    let lines = probe_lines(&out.stdout);
+    eprintln!("probe: {lines:#?}");
+    // Unfiltered: keyrings and vsock sockets are there.
+    assert_eq!(lines[..3], ["seccomp-mode 0", "keyctl OK", "socket-vsock OK"], "{ctx}");
+    assert!(lines.contains(&"vsock-connect 2:5000 OPEN".to_string()), "the control port was not reached\n{ctx}");
+    assert!(accepted, "the host listener of the control port saw no connection\n{ctx}");
+    // Nothing else answers: the agent closes connections that are not the host's at once, and
+    // the host listens on no port after the boot handshake.
+    for (cid, port) in VSOCK_TARGETS {
+        let prefix = format!("vsock-connect {cid}:{port} ");
+        let line = lines.iter().find(|l| l.starts_with(&prefix)).ok_or_else(|| format!("no {prefix} line\n{ctx}"))?;
+        let result = &line[prefix.len()..];
+        assert!(
+            !matches!(result, "OPEN" | "DATA" | "OK"),
+            "a container reached vsock {cid}:{port} ({result}): it must be refused or closed\n{ctx}"
+        );
+    }
+    stop(&c, id, run)?;
     c.assert_clean()
 }

@@ -18,9 +18,10 @@ use crate::error::{Error, Result};
 /// Longest READY / OK line accepted.
 pub(crate) const MAX_HANDSHAKE_LINE: usize = 64;
 
-/// Binds the listener for the agent's log connection at `path` (the VMM's socket for guest
-/// connections to the host's LOG_PORT), before the VM starts.
-pub fn bind_log_listener(path: &Path) -> Result<UnixListener> {
+/// Binds a listener for the guest's connections to one host port at `path` (the VMM's
+/// socket for it: LOG_PORT for the agent's READY + logs, TELEMETRY_PORT for its syscall
+/// events), before the VM starts.
+pub fn bind_port_listener(path: &Path) -> Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     UnixListener::bind(path).map_err(|e| Error::io(format!("listening on {}", path.display()), e))
 }

@@ -1,6 +1,7 @@
 //! The boot sequence of a sandbox VM, one step after the other:
 //! VMM helpers (`Vmm::prepare`: for QEMU, vhost-device-vsock then virtiofsd) → the host's
-//! listener for the agent's READY + log connection → the pod network → the VM
+//! listener for the agent's READY + log connection → the telemetry relay (its listener for
+//! the guest's syscall events) → the pod network → the VM
 //! (`Vmm::start`) → READY from the agent (or the VM's exit, or the timeout) → the log
 //! forwarder → CONNECT to the agent's port → Check → SetupSandbox. Then a watcher marks the
 //! sandbox dead when the VM exits.
@@ -76,9 +77,20 @@ impl Sandbox {
         self.cgroup_add(&vmm.processes())?;
         prepared?;
 
-        let listener = handshake::bind_log_listener(&socket.host_port_path(bulwark_protocol::LOG_PORT))?;
-
+        let listener = handshake::bind_port_listener(&socket.host_port_path(bulwark_protocol::LOG_PORT))?;
         let pod = super::lock(&self.pod).clone();
+        // The guest's collector connects out once SetupSandbox turned it on: listen first.
+        if cfg.telemetry.enabled && pod.is_some() {
+            let path = socket.host_port_path(bulwark_protocol::TELEMETRY_PORT);
+            let telemetry = handshake::bind_port_listener(&path)?;
+            let frames = crate::telemetry::FramesPaths {
+                current: state_dir::telemetry_frames(&self.dir),
+                old: state_dir::telemetry_frames_old(&self.dir),
+            };
+            *super::lock(&self.relay) =
+                Some(crate::telemetry::Relay::start(&cfg.telemetry, &self.id, &frames, &self.telemetry, telemetry));
+        }
+
         let mut net = self.network.lock().await;
         if let Some(path) = pod.as_ref().and_then(|p| p.netns.as_ref()) {
             let attached = network::attach(path).await?;
@@ -89,9 +101,13 @@ impl Sandbox {
         if let Some(n) = net.as_mut() {
             n.release_taps();
         }
-        let setup = pod.map(|p| match net.as_ref() {
-            Some(n) => n.setup_request(&p.hostname),
-            None => network::setup_request(&p.hostname, &[], &[]),
+        let setup = pod.map(|p| {
+            let mut req = match net.as_ref() {
+                Some(n) => n.setup_request(&p.hostname),
+                None => network::setup_request(&p.hostname, &[], &[]),
+            };
+            req.telemetry = Some(crate::telemetry::agent_config(&cfg.telemetry)).into();
+            req
         });
         drop(net);
         self.write_pid_file(&vmm.processes());

@@ -32,6 +32,7 @@ use crate::host::Host;
 use crate::jail::cgroup::{self as host_cgroup, CgroupPath, HostCgroup, PodResources};
 use crate::resources::mount::cleanup_mounts_and_dir_with;
 use crate::resources::network::{HostNetwork, PodConfig};
+use crate::telemetry;
 use crate::vmm::{self, ExitWatch, Vmm};
 
 /// Where a sandbox is in its life.
@@ -103,6 +104,10 @@ pub struct Sandbox {
     cgroup_plan: std::sync::Mutex<Option<(CgroupPath, PodResources)>>,
     /// The host cgroup (jail/cgroup.rs), once created at boot; removed on teardown.
     host_cgroup: std::sync::Mutex<Option<Arc<HostCgroup>>>,
+    /// Who the guest's syscall events belong to: the pod, and its containers by id.
+    telemetry: telemetry::Identity,
+    /// The relay of the guest's syscall events (telemetry/), from boot to teardown.
+    relay: std::sync::Mutex<Option<telemetry::Relay>>,
     /// The pod's identity from the sandbox container's spec, for `sandbox.json` (info.rs).
     identity: std::sync::Mutex<info::SandboxInfo>,
 }
@@ -159,6 +164,8 @@ impl Sandbox {
             network: Mutex::new(None),
             cgroup_plan: std::sync::Mutex::new(None),
             host_cgroup: std::sync::Mutex::new(None),
+            telemetry: telemetry::Identity::default(),
+            relay: std::sync::Mutex::new(None),
             identity: std::sync::Mutex::new(info::SandboxInfo::default()),
         })
     }
@@ -196,10 +203,17 @@ impl Sandbox {
         self.vm_exit.get().cloned()
     }
 
+    /// Who the guest's syscall events belong to (the shim's verbs add and remove containers).
+    pub fn telemetry(&self) -> &telemetry::Identity {
+        &self.telemetry
+    }
+
     /// Records the pod settings (hostname, netns) of the sandbox container's spec; `boot`
     /// attaches the network and sends them to the agent.
     pub fn set_pod_config(&self, spec: &oci_spec::runtime::Spec) -> Result<()> {
         let pod = PodConfig::from_spec(spec)?;
+        let node = telemetry::node_name(&self.cfg.telemetry);
+        self.telemetry.set_pod(&node, &self.id, &spec.annotations().clone().unwrap_or_default());
         let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let plan = match cgroups_path {
             Some(p) => {
@@ -250,6 +264,9 @@ impl Sandbox {
         self.vmm.lock().await.stop().await;
         if let Some(h) = lock(&self.log_task).take() {
             h.abort();
+        }
+        if let Some(mut relay) = lock(&self.relay).take() {
+            relay.stop();
         }
         // After the VM is gone (its tap fds closed): remove the tc redirects and any tap left.
         if let Some(net) = self.network.lock().await.take() {

@@ -106,10 +106,13 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     };
 
     let unconfined = tenant.policy.allow_unconfined_seccomp;
+    // Known to the telemetry relay before its first process runs.
+    sandbox.telemetry().add_container(&req.id, &annotations);
     let in_guest = match create_in_vm(&cfg, &req, raw_spec, &sandbox, boot, &mounts.shared, unconfined).await {
         Ok(x) => x,
         Err(e) => {
             tracing::error!("creating container {}: {e}", req.id);
+            sandbox.telemetry().remove_container(&req.id);
             // VM first (virtiofsd lets go of the rootfs), then the mounts.
             undo_sandbox(sandbox).await;
             let m = mounts.clone();

@@ -19,6 +19,9 @@ pub async fn delete(svc: &Service, req: api::DeleteRequest) -> Result<api::Delet
         let _g = svc.lifecycle.lock().await;
         let c = svc.container(&req.id)?;
         let d = c.delete(&c.init).await?;
+        if let Some(sb) = svc.sandbox(&c.sandbox_id) {
+            sb.telemetry().remove_container(&c.id);
+        }
         if svc.remove_container(&c) {
             if let Some(sb) = svc.remove_sandbox(&c.sandbox_id) {
                 sb.teardown().await;
