@@ -17,7 +17,7 @@ mode=${1:-install}
 HOST_ROOT=${BULWARK_HOST_ROOT:-/host}
 PAYLOAD=${BULWARK_PAYLOAD:-/opt/bulwark-payload}
 INSTALL_NODE=${BULWARK_INSTALL_NODE:-/opt/bulwark-install/install-node}
-DONE=/tmp/bulwark-node-done
+DONE=${BULWARK_DONE_FILE:-/tmp/bulwark-node-done}
 
 [ -d "$HOST_ROOT/etc" ] || { echo "entrypoint: the node's root is not mounted at $HOST_ROOT" >&2; exit 1; }
 : "${NODE_NAME:?NODE_NAME must name the node (the DaemonSet passes spec.nodeName)}"
@@ -35,6 +35,7 @@ case $mode in
     exit 2 ;;
 esac
 touch "$DONE"
-trap 'exit 0' TERM INT
 sleep infinity &
-wait
+sleeper=$!
+trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM INT
+wait "$sleeper"

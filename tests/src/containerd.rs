@@ -104,7 +104,11 @@ impl Containerd {
         )?;
         let containerd =
             process::which("containerd").ok_or("containerd not found on PATH: apt-get install containerd")?;
-        let node = install_node(&artifacts, &dir, &config, &containerd, &mut shim)?;
+        let node = install_node(&artifacts, &dir, &config, &containerd, &mut shim).inspect_err(|_| {
+            if std::env::var_os("BULWARK_KEEP_TEST_DIRS").is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        })?;
         let child = spawn_containerd(&dir, &config, &node)?;
         let mut c =
             Containerd { dir, socket, shim, node, artifacts, child, events: Arc::default(), events_child: None };

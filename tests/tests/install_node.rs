@@ -317,3 +317,105 @@ fn the_installed_config_is_the_shims_defaults_with_the_installed_paths() -> Resu
     assert_eq!(p.runtime_dir, Path::new("/srv/n/run/bulwark"));
     Ok(())
 }
+
+/// The DaemonSet's way: `entrypoint.sh install` runs install-node with `--host-root` against a
+/// node whose `/` is mounted at a second place, and containerd's checks run in the node's
+/// namespaces (`nsenter --target 1`). The node here is this host seen from a private mount and
+/// PID namespace whose /etc is an overlay and whose /opt, /usr/local and /var/lib are empty
+/// tmpfs (so nothing reaches the real host), with a containerd config of its own; PID 1 there
+/// is the namespace's shell. Files must land on the node, the configs name the node's paths
+/// (never the mount point), `bulwark check` on the node passes, and `entrypoint.sh uninstall`
+/// restores the config byte for byte and leaves no Bulwark file.
+#[test]
+fn the_daemonset_entrypoint_installs_on_the_node_root_and_uninstalls() -> Result<(), String> {
+    let a = Artifacts::locate()?;
+    let root = Root::new("host-root");
+    let t = &root.0;
+    let real_manifest = Path::new("/var/lib/bulwark/install/manifest");
+    let installed_before = real_manifest.exists();
+    let out = process::run(
+        Command::new(script())
+            .arg("--bin-dir")
+            .arg(&a.shim_dir)
+            .arg("--kernel")
+            .arg(&a.kernel)
+            .arg("--initrd")
+            .arg(&a.initrd)
+            .arg("--virtiofsd")
+            .arg(&a.virtiofsd)
+            .arg("--vhost-device-vsock")
+            .arg(&a.vhost_device_vsock)
+            .arg("--payload")
+            .arg(t.join("payload")),
+        Duration::from_secs(60),
+    )?;
+    assert!(out.status.success(), "--payload: {}", out.stderr);
+    assert_eq!(real_manifest.exists(), installed_before, "--payload only copies: it installed nothing on this host");
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""), "--payload is quiet");
+    let containerd = ContainerdVersion::V1.bin_dir()?.join("containerd");
+    let config = existing_config(2, t);
+    let entrypoint = bulwark_e2e::repo_root().join("runtimeclass/install/entrypoint.sh");
+    let node_script = r#"
+        set -euo pipefail
+        mount --make-rprivate /
+        mkdir -p "$T/etc-up" "$T/etc-work" "$T/host"
+        mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work" /etc
+        for d in /opt /usr/local /var/lib; do mount -t tmpfs tmpfs "$d"; done
+        for d in /etc /opt /usr/local /var/lib; do
+            case $(findmnt -n -o FSTYPE --mountpoint "$d") in overlay|tmpfs) ;; *) echo "no private $d" >&2; exit 90 ;; esac
+        done
+        rm -rf /etc/bulwark
+        mkdir -p /etc/containerd
+        printf '%s' "$CONFIG" >/etc/containerd/config.toml
+        cp -p /etc/containerd/config.toml "$T/before.toml"
+        mount --rbind / "$T/host"
+        run() { # the entrypoint until it reports done, then SIGTERM as the kubelet does
+            rm -f "$T/done"
+            BULWARK_HOST_ROOT="$T/host" BULWARK_DONE_FILE="$T/done" "$ENTRYPOINT" "$@" &
+            local pid=$! i
+            for i in $(seq 1 600); do [ -f "$T/done" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            [ -f "$T/done" ] || { wait "$pid"; echo "entrypoint $1 ended without being done" >&2; exit 91; }
+            kill -TERM "$pid"; wait "$pid"
+        }
+        run install --containerd "$CONTAINERD" --no-label --no-restart
+        cp /etc/containerd/config.toml "$T/installed.toml"
+        cp /etc/bulwark/config.toml "$T/bulwark.toml"
+        readlink /usr/local/bin/containerd-shim-bulwark-v2 >"$T/link"
+        PATH="/usr/local/bin:$PATH" /usr/local/bin/bulwark check --quick --json --containerd "$CONTAINERD" >"$T/check.json" || true
+        run uninstall --no-restart
+        cmp /etc/containerd/config.toml "$T/before.toml" || { echo "config not restored" >&2; exit 92; }
+        for p in /opt/bulwark /etc/bulwark /var/lib/bulwark /usr/local/bin/bulwark /usr/local/bin/containerd-shim-bulwark-v2; do
+            if [ -e "$p" ] || [ -L "$p" ]; then echo "left after uninstall: $p" >&2; exit 93; fi
+        done
+    "#;
+    let out = process::run(
+        Command::new("unshare")
+            .args(["--mount", "--pid", "--fork", "--mount-proc", "bash", "-c", node_script])
+            .env("T", t)
+            .env("CONFIG", &config)
+            .env("CONTAINERD", &containerd)
+            .env("ENTRYPOINT", &entrypoint)
+            .env("BULWARK_PAYLOAD", t.join("payload"))
+            .env("BULWARK_INSTALL_NODE", script())
+            .env("NODE_NAME", "node-1"),
+        Duration::from_secs(180),
+    )?;
+    assert!(out.status.success(), "the node script failed ({:?}): {}{}", out.status, out.stdout, out.stderr);
+    let read = |name: &str| std::fs::read_to_string(t.join(name)).map_err(|e| format!("{name}: {e}"));
+    let installed = read("installed.toml")?;
+    assert!(
+        installed.contains("runtime_path = \"/opt/bulwark/bin/containerd-shim-bulwark-v2\""),
+        "the node's path, not the mount point's:\n{installed}"
+    );
+    let cfg = read("bulwark.toml")?;
+    assert!(
+        cfg.contains("kernel = \"/opt/bulwark/share/vmlinux\"") && !cfg.contains(&t.display().to_string()),
+        "{cfg}"
+    );
+    assert!(cfg.contains("node_name = \"node-1\""), "telemetry names the node: {cfg}");
+    assert_eq!(read("link")?.trim(), "/opt/bulwark/bin/containerd-shim-bulwark-v2");
+    let report: serde_json::Value = serde_json::from_str(&read("check.json")?).map_err(|e| e.to_string())?;
+    assert_eq!(report["ready"], true, "bulwark check on the node: {report:#}");
+    assert!(!t.join("etc-up/bulwark").exists(), "uninstall removed /etc/bulwark from the node");
+    Ok(())
+}
