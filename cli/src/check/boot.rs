@@ -12,7 +12,7 @@ use bulwark_shim::sandbox::boot::probe_boot;
 use bulwark_shim::vmm::accel::PROBE_TIMEOUT;
 use bulwark_shim::vmm::Accel;
 
-use super::Outcome;
+use super::outcome::Outcome;
 
 /// How to give the node usable KVM, with what is wrong with /dev/kvm's permissions if that is
 /// visible: QEMU runs as the sandbox uid with /dev/kvm's group added (docs/jail.md).
@@ -147,7 +147,7 @@ pub fn kvm_and_boot(cfg: &Config, create: Result<(), String>, can_boot: Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::Status;
+    use crate::check::outcome::Status;
 
     fn cfg(accel: Acceleration, fallback: bool) -> Config {
         let mut c = Config::default();

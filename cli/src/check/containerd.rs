@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bulwark_shim::config::DEFAULT_CONFIG_PATH;
 
-use super::{command, Outcome};
+use super::command;
+use super::outcome::Outcome;
 use crate::node::Node;
 
 const SHIM: &str = "containerd-shim-bulwark-v2";
@@ -176,7 +177,7 @@ pub fn checks(containerd: &Path, config: &Path, node: Option<&Node>) -> Vec<Outc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::Status;
+    use crate::check::outcome::Status;
 
     #[test]
     fn the_runtime_is_found_in_either_format_and_checked() {

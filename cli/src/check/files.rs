@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bulwark_shim::config::Config;
 
-use super::{command, Outcome};
+use super::command;
+use super::outcome::Outcome;
 
 const REINSTALL: &str = "scripts/install-node installs it (or correct the path in the configuration)";
 
@@ -156,7 +157,7 @@ pub fn checks(cfg: &Config) -> Vec<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::Status;
+    use crate::check::outcome::Status;
 
     #[test]
     fn missing_unreadable_and_mismatched_files_fail_with_a_fix() {

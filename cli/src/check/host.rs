@@ -5,7 +5,7 @@
 use bulwark_host_cgroup::Hierarchy;
 use bulwark_shim::config::Config;
 
-use super::Outcome;
+use super::outcome::Outcome;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -6,13 +6,15 @@
 //! The checks, in order: the configuration (`node.rs`), root, the binaries and the guest image
 //! with its protocol version and the runtime directory (`files.rs`), KVM, seccomp and cgroup v2
 //! (`host.rs`), containerd and its configuration (`containerd.rs`), and a real boot of a VM
-//! through the shim's own boot probe (`boot.rs`; `--quick` skips it).
+//! through the shim's own boot probe (`boot.rs`; `--quick` skips it). Each result is an
+//! `Outcome` (`outcome.rs`); programs are run bounded (`command.rs`).
 
 mod boot;
 mod command;
 mod containerd;
 mod files;
 mod host;
+mod outcome;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::text::clean;
 use crate::NodeArgs;
+pub use outcome::{Outcome, Status};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -45,43 +48,6 @@ pub struct CheckArgs {
     /// Show the shim's log lines during the test boot.
     #[arg(long, short)]
     pub verbose: bool,
-}
-
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    /// Pods run, with a caveat.
-    Warn,
-    /// Pods cannot run (as configured).
-    Fail,
-    /// Not run (said why).
-    Skipped,
-}
-
-/// One check's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
-    pub check: &'static str,
-    pub status: Status,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-impl Outcome {
-    pub fn ok(check: &'static str, detail: impl Into<String>) -> Outcome {
-        Outcome { check, status: Status::Ok, detail: detail.into(), fix: None }
-    }
-    pub fn warn(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Outcome {
-        Outcome { check, status: Status::Warn, detail: detail.into(), fix: Some(fix.into()) }
-    }
-    pub fn fail(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Outcome {
-        Outcome { check, status: Status::Fail, detail: detail.into(), fix: Some(fix.into()) }
-    }
-    pub fn skipped(check: &'static str, why: impl Into<String>) -> Outcome {
-        Outcome { check, status: Status::Skipped, detail: why.into(), fix: None }
-    }
 }
 
 #[derive(Debug, Serialize)]
