@@ -3,7 +3,8 @@
 //! left nothing behind (processes, sockets, mounts, state directories). For the CRI tests:
 //! `cri` starts containerd 1.6 or 2.x with its CRI plugin and a private CNI network (`cni`),
 //! `cri_client` drives it like kubelet, `cri_stream` speaks the streaming protocol for
-//! interactive exec and attach.
+//! interactive exec and attach. `faults` has what the fault and hostile-guest tests share
+//! (the test guest modes, a bystander pod, events, memory).
 //!
 //! Nothing here is faked: containerd, ctr, QEMU, virtiofsd and vhost-device-vsock are the real
 //! programs. When one is missing the test fails with a message saying what to install or build.
@@ -13,6 +14,7 @@ pub mod containerd;
 pub mod cri;
 pub mod cri_client;
 pub mod cri_stream;
+pub mod faults;
 pub mod kubelet;
 pub mod leftovers;
 pub mod podnet;
