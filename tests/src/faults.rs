@@ -272,9 +272,16 @@ pub fn shim_pid(dir: &Path, sandbox_id: &str) -> Option<i32> {
 /// (QEMU, virtiofsd, vhost-device-vsock name the sandbox's state directory).
 pub fn sandbox_processes(runtime_dir: &Path, sandbox_id: &str, program: &str) -> Vec<leftovers::Proc> {
     let needle = format!("{}/", runtime_dir.display());
+    // The state directory's path ends a word (QEMU's `-name <dir>`) or goes on (`<dir>/vm/...`).
+    let dir = format!("/{sandbox_id}");
+    let names_dir = |cmdline: &str| {
+        cmdline
+            .match_indices(&dir)
+            .any(|(i, _)| matches!(cmdline[i + dir.len()..].chars().next(), None | Some('/' | ' ')))
+    };
     leftovers::vm_processes(&needle)
         .into_iter()
-        .filter(|p| p.cmdline.contains(program) && p.cmdline.contains(&format!("/{sandbox_id}/")))
+        .filter(|p| p.cmdline.contains(program) && names_dir(&p.cmdline))
         .collect()
 }
 
