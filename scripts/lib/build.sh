@@ -27,38 +27,13 @@ bulwark_require_root() {
     fi
 }
 
-# Writes a Bulwark shim config (/etc/bulwark/config.toml format) for this checkout's build
-# outputs to $1, with runtime_dir $2.
-bulwark_write_config() {
-    local out=$1 runtime_dir=$2
-    cat >"$out" <<TOML
-[paths]
-qemu = "$(command -v qemu-system-x86_64)"
-virtiofsd = "$BULWARK_TOOLS_BIN/virtiofsd"
-vhost_device_vsock = "$BULWARK_TOOLS_BIN/vhost-device-vsock"
-kernel = "$BULWARK_BUILD/guest/vmlinux"
-initrd = "$BULWARK_BUILD/guest/initramfs.cpio"
-runtime_dir = "$runtime_dir"
-
-[vm]
-vcpus = 1
-memory_mib = 256
-acceleration = "auto"
-boot_timeout_secs = 120
-
-[tenant]
-# bind mount sources (and containerd's own files) live under the private containerd's directory
-host_paths = ["$(dirname "$runtime_dir")"]
-TOML
-}
-
 # Starts a private containerd under directory $1 (config, root, state, socket $1/c.sock, log
-# $1/containerd.log) with the shim from this checkout on its PATH and BULWARK_CONFIG=$1/bulwark.toml.
-# Sets BULWARK_CONTAINERD_PID.
+# $1/containerd.log) with Bulwark installed into $1 by scripts/install-node --root (the same
+# install logic as a node's: $1/opt/bulwark, $1/etc/bulwark/config.toml, the runtime handler in
+# $1/containerd.toml), the demo's VM size and timeout on top. Sets BULWARK_CONTAINERD_PID.
 bulwark_start_containerd() {
     local dir=$1
     mkdir -p "$dir"
-    bulwark_write_config "$dir/bulwark.toml" "$dir/r"
     cat >"$dir/containerd.toml" <<TOML
 version = 2
 root = "$dir/root"
@@ -69,7 +44,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$dir/c.sock.ttrpc"
 TOML
-    PATH="$BULWARK_REPO/target/debug:$PATH" BULWARK_CONFIG="$dir/bulwark.toml" \
+    "$BULWARK_REPO/scripts/install-node" --root "$dir" --containerd-config "$dir/containerd.toml" --link \
+        --runtime-dir "$dir/r" --set vm.memory_mib=256 --set vm.boot_timeout_secs=120 \
+        --set "tenant.host_paths=[\"$dir\"]" || return 1
+    PATH="$dir/usr/local/bin:$PATH" BULWARK_CONFIG="$dir/etc/bulwark/config.toml" \
         containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
     BULWARK_CONTAINERD_PID=$!
     local i

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod process;
 pub mod reach;
 pub mod seccomp;
+pub mod systemd;
 #[cfg(test)]
 pub mod testing;
 pub mod uid;
