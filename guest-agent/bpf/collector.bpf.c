@@ -11,8 +11,9 @@
  *   sched_process_exec   a successful execve/execveat: exe path, argv from the new image's
  *                        memory, cwd (sys_exit skips successful execs).
  *   sched_process_fork   the child's pid as the guest's root namespace sees it, for the fork
- *                        family's result.
- *   sched_process_exit   the last thread of a process exits.
+ *                        family's result; children of tracked processes are tracked.
+ *   sched_process_exit   the last thread of a tracked process (one that ran an execve in a
+ *                        watched container, or a descendant) exits.
  * Records go to the ring buffer `events`; a full ring buffer is counted in `lost`. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -75,6 +76,16 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+/* Processes that ran an execve in a watched container, and their descendants (by tgid):
+ * only their exits are reported (at exit the executable is gone, so is_agent() cannot tell
+ * libcontainer's helpers, which never exec, from the tenant's processes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} tracked SEC(".maps");
 
 struct pending {
 	__u64 args[6];
@@ -784,6 +795,9 @@ int BPF_PROG(sched_process_exec, struct task_struct *p, pid_t old_pid, struct li
 	__u64 cg = container_cgroup(task);
 	if (!cg)
 		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u8 one = 1;
+	bpf_map_update_elem(&tracked, &tgid, &one, BPF_ANY);
 	__u32 type = ET_EXECVE;
 	__u64 flags = 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -823,6 +837,14 @@ int BPF_PROG(sched_process_fork, struct task_struct *parent, struct task_struct 
 	struct pending *pp = bpf_map_lookup_elem(&pending, &tid);
 	if (pp)
 		pp->child = BPF_CORE_READ(child, pid);
+	/* A new process (not a thread) of a tracked one is tracked too. */
+	__u32 child_pid = BPF_CORE_READ(child, pid);
+	__u32 child_tgid = BPF_CORE_READ(child, tgid);
+	__u32 parent_tgid = BPF_CORE_READ(parent, tgid);
+	if (child_pid == child_tgid && bpf_map_lookup_elem(&tracked, &parent_tgid)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&tracked, &child_tgid, &one, BPF_ANY);
+	}
 	return 0;
 }
 
@@ -838,8 +860,12 @@ int BPF_PROG(sched_process_exit, struct task_struct *p)
 	/* Only when the whole process is gone (its last thread). */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!bpf_map_lookup_elem(&tracked, &tgid))
+		return 0;
+	bpf_map_delete_elem(&tracked, &tgid);
 	__u64 cg = container_cgroup(task);
-	if (!cg || is_agent(task, cfg))
+	if (!cg)
 		return 0;
 	struct scratch *s = begin(ET_EXIT, cg, task);
 	if (!s)

@@ -3,6 +3,8 @@
 #   - the host binaries (shim) in target/debug,
 #   - the static guest agent in target/x86_64-unknown-linux-gnu/release,
 #   - the guest image ($BULWARK_BUILD/guest: vmlinux, initramfs.cpio, kernel-release),
+#   - the test guest image ($BULWARK_BUILD/guest-test: the same, its agent built with the
+#     feature test-modes: hostile guests on demand for the fault tests; never for production),
 #   - the busybox and pause test images ($BULWARK_BUILD/images/{busybox,pause}-oci.tar).
 # Source after scripts/lib/deps.sh (it sets BULWARK_REPO, BULWARK_BUILD, BULWARK_TOOLS_BIN);
 # call bulwark_build.
@@ -11,10 +13,21 @@ bulwark_build() {
     (
         cd "$BULWARK_REPO"
         cargo build --quiet --workspace --bins --tests
-        RUSTFLAGS="-C target-feature=+crt-static" \
-            LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-            cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent
-        images/build-guest-image target/x86_64-unknown-linux-gnu/release/bulwark-agent "$BULWARK_BUILD/guest"
+        local agent=target/x86_64-unknown-linux-gnu/release/bulwark-agent
+        local static=(env RUSTFLAGS="-C target-feature=+crt-static"
+            LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu)
+        # The test agent first, copied aside; the production agent last, so $agent is always it.
+        "${static[@]}" cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent --features test-modes
+        mkdir -p "$BULWARK_BUILD/guest-test"
+        cp "$agent" "$BULWARK_BUILD/guest-test/bulwark-agent.new"
+        mv -f "$BULWARK_BUILD/guest-test/bulwark-agent.new" "$BULWARK_BUILD/guest-test/bulwark-agent"
+        "${static[@]}" cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent
+        if grep -qaF -e kill-agent-after-start -e huge-replies -e 'TEST MODE' "$agent"; then
+            echo "error: the production agent $agent has test modes compiled in" >&2
+            return 1
+        fi
+        images/build-guest-image "$agent" "$BULWARK_BUILD/guest"
+        images/build-guest-image "$BULWARK_BUILD/guest-test/bulwark-agent" "$BULWARK_BUILD/guest-test"
         images/build-test-image "$BULWARK_BUILD/images"
     )
 }
@@ -27,38 +40,13 @@ bulwark_require_root() {
     fi
 }
 
-# Writes a Bulwark shim config (/etc/bulwark/config.toml format) for this checkout's build
-# outputs to $1, with runtime_dir $2.
-bulwark_write_config() {
-    local out=$1 runtime_dir=$2
-    cat >"$out" <<TOML
-[paths]
-qemu = "$(command -v qemu-system-x86_64)"
-virtiofsd = "$BULWARK_TOOLS_BIN/virtiofsd"
-vhost_device_vsock = "$BULWARK_TOOLS_BIN/vhost-device-vsock"
-kernel = "$BULWARK_BUILD/guest/vmlinux"
-initrd = "$BULWARK_BUILD/guest/initramfs.cpio"
-runtime_dir = "$runtime_dir"
-
-[vm]
-vcpus = 1
-memory_mib = 256
-acceleration = "auto"
-boot_timeout_secs = 120
-
-[tenant]
-# bind mount sources (and containerd's own files) live under the private containerd's directory
-host_paths = ["$(dirname "$runtime_dir")"]
-TOML
-}
-
 # Starts a private containerd under directory $1 (config, root, state, socket $1/c.sock, log
-# $1/containerd.log) with the shim from this checkout on its PATH and BULWARK_CONFIG=$1/bulwark.toml.
-# Sets BULWARK_CONTAINERD_PID.
+# $1/containerd.log) with Bulwark installed into $1 by scripts/install-node --root (the same
+# install logic as a node's: $1/opt/bulwark, $1/etc/bulwark/config.toml, the runtime handler in
+# $1/containerd.toml), the demo's VM size and timeout on top. Sets BULWARK_CONTAINERD_PID.
 bulwark_start_containerd() {
     local dir=$1
     mkdir -p "$dir"
-    bulwark_write_config "$dir/bulwark.toml" "$dir/r"
     cat >"$dir/containerd.toml" <<TOML
 version = 2
 root = "$dir/root"
@@ -69,7 +57,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$dir/c.sock.ttrpc"
 TOML
-    PATH="$BULWARK_REPO/target/debug:$PATH" BULWARK_CONFIG="$dir/bulwark.toml" \
+    "$BULWARK_REPO/scripts/install-node" --root "$dir" --containerd-config "$dir/containerd.toml" --link \
+        --runtime-dir "$dir/r" --set vm.memory_mib=256 --set vm.boot_timeout_secs=120 \
+        --set "tenant.host_paths=[\"$dir\"]" || return 1
+    PATH="$dir/usr/local/bin:$PATH" BULWARK_CONFIG="$dir/etc/bulwark/config.toml" \
         containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
     BULWARK_CONTAINERD_PID=$!
     local i

@@ -14,7 +14,8 @@
 //!   streams), `resources/` (rootfs, volumes, mount cleanup, pod network), `jail/` (host
 //!   confinement of the VMM, a room), `host/` (trait `Host`: child processes, mounts),
 //!   `telemetry/` (the relay of the guest's syscall events to the node).
-//! - `config.rs` (the node configuration) and `error.rs` (typed errors) at the bottom.
+//! - `config.rs` (the node configuration, public: the `bulwark` CLI reads it too) and
+//!   `error.rs` (typed errors) at the bottom.
 //!
 //! No module imports one above it; `scripts/module-deps` lists the edges and fails on a cycle.
 //!
@@ -22,7 +23,7 @@
 //! containerd-shim's logger writes to containerd's shim log. No tracing subscriber here.
 
 mod agent;
-mod config;
+pub mod config;
 mod container;
 mod error;
 #[doc(hidden)]

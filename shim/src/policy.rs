@@ -26,10 +26,13 @@ pub const NAMESPACE_ANNOTATION: &str = "io.kubernetes.cri.sandbox-namespace";
 pub const MAX_BANDWIDTH_MBIT: u32 = 100_000;
 
 /// Every annotation the shim reads. The sizing ones only size the VM (within the node's
-/// bounds and the tenant's ceilings); the sandbox id only groups containers into pods.
+/// bounds and the tenant's ceilings); the sandbox id only groups containers into pods; the
+/// pod's name and uid are only recorded for operator tools (sandbox/info.rs).
 pub const READ_ANNOTATIONS: &[&str] = &[
     "io.kubernetes.cri.sandbox-id",
     NAMESPACE_ANNOTATION,
+    "io.kubernetes.cri.sandbox-name",
+    "io.kubernetes.cri.sandbox-uid",
     "io.kubernetes.cri.sandbox-cpu-quota",
     "io.kubernetes.cri.sandbox-cpu-period",
     "io.kubernetes.cri.sandbox-memory",

@@ -1,6 +1,7 @@
 //! A private, real containerd (the Debian package) for one test: its own root, state, socket
-//! and Bulwark configuration, under a short directory in /tmp (unix socket paths are short).
-//! Dropping it removes every sandbox it still has, stops containerd and deletes the directory.
+//! and Bulwark, installed by `scripts/install-node --root` (install.rs) under a short directory
+//! in /tmp (unix socket paths are short). Dropping it removes every sandbox it still has, stops
+//! containerd and deletes the directory.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::install::{install_node, Installed};
 use crate::leftovers;
 use crate::process::{self, Output};
 use crate::{Artifacts, RUNTIME, TEST_IMAGE};
@@ -18,7 +20,8 @@ pub const NAMESPACE: &str = "bulwark-e2e";
 /// Upper bound for one `ctr` command (a VM boot under TCG on a busy 2-core machine included).
 pub const CTR_LIMIT: Duration = Duration::from_secs(240);
 
-/// The Bulwark shim configuration a test runs with (`/etc/bulwark/config.toml` format).
+/// The Bulwark shim configuration a test runs with: what `scripts/install-node` is told on top
+/// of its own defaults (install.rs). After the install, the paths name the installed files.
 #[derive(Debug, Clone)]
 pub struct ShimConfig {
     pub qemu: PathBuf,
@@ -34,7 +37,8 @@ pub struct ShimConfig {
     /// `[tenant] host_paths`: where the test's bind mount sources (and containerd's own
     /// files) live: the test's directory.
     pub host_paths: Vec<PathBuf>,
-    /// Appended to the file as is (it continues the `[vm]` table; may open others).
+    /// More TOML, as if it continued the `[vm]` table (it may open others): each key is passed
+    /// on as a `--set`.
     pub extra: String,
 }
 
@@ -57,27 +61,6 @@ impl ShimConfig {
             extra: String::new(),
         }
     }
-
-    /// The configuration file text (`/etc/bulwark/config.toml` format).
-    pub fn render(&self) -> String {
-        format!(
-            "[paths]\nqemu = {:?}\nvirtiofsd = {:?}\nvhost_device_vsock = {:?}\nkernel = {:?}\n\
-             initrd = {:?}\nruntime_dir = {:?}\n\n[vm]\nvcpus = {}\nmemory_mib = {}\n\
-             acceleration = {:?}\nboot_timeout_secs = {}\n{}\n[tenant]\nhost_paths = {:?}\n",
-            self.qemu,
-            self.virtiofsd,
-            self.vhost_device_vsock,
-            self.kernel,
-            self.initrd,
-            self.runtime_dir,
-            self.vcpus,
-            self.memory_mib,
-            self.acceleration,
-            self.boot_timeout_secs,
-            self.extra,
-            self.host_paths
-        )
-    }
 }
 
 /// A running containerd with Bulwark configured.
@@ -86,6 +69,8 @@ pub struct Containerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub shim: ShimConfig,
+    /// Where scripts/install-node put Bulwark (below `dir`).
+    pub node: Installed,
     pub artifacts: Artifacts,
     child: Child,
     events: Arc<Mutex<Vec<String>>>,
@@ -105,8 +90,6 @@ impl Containerd {
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let mut shim = ShimConfig::for_test(&artifacts, &dir);
         adjust(&mut shim);
-        let shim_config = dir.join("bulwark.toml");
-        write(&shim_config, &shim.render())?;
         let socket = dir.join("c.sock");
         let config = dir.join("containerd.toml");
         write(
@@ -119,8 +102,16 @@ impl Containerd {
                 d = dir.display()
             ),
         )?;
-        let child = spawn_containerd(&dir, &config, &shim_config, &artifacts)?;
-        let mut c = Containerd { dir, socket, shim, artifacts, child, events: Arc::default(), events_child: None };
+        let containerd =
+            process::which("containerd").ok_or("containerd not found on PATH: apt-get install containerd")?;
+        let node = install_node(&artifacts, &dir, &config, &containerd, &mut shim).inspect_err(|_| {
+            if std::env::var_os("BULWARK_KEEP_TEST_DIRS").is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        })?;
+        let child = spawn_containerd(&dir, &config, &node)?;
+        let mut c =
+            Containerd { dir, socket, shim, node, artifacts, child, events: Arc::default(), events_child: None };
         c.wait_up()?;
         c.watch_events()?;
         let import = c.ctr(&["images", "import", &c.artifacts.test_image.to_string_lossy()])?;
@@ -153,8 +144,7 @@ impl Containerd {
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         process::wait_bounded(&mut self.child, Duration::from_secs(20))?;
-        let (config, shim_config) = (self.dir.join("containerd.toml"), self.dir.join("bulwark.toml"));
-        self.child = spawn_containerd(&self.dir, &config, &shim_config, &self.artifacts)?;
+        self.child = spawn_containerd(&self.dir, &self.dir.join("containerd.toml"), &self.node)?;
         self.wait_up()?;
         self.watch_events()
     }
@@ -305,21 +295,18 @@ impl Containerd {
     }
 }
 
-/// `PATH` for a containerd that must find `containerd-shim-bulwark-v2` (and, with `first`,
-/// that directory's binaries before the system's, e.g. containerd 2.x's runc shim).
-pub fn shim_search_path(artifacts: &Artifacts, first: Option<&Path>) -> String {
-    let mut dirs = vec![artifacts.shim_dir.display().to_string()];
-    if let Some(f) = first {
-        dirs.insert(0, f.display().to_string());
-    }
+/// `PATH` for a containerd: `first` (e.g. containerd 2.x's directory, for its runc shim), then
+/// `bulwark_bin` (where `ctr run --runtime io.containerd.bulwark.v2` finds the shim; the CRI
+/// handler names it with runtime_path instead), then ours.
+pub fn search_path(bulwark_bin: Option<&Path>, first: Option<&Path>) -> String {
+    let mut dirs: Vec<String> = first.into_iter().chain(bulwark_bin).map(|d| d.display().to_string()).collect();
     dirs.push(std::env::var("PATH").unwrap_or_default());
     dirs.join(":")
 }
 
-/// What the Bulwark shim may leave behind for a containerd living under `dir` with the shim's
-/// Starts containerd with `config` and the shim configuration `shim_config`, logging to
+/// Starts containerd with `config` and the installed Bulwark `node`, logging to
 /// `<dir>/containerd.log` (appended: a restart keeps the earlier log).
-fn spawn_containerd(dir: &Path, config: &Path, shim_config: &Path, artifacts: &Artifacts) -> Result<Child, String> {
+fn spawn_containerd(dir: &Path, config: &Path, node: &Installed) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -328,8 +315,8 @@ fn spawn_containerd(dir: &Path, config: &Path, shim_config: &Path, artifacts: &A
     Command::new("containerd")
         .arg("--config")
         .arg(config)
-        .env("PATH", shim_search_path(artifacts, None))
-        .env("BULWARK_CONFIG", shim_config)
+        .env("PATH", search_path(Some(&node.bin_dir), None))
+        .env("BULWARK_CONFIG", &node.shim_config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -337,6 +324,7 @@ fn spawn_containerd(dir: &Path, config: &Path, shim_config: &Path, artifacts: &A
         .map_err(|e| format!("starting containerd: {e} (apt-get install containerd)"))
 }
 
+/// What the Bulwark shim may leave behind for a containerd living under `dir` with the shim's
 /// runtime dir `runtime_dir`: VM-side processes, mounts under the runtime dir, and sandbox
 /// state directories. Empty when all is clean.
 pub fn shim_leftovers(dir: &Path, runtime_dir: &Path) -> Vec<String> {

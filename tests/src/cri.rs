@@ -1,6 +1,7 @@
 //! A private, real containerd with its CRI plugin enabled, for one CRI test: containerd 1.6
 //! (Debian bookworm's, on PATH) or 2.x (Debian sid's, unpacked by scripts/lib/deps.sh), its own
-//! root/state/socket under /tmp, runtime handlers `bulwark` and `runc`, the test pause image
+//! root/state/socket under /tmp, runtime handlers `runc` and `bulwark` (the latter added by
+//! `scripts/install-node --root`, install.rs, as on a node), the test pause image
 //! pinned as sandbox image, a claimed CNI bridge network, and the busybox and pause images
 //! imported into namespace k8s.io. Dropping it stops and removes every pod, stops containerd,
 //! detaches mounts under its directory, deletes the bridge and the directory.
@@ -13,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cni::{Network, CNI_BIN_DIR};
-use crate::containerd::{shim_diagnostics, shim_leftovers, shim_search_path, tail, write, ShimConfig};
+use crate::containerd::{search_path, shim_diagnostics, shim_leftovers, tail, write, ShimConfig};
 use crate::cri_client::CriClient;
+use crate::install::{install_node, Installed};
 use crate::process::{self, Output};
 use crate::{leftovers, Artifacts, PAUSE_IMAGE, TEST_IMAGE};
 
@@ -70,6 +72,8 @@ pub struct CriContainerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub shim: ShimConfig,
+    /// Where scripts/install-node put Bulwark (below `dir`).
+    pub node: Installed,
     pub artifacts: Artifacts,
     pub net: Network,
     pub client: CriClient,
@@ -112,8 +116,6 @@ state = "{d}/state"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.bulwark]
-      runtime_type = "io.containerd.bulwark.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{bin}"
     conf_dir = "{conf}"
@@ -153,8 +155,6 @@ state = "{d}/state"
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.bulwark]
-      runtime_type = "io.containerd.bulwark.v2"
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{bin}"]
     conf_dir = "{conf}"
@@ -220,8 +220,6 @@ impl CriContainerd {
         write(&cni_conf_dir.join("10-bulwark-test.conflist"), &net.conflist(&dir.join("ipam")))?;
         let mut shim = ShimConfig::for_test(&artifacts, &dir);
         adjust(&mut shim);
-        let shim_config = dir.join("bulwark.toml");
-        write(&shim_config, &shim.render())?;
         let settings = Settings { dir: &dir, cni_conf_dir };
         let config = dir.join("containerd.toml");
         write(
@@ -231,13 +229,18 @@ impl CriContainerd {
                 ContainerdVersion::V2 => config_v3(&settings),
             },
         )?;
+        let node = install_node(&artifacts, &dir, &config, &bin_dir.join("containerd"), &mut shim)?;
         let log =
             std::fs::File::create(dir.join("containerd.log")).map_err(|e| format!("creating containerd.log: {e}"))?;
+        // The bulwark handler names its shim with runtime_path, which containerd 2.x follows:
+        // its shim is not on PATH. containerd 1.6 ignores runtime_path when it starts a shim
+        // and looks for containerd-shim-bulwark-v2 on PATH (install-node links it there).
+        let shim_path = (version == ContainerdVersion::V1).then_some(node.bin_dir.as_path());
         let child = Command::new(bin_dir.join("containerd"))
             .arg("--config")
             .arg(&config)
-            .env("PATH", shim_search_path(&artifacts, Some(&bin_dir)))
-            .env("BULWARK_CONFIG", &shim_config)
+            .env("PATH", search_path(shim_path, Some(&bin_dir)))
+            .env("BULWARK_CONFIG", &node.shim_config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -282,7 +285,7 @@ impl CriContainerd {
         }
         let child = early.child.take().ok_or("containerd child lost")?;
         early.armed = false;
-        Ok(CriContainerd { version, dir, socket, shim, artifacts, net, client, log_root, bin_dir, child })
+        Ok(CriContainerd { version, dir, socket, shim, node, artifacts, net, client, log_root, bin_dir, child })
     }
 
     /// Runs this version's `ctr` against this containerd in namespace k8s.io.

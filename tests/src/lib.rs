@@ -1,10 +1,12 @@
-//! Shared helpers for the end-to-end tests: find the built artefacts, start a private real
-//! containerd configured with the Bulwark shim, drive it with `ctr`, and check that a sandbox
+//! Shared helpers for the end-to-end tests: find the built artefacts, install Bulwark into a
+//! private root with `scripts/install-node` (`install`), start a private real containerd
+//! configured with it, drive it with `ctr`, and check that a sandbox
 //! left nothing behind (processes, sockets, mounts, state directories). For the CRI tests:
 //! `cri` starts containerd 1.6 or 2.x with its CRI plugin and a private CNI network (`cni`),
 //! `cri_client` drives it like kubelet, `cri_stream` speaks the streaming protocol for
 //! interactive exec and attach. For escape tests: `canary` (a watched host file, the host
-//! mount table).
+//! mount table). `faults` has what the fault and hostile-guest tests share (the test
+//! guest modes, a bystander pod, events, memory).
 //!
 //! Nothing here is faked: containerd, ctr, QEMU, virtiofsd and vhost-device-vsock are the real
 //! programs. When one is missing the test fails with a message saying what to install or build.
@@ -15,6 +17,8 @@ pub mod containerd;
 pub mod cri;
 pub mod cri_client;
 pub mod cri_stream;
+pub mod faults;
+pub mod install;
 pub mod kubelet;
 pub mod leftovers;
 pub mod podnet;
@@ -34,7 +38,7 @@ pub const PAUSE_IMAGE: &str = "docker.io/bulwark/pause:test";
 /// can be overridden with an environment variable of the same name.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
-    /// Directory that holds `containerd-shim-bulwark-v2`.
+    /// Directory that holds `containerd-shim-bulwark-v2` and `bulwark`.
     pub shim_dir: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -89,6 +93,7 @@ impl Artifacts {
         };
         let build_hint = "run scripts/test, which builds it";
         require(&a.shim_dir.join("containerd-shim-bulwark-v2"), "the shim binary", build_hint)?;
+        require(&a.shim_dir.join("bulwark"), "the bulwark CLI", build_hint)?;
         require(&a.kernel, "the guest kernel", build_hint)?;
         require(&a.initrd, "the guest initramfs", build_hint)?;
         require(&a.test_image, "the busybox test image", build_hint)?;

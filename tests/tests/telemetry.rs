@@ -107,7 +107,8 @@ fn expectations() -> Vec<Expect> {
         },
         Expect {
             what: "/tmp/x is executed",
-            matches: |s, _| s.ty.starts_with("execve") && s.exepath == "/tmp/x",
+            // A script: the path executed is /tmp/x, the program running it the shell.
+            matches: |s, _| s.ty.starts_with("execve") && s.path == "/tmp/x",
             rule: "",
         },
         Expect {
@@ -231,18 +232,22 @@ fn scenario() -> Result<(), String> {
     if started {
         let server = TestServer::start(c.net.gateway, "hello\n", Duration::from_secs(300))?;
         let ctx = Ctx { gateway: c.net.gateway.to_string(), port: server.addr.port() };
-        let actions = [
-            "cat /etc/shadow >/dev/null".to_string(),
-            format!("nc -w 3 {} {} </dev/null >/dev/null", ctx.gateway, ctx.port),
-            "printf '#!/bin/sh\\necho dropped\\n' >/tmp/x && chmod +x /tmp/x && /tmp/x".to_string(),
-            "echo x >/var/log/app.log && rm /var/log/app.log".to_string(),
+        // nc is exec'd by the runtime itself: busybox's sh would start an applet through
+        // /proc/self/exe, and the kernel names such a process "exe" at its execve (it renames
+        // itself afterwards), as Falco would see it too.
+        let (gw, port) = (ctx.gateway.clone(), ctx.port.to_string());
+        let actions: Vec<Vec<&str>> = vec![
+            vec!["sh", "-c", "cat /etc/shadow >/dev/null"],
+            vec!["nc", "-w", "3", &gw, &port],
+            vec!["sh", "-c", "printf '#!/bin/sh\\necho dropped\\n' >/tmp/x && chmod +x /tmp/x && /tmp/x"],
+            vec!["sh", "-c", "echo x >/var/log/app.log && rm /var/log/app.log"],
         ];
         checks.run("the tenant's actions run", || {
             for a in &actions {
-                let r = cl.exec_sync(&id, &["sh", "-c", a], 60)?;
+                let r = cl.exec_sync(&id, a, 60)?;
                 // nc may end non-zero (the server closes first); the others must succeed.
-                if r.exit_code != 0 && !a.starts_with("nc ") {
-                    return Err(format!("`{a}` exited {}: {:?} {:?}", r.exit_code, r.stdout, r.stderr));
+                if r.exit_code != 0 && a[0] != "nc" {
+                    return Err(format!("`{a:?}` exited {}: {:?} {:?}", r.exit_code, r.stdout, r.stderr));
                 }
             }
             Ok(())

@@ -1,9 +1,11 @@
 //! The guest syscall collector end to end: a container in a microVM, run through a real
 //! containerd, does what Falco rules watch for (reads /etc/shadow, makes a file executable and
-//! runs it, connects out with nc, deletes a log file). The agent's eBPF collector, loaded in
-//! the real guest kernel, sends those syscalls over vsock to the shim's relay, which writes
-//! them, enriched, into the sandbox's `telemetry.frames`. The test reads that file while the
-//! container still runs and checks each event's type, path, process names and container id.
+//! runs it, connects out with nc, deletes a log file, executes a memfd). The agent's eBPF
+//! collector, loaded in the real guest kernel, sends those syscalls over vsock to the shim's
+//! relay, which writes them, enriched, into the sandbox's `telemetry.frames`. The test reads
+//! that file while the container still runs and checks each event's type, path, process names
+//! and container id; then that the syscall set is filtered in the guest and that events over
+//! the guest's rate are dropped and reported.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -63,16 +65,18 @@ fn telemetry_log(c: &Containerd) -> String {
 }
 
 /// Starts `script` in container `id` (run by `sh -c`, it should end with `exec sleep 600`),
-/// reads its sandbox's telemetry.frames until `done` holds or [`ARRIVAL_LIMIT`] passes, then
+/// runs `during` once it runs, reads its sandbox's telemetry.frames until `done` holds or [`ARRIVAL_LIMIT`] passes, then
 /// kills and removes the container. Returns the events and whether `done` held.
 fn collect(
     c: &Containerd,
     id: &str,
     script: &str,
+    during: impl FnOnce() -> Result<(), String>,
     done: impl Fn(&[Enriched]) -> bool,
 ) -> Result<(Vec<Enriched>, bool), String> {
     let mut run = c.spawn_run(id, &["sh", "-c", script])?;
     c.wait_running(id)?;
+    during()?;
     let frames = c.shim.runtime_dir.join(NAMESPACE).join(id).join("telemetry.frames");
     let start = Instant::now();
     let mut events = Vec::new();
@@ -107,8 +111,17 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
                   printf '#!/bin/sh\\necho dropped\\n' >/tmp/x; chmod +x /tmp/x && /tmp/x; \
                   sh -c 'nc 10.11.12.1 8080 </dev/null'; \
                   mkdir -p /var/log && touch /var/log/x && rm /var/log/x; \
+                  bulwark-probe memfd-exec; \
                   echo done; exec sleep 600";
 
+    // An exec process joins the container's cgroup: it is watched too.
+    let exec = || {
+        let out = c.ctr(&["task", "exec", "--exec-id", "e1", id, "cat", "/etc/group"])?;
+        if !out.status.success() {
+            return Err(format!("ctr task exec failed: {out:?}"));
+        }
+        Ok(())
+    };
     let expected: Vec<Expect> = vec![
         (
             "the entrypoint's execve (the collector attached before the container started)",
@@ -180,12 +193,34 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
             }),
         ),
         ("an exit", Box::new(|m| ty(m) == EventType::EXIT)),
+        (
+            "memfd_create(\"payload\")",
+            Box::new(|m| ty(m) == EventType::MEMFD_CREATE && m.event.name == "payload" && m.event.res >= 0),
+        ),
+        (
+            "the fileless execveat of the memfd",
+            Box::new(|m| {
+                ty(m) == EventType::EXECVEAT
+                    && m.event.res == 0
+                    && m.event.exe_from_memfd
+                    && m.event.exe_path.starts_with("/memfd:payload")
+                    && m.event.argv == ["true"]
+            }),
+        ),
+        (
+            "the exec process's openat of /etc/group",
+            Box::new(|m| {
+                matches!(ty(m), EventType::OPENAT | EventType::OPENAT2)
+                    && m.event.path == "/etc/group"
+                    && m.event.comm == "cat"
+            }),
+        ),
     ];
 
     let missing_of = |events: &[Enriched]| -> Vec<&str> {
         expected.iter().filter(|(_, f)| !events.iter().any(f)).map(|e| e.0).collect()
     };
-    let (events, _) = collect(&c, id, script, |events| missing_of(events).is_empty())?;
+    let (events, _) = collect(&c, id, script, exec, |events| missing_of(events).is_empty())?;
     let missing = missing_of(&events);
     let listing = describe(&events);
     eprintln!("{} events from the guest:\n{listing}", events.len());
@@ -198,12 +233,21 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
         ));
     }
     // Every event is the container's: the relay's identity and the guest's mapping agree, and
-    // nothing of the agent or the VM's own processes was collected.
+    // nothing of the agent, of libcontainer's helpers (comm youki:...) or of the VM's own
+    // processes was collected.
     for m in &events {
         if m.container_id != id || m.event.container_id != id || m.sandbox_id != id {
             return Err(format!("an event not attributed to {id}: {m:?}\n{listing}"));
         }
+        if m.event.comm.starts_with("youki") || m.event.comm == "init" || m.event.comm == "bulwark-agent" {
+            return Err(format!("an event of the agent or its helpers: {m:?}\n{listing}"));
+        }
     }
+    // busybox re-executing itself for nc is named after the applet, not "exe".
+    assert!(
+        events.iter().any(|m| ty(m) == EventType::EXECVE && m.event.comm == "nc"),
+        "nc's execve is named nc\n{listing}"
+    );
     // The process tree holds together: /tmp/x's parent is the shell that ran the script...
     let exec_x = events.iter().find(|m| ty(m) == EventType::EXECVE && m.event.path == "/tmp/x");
     let script_sh = events.iter().find(|m| ty(m) == EventType::EXECVE && m.event.argv == ["sh", "-c", script]);
@@ -232,7 +276,7 @@ fn only_the_configured_syscalls_are_collected() -> Result<(), String> {
     let script = "cat /etc/passwd >/dev/null; touch /tmp/y; rm /tmp/y; exec sleep 600";
     let unlink_y = |m: &Enriched| ty(m) == EventType::UNLINK && m.event.path == "/tmp/y" && m.event.comm == "rm";
     // Events arrive in order: once rm's unlink is there, everything before it is too.
-    let (events, done) = collect(&c, id, script, |events| events.iter().any(unlink_y))?;
+    let (events, done) = collect(&c, id, script, || Ok(()), |events| events.iter().any(unlink_y))?;
     let listing = describe(&events);
     if !done {
         return Err(format!("no unlink of /tmp/y after {ARRIVAL_LIMIT:?}\n{listing}\n{}", telemetry_log(&c)));
@@ -259,7 +303,7 @@ fn events_over_the_guests_rate_are_dropped_and_reported() -> Result<(), String> 
     let start = Instant::now();
     // The shim's own rate (20000/s) drops nothing here: what `drops` counts is the guest's
     // Drops frames.
-    let (events, done) = collect(&c, id, script, |events| events.iter().any(|m| m.drops > 0))?;
+    let (events, done) = collect(&c, id, script, || Ok(()), |events| events.iter().any(|m| m.drops > 0))?;
     let elapsed = start.elapsed().as_secs() + 1;
     let listing = describe(&events);
     if !done {

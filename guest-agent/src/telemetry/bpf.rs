@@ -233,7 +233,7 @@ mod tests {
         for (name, _) in PROGRAMS {
             assert!(object.progs().any(|p| p.name() == *name), "program {name}");
         }
-        for name in ["events", "containers", "config", "lost", "pending"] {
+        for name in ["events", "containers", "config", "lost", "pending", "tracked"] {
             assert!(object.maps().any(|m| m.name() == name), "map {name}");
         }
     }

@@ -306,6 +306,7 @@ pub fn decode(rec: &[u8], ctx: &Context<'_>) -> Result<Event, RawError> {
     e.name = f.name.map(|n| text(n, MAX_TELEMETRY_NAME)).unwrap_or_default();
     if matches!(ty, EventType::EXECVE | EventType::EXECVEAT) {
         e.exe_from_memfd = e.exe_path.starts_with("/memfd:") && exe_nlink == 0;
+        e.comm = exec_comm(e.comm, &e.path, &e.argv);
     }
 
     let fd_name = f.fd_name.map(|n| text(n, MAX_TELEMETRY_NAME)).unwrap_or_default();
@@ -353,6 +354,20 @@ pub fn decode(rec: &[u8], ctx: &Context<'_>) -> Result<Event, RawError> {
         _ => {}
     }
     Ok(e)
+}
+
+/// The kernel names a process after the file it executes; a multi-call binary re-executing
+/// itself through `/proc/self/exe` (busybox runs its applets so) is named `exe` until it renames
+/// itself. For that case only, the name is argv[0]'s base name, cut to the kernel's 15 bytes,
+/// as the process itself will call itself.
+fn exec_comm(comm: String, path: &str, argv: &[String]) -> String {
+    if comm != "exe" || path != "/proc/self/exe" {
+        return comm;
+    }
+    match argv.first().map(|a| a.rsplit('/').next().unwrap_or(a)) {
+        Some(name) if !name.is_empty() => truncate(name.to_string(), 15),
+        _ => comm,
+    }
 }
 
 /// The `bpf(2)` command's name.
@@ -605,6 +620,30 @@ mod tests {
         r.u64(88, 16).u32(96, 42);
         let e = dec(&r);
         assert_eq!((e.ptrace_request, e.target_pid), (16, 42));
+    }
+
+    #[test]
+    fn a_re_exec_through_proc_self_exe_is_named_after_argv0() {
+        let mut r = Rec::new(1);
+        r.comm(b"exe").field(F_PATH, b"/proc/self/exe").field(F_ARGV, b"nc\x0010.0.0.1\x00");
+        assert_eq!(dec(&r).comm, "nc");
+        let mut r = Rec::new(1);
+        r.comm(b"exe").field(F_PATH, b"/proc/self/exe").field(F_ARGV, b"/usr/bin/a-very-long-applet-name\x00");
+        assert_eq!(dec(&r).comm, "a-very-long-app");
+        // Anything else keeps the kernel's name.
+        for (comm, path, argv) in [
+            (&b"exe"[..], &b"/usr/bin/exe"[..], &b"nc\x00"[..]),
+            (b"cat", b"/proc/self/exe", b"nc\x00"),
+            (b"exe", b"/proc/self/exe", b""),
+            (b"exe", b"/proc/self/exe", b"/\x00"),
+        ] {
+            let mut r = Rec::new(1);
+            r.comm(comm).field(F_PATH, path).field(F_ARGV, argv);
+            assert_eq!(dec(&r).comm.as_bytes(), comm, "{path:?} {argv:?}");
+        }
+        let mut r = Rec::new(3);
+        r.comm(b"exe").field(F_PATH, b"/proc/self/exe");
+        assert_eq!(dec(&r).comm, "exe", "not an exec");
     }
 
     #[test]

@@ -39,6 +39,29 @@ fn example_namespace_is_valid() {
     check("example/hard-tenancy-namespace.yaml", &["1.37.0"]);
 }
 
+/// The node installer (install/): service account, role and binding, and the install and
+/// uninstall DaemonSets, privileged with hostPID and the node's root mounted.
+#[test]
+fn node_install_daemonsets_are_valid() {
+    check("install/daemonset.yaml", &["1.37.0", "1.30.0"]);
+    check("install/uninstall-daemonset.yaml", &["1.37.0", "1.30.0"]);
+    let docs = load_docs("install/daemonset.yaml");
+    let ds = doc(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true, "nsenter into the node's namespaces needs hostPID");
+    assert_eq!(pod["containers"][0]["securityContext"]["privileged"], true);
+    assert_eq!(pod["volumes"][0]["hostPath"]["path"], "/");
+    assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/host", "entrypoint.sh's --host-root");
+    assert_eq!(pod["containers"][0]["args"][0], "install");
+    let un = load_docs("install/uninstall-daemonset.yaml");
+    assert_eq!(doc(&un, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"][0], "uninstall");
+    assert_eq!(
+        doc(&un, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"],
+        pod["serviceAccountName"],
+        "the uninstall DaemonSet uses the installer's service account"
+    );
+}
+
 /// A CRD kind that kubernetes-validate has no schema for: at least it parses, with the kind
 /// and apiVersion Kyverno serves.
 #[test]

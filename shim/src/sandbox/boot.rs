@@ -119,6 +119,7 @@ impl Sandbox {
         };
         self.pid.store(pid, Ordering::SeqCst);
         let _ = self.vm_exit.set(vm_exit.clone());
+        self.write_info(size, accel, pid);
         let name = vmm.name();
         // The hypervisor's own log comes first.
         let hv_log = vmm.logs().into_iter().next();
@@ -183,6 +184,25 @@ impl Sandbox {
             *super::lock(&self.host_cgroup) = Some(Arc::new(cg));
         }
         Ok(())
+    }
+
+    /// Records the booted sandbox in `sandbox.json` for operator tools (info.rs).
+    fn write_info(&self, size: VmSize, accel: Accel, pid: u32) {
+        let info = super::info::SandboxInfo {
+            sandbox_id: self.id.clone(),
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            accel: accel.as_str().to_string(),
+            vm_pid: pid,
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            ..super::lock(&self.identity).clone()
+        };
+        if let Err(e) = super::info::write(&self.dir, &info) {
+            tracing::warn!("writing {}: {e}", super::info::path(&self.dir).display());
+        }
     }
 
     /// Moves the VMM's processes into the host cgroup (those not moved yet).

@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod health;
+pub mod info;
 pub mod oom;
 pub mod sizing;
 pub mod state_dir;
@@ -107,6 +108,8 @@ pub struct Sandbox {
     telemetry: telemetry::Identity,
     /// The relay of the guest's syscall events (telemetry/), from boot to teardown.
     relay: std::sync::Mutex<Option<telemetry::Relay>>,
+    /// The pod's identity from the sandbox container's spec, for `sandbox.json` (info.rs).
+    identity: std::sync::Mutex<info::SandboxInfo>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -163,6 +166,7 @@ impl Sandbox {
             host_cgroup: std::sync::Mutex::new(None),
             telemetry: telemetry::Identity::default(),
             relay: std::sync::Mutex::new(None),
+            identity: std::sync::Mutex::new(info::SandboxInfo::default()),
         })
     }
 
@@ -227,6 +231,7 @@ impl Sandbox {
         };
         *lock(&self.pod) = Some(pod);
         *lock(&self.cgroup_plan) = plan;
+        *lock(&self.identity) = info::identity(&spec.annotations().clone().unwrap_or_default());
         Ok(())
     }
 

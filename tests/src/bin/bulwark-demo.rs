@@ -2,7 +2,8 @@
 //! tenant pod with `runtime_handler: bulwark`, the way kubelet would: two containers in one
 //! microVM, a web server and a client reaching it over 127.0.0.1. Prints what the tenant sees
 //! (kernel, hostname, network), the host reaching the pod by its IP, an ExecSync, the pod's
-//! stats, then stops and removes the pod and checks nothing is left behind.
+//! stats, `bulwark ps` as an operator sees it, then stops and removes the pod and checks nothing
+//! is left behind.
 
 use std::time::{Duration, Instant};
 
@@ -110,5 +111,17 @@ fn run(
     let mem = st.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map(|v| v.value).unwrap_or(0);
     let cpu = st.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map(|v| v.value).unwrap_or(0);
     println!("ContainerStats web: memory working set {} KiB, CPU {:.1} ms", mem / 1024, cpu as f64 / 1e6);
+
+    // What an operator on the node sees: the installed `bulwark` CLI.
+    let ps = std::process::Command::new(&c.node.cli)
+        .arg("ps")
+        .arg("--config")
+        .arg(&c.node.shim_config)
+        .output()
+        .map_err(|e| format!("running {}: {e}", c.node.cli.display()))?;
+    println!("bulwark ps on the node:");
+    for l in String::from_utf8_lossy(&ps.stdout).lines() {
+        println!("  {l}");
+    }
     Ok(())
 }
