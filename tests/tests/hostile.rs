@@ -2,7 +2,7 @@
 //! guest-agent/src/testmodes/), beside a bystander pod that answers an exec every 2 s
 //! throughout (tests/src/faults.rs `CriScene`). While the guest abuses the host, the pod's
 //! shim stays under [`SHIM_BOUND_MIB`] of resident memory (its peak, VmHWM, from
-//! /proc/<pid>/status); the pod keeps
+//! /proc/<pid>/status) and vhost-device-vsock under [`VSOCK_BOUND_MIB`]; the pod keeps
 //! working (a flood) or is ended cleanly (a guest that stops answering, or lies about
 //! kills); nothing is left behind. docs/faults.md states the bounds.
 
@@ -10,11 +10,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bulwark_e2e::cri::{ContainerdVersion, K8S_NAMESPACE};
-use bulwark_e2e::faults::{memory, sandbox_processes, CriScene, MemoryWatch, Pod};
+use bulwark_e2e::faults::{memory, sandbox_processes, with_test_mode_and, CriScene, MemoryWatch, Pod};
 use bulwark_e2e::process::{poll, run};
 
 /// The bound on the shim's resident memory (debug build) while its guest is hostile.
 const SHIM_BOUND_MIB: u64 = 96;
+/// The bound on vhost-device-vsock's resident memory while its guest floods vsock.
+const VSOCK_BOUND_MIB: u64 = 32;
 /// How long each abuse lasts.
 const ABUSE: Duration = Duration::from_secs(45);
 
@@ -208,6 +210,57 @@ fn a_lying_guest_cannot_keep_its_pod_from_stopping() -> Result<(), String> {
     if took > Duration::from_secs(90) {
         return Err(format!("ending the liar's pod took {took:?}"));
     }
+    let n = s.finish()?;
+    eprintln!("the bystander answered {n} execs throughout");
+    Ok(())
+}
+
+/// A guest that sends vsock packets to its own CID and to a sibling CID as fast as the device
+/// takes them. Linux refuses its own CID, so the test guest plays a hostile kernel: it takes
+/// the vsock device from Linux and puts 100 000 packets (4 KiB each, three in four to its own
+/// CID) on it directly, posting no receive buffers. vhost-device-vsock (built with
+/// scripts/patches/vhost-device-vsock-0.3.0-bounded.patch) drops them, so its memory stays
+/// under VSOCK_BOUND_MIB (unpatched, it queues them all: about 400 MB). With its vsock gone the
+/// guest no longer answers: the health check ends the pod, and nothing is left behind.
+#[test]
+fn vsock_floods_to_other_cids_are_bounded() -> Result<(), String> {
+    let mut s = CriScene::start()?;
+    // iomem=relaxed: the guest's /dev/mem may map the page of the vsock device's registers,
+    // which it shares with other virtio-mmio devices.
+    let pod = s.run_pod_with("vflood", &with_test_mode_and(&s.c.shim, "vsock-flood", 2, "iomem=relaxed")?)?;
+    let helper = vsock_helper(&s, &pod)?;
+    let watch = MemoryWatch::start(helper);
+    // Progress is on the console only (the guest's vsock is gone): read it while the pod lives.
+    let mut took: Option<u64> = None;
+    let mut console = String::new();
+    let done = poll(Duration::from_secs(180), || {
+        let text = s.console(&pod);
+        if !text.is_empty() {
+            console = text;
+        }
+        took =
+            console.lines().filter_map(|l| l.split("the device took ").nth(1)?.split(' ').next()?.parse().ok()).max();
+        (console.contains("vsock-flood: done:") || console.contains("driving the vsock device:")).then_some(())
+    });
+    let peak = watch.finish();
+    eprintln!(
+        "vhost-device-vsock under a vsock flood: peak RSS {} KiB (VmHWM); the device took {took:?} packets",
+        peak.hwm_kib
+    );
+    if done.is_none() || !console.contains("vsock-flood: done:") {
+        let tail: Vec<&str> = console.lines().filter(|l| l.contains("vsock-flood")).collect();
+        return Err(format!("the vsock-flood guest did not finish its flood: {tail:#?}"));
+    }
+    if took.unwrap_or(0) < 100_000 {
+        return Err(format!("the device took only {took:?} packets"));
+    }
+    if peak.hwm_kib > VSOCK_BOUND_MIB * 1024 {
+        return Err(format!("vhost-device-vsock peaked at {} KiB, over {VSOCK_BOUND_MIB} MiB", peak.hwm_kib));
+    }
+    // The guest can no longer be reached: the health check ends the pod.
+    s.events.wait_exit(&pod.app, Duration::from_secs(120))?;
+    s.wait_pod_down(&pod, Duration::from_secs(30))?;
+    s.end_pod(&pod)?;
     let n = s.finish()?;
     eprintln!("the bystander answered {n} execs throughout");
     Ok(())
