@@ -25,7 +25,7 @@ export BULWARK_REPO BULWARK_CACHE BULWARK_TOOLS_BIN BULWARK_BUILD
 BULWARK_DEB_PACKAGES=(
   qemu-system-x86 containerd runc busybox-static protobuf-compiler libseccomp-dev
   libcap-ng-dev cpio xz-utils zstd pkg-config clang erofs-utils
-  containernetworking-plugins iproute2 kmod lz4 binutils python3-venv
+  containernetworking-plugins iproute2 kmod lz4 binutils python3-venv patch
   libelf-dev zlib1g-dev make
 )
 
@@ -37,10 +37,13 @@ BULWARK_PYPI_TOOLS=(
 BULWARK_VENV="$BULWARK_CACHE/venv"
 export BULWARK_VENV
 
-# crate  version  binary
+# crate  version  binary  [patch]: a patch (a path in the repo) is applied to the crate's
+# crates.io source before it is built. vhost-device-vsock 0.3.0 (the newest on crates.io)
+# loops a guest's packets to its own CID through an unbounded in-memory queue; the patch drops
+# them and caps the sibling queue (docs/faults.md).
 BULWARK_CARGO_TOOLS=(
   "virtiofsd 1.14.0 virtiofsd"
-  "vhost-device-vsock 0.3.0 vhost-device-vsock"
+  "vhost-device-vsock 0.3.0 vhost-device-vsock scripts/patches/vhost-device-vsock-0.3.0-bounded.patch"
   "cargo-fuzz 0.13.2 cargo-fuzz"
 )
 
@@ -89,16 +92,57 @@ bulwark_tool_ok() {
   [ "${out##* }" = "$want" ]
 }
 
+# bulwark_patch_ok CRATE PATCH: true if the installed CRATE was built with PATCH as it is now.
+bulwark_patch_ok() {
+  local stamp="$BULWARK_CACHE/tools/$1.patch-sha256"
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(sha256sum <"$BULWARK_REPO/$2" | cut -c1-64)" ]
+}
+
+# bulwark_cargo_install_patched CRATE VERSION PATCH: cargo fetches CRATE VERSION's crates.io
+# source (through a throwaway manifest), PATCH is applied to an unpacked copy, and that copy is
+# installed with its own Cargo.lock; a stamp records which patch it was built with.
+bulwark_cargo_install_patched() {
+  local crate=$1 version=$2 patch="$BULWARK_REPO/$3" work crate_file
+  work="$(mktemp -d)"
+  mkdir -p "$work/fetch/src"
+  printf '[package]\nname = "bulwark-fetch"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n[dependencies]\n%s = "=%s"\n' \
+    "$crate" "$version" >"$work/fetch/Cargo.toml"
+  : >"$work/fetch/src/lib.rs"
+  if ! cargo fetch --quiet --manifest-path "$work/fetch/Cargo.toml"; then
+    rm -rf "$work"; bulwark_die "cargo fetch of $crate $version failed (crates.io unreachable?)"; return 1
+  fi
+  crate_file="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$crate-$version.crate" 2>/dev/null | head -n1)"
+  if [ -z "$crate_file" ] || ! tar -xzf "$crate_file" -C "$work"; then
+    rm -rf "$work"; bulwark_die "no source of $crate $version in cargo's registry cache after cargo fetch"; return 1
+  fi
+  if ! patch --quiet -d "$work/$crate-$version" -p1 <"$patch"; then
+    rm -rf "$work"; bulwark_die "$3 does not apply to $crate $version"; return 1
+  fi
+  if ! cargo install --quiet --locked --force --root "$BULWARK_CACHE/tools" --path "$work/$crate-$version"; then
+    rm -rf "$work"; bulwark_die "cargo install of the patched $crate $version failed"; return 1
+  fi
+  sha256sum <"$patch" | cut -c1-64 >"$BULWARK_CACHE/tools/$crate.patch-sha256"
+  rm -rf "$work"
+}
+
 bulwark_install_cargo_tools() {
-  local entry crate version bin
+  local entry crate version bin patch
   for entry in "${BULWARK_CARGO_TOOLS[@]}"; do
-    read -r crate version bin <<<"$entry"
-    bulwark_tool_ok "$bin" "$version" && continue
+    read -r crate version bin patch <<<"$entry"
+    if [ -z "$patch" ]; then
+      bulwark_tool_ok "$bin" "$version" && continue
+    else
+      bulwark_tool_ok "$bin" "$version" && bulwark_patch_ok "$crate" "$patch" && continue
+    fi
     command -v cargo >/dev/null 2>&1 ||
       { bulwark_die "cargo not found: needed to build $crate $version; install Rust (rustup) first"; return 1; }
-    echo "bulwark: building $crate $version into $BULWARK_CACHE/tools (takes a few minutes)" >&2
-    cargo install --quiet --locked --force --root "$BULWARK_CACHE/tools" "$crate@$version" ||
-      { bulwark_die "cargo install $crate@$version failed (it needs libseccomp-dev libcap-ng-dev pkg-config for virtiofsd)"; return 1; }
+    echo "bulwark: building $crate $version${patch:+ (patched: $patch)} into $BULWARK_CACHE/tools (takes a few minutes)" >&2
+    if [ -n "$patch" ]; then
+      bulwark_cargo_install_patched "$crate" "$version" "$patch" || return 1
+    else
+      cargo install --quiet --locked --force --root "$BULWARK_CACHE/tools" "$crate@$version" ||
+        { bulwark_die "cargo install $crate@$version failed (it needs libseccomp-dev libcap-ng-dev pkg-config for virtiofsd)"; return 1; }
+    fi
     bulwark_tool_ok "$bin" "$version" ||
       { bulwark_die "$BULWARK_TOOLS_BIN/$bin does not report version $version after cargo install"; return 1; }
   done

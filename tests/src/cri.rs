@@ -230,22 +230,8 @@ impl CriContainerd {
             },
         )?;
         let node = install_node(&artifacts, &dir, &config, &bin_dir.join("containerd"), &mut shim)?;
-        let log =
-            std::fs::File::create(dir.join("containerd.log")).map_err(|e| format!("creating containerd.log: {e}"))?;
-        // The bulwark handler names its shim with runtime_path, which containerd 2.x follows:
-        // its shim is not on PATH. containerd 1.6 ignores runtime_path when it starts a shim
-        // and looks for containerd-shim-bulwark-v2 on PATH (install-node links it there).
-        let shim_path = (version == ContainerdVersion::V1).then_some(node.bin_dir.as_path());
-        let child = Command::new(bin_dir.join("containerd"))
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", search_path(shim_path, Some(&bin_dir)))
-            .env("BULWARK_CONFIG", &node.shim_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin_dir.join("containerd").display()))?;
+        let _ = std::fs::remove_file(dir.join("containerd.log"));
+        let child = spawn_containerd(&bin_dir, &dir, version, &node)?;
         let socket = dir.join("c.sock");
         early.child = Some(child);
         let up = process::poll(Duration::from_secs(30), || {
@@ -286,6 +272,36 @@ impl CriContainerd {
         let child = early.child.take().ok_or("containerd child lost")?;
         early.armed = false;
         Ok(CriContainerd { version, dir, socket, shim, node, artifacts, net, client, log_root, bin_dir, child })
+    }
+
+    /// Restarts containerd as an upgrade or an operator does (SIGTERM, then the same
+    /// configuration, root and state); the shims and their VMs keep running. `while_down`
+    /// runs while containerd is stopped. The CRI client is connected anew and CRI is ready
+    /// again when this returns.
+    pub fn restart_with(&mut self, while_down: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        process::wait_bounded(&mut self.child, Duration::from_secs(20))?;
+        let down = while_down();
+        self.child = spawn_containerd(&self.bin_dir, &self.dir, self.version, &self.node)?;
+        down?;
+        let up = process::poll(Duration::from_secs(30), || self.ctr(&["version"]).ok().filter(|o| o.status.success()));
+        if up.is_none() {
+            return Err(format!(
+                "containerd did not come back in 30 s\n{}",
+                tail(&self.dir.join("containerd.log"), 40)
+            ));
+        }
+        self.client = CriClient::connect(&self.socket)?;
+        let mut last = String::new();
+        process::poll(Duration::from_secs(30), || match self.client.ready() {
+            Ok(()) => Some(()),
+            Err(e) => {
+                last = e;
+                None
+            }
+        })
+        .ok_or_else(|| format!("CRI not ready after the restart: {last}"))
     }
 
     /// Runs this version's `ctr` against this containerd in namespace k8s.io.
@@ -352,6 +368,30 @@ impl CriContainerd {
     pub fn diagnostics(&self) -> String {
         shim_diagnostics(&self.dir.join("containerd.log"), &self.shim.runtime_dir)
     }
+}
+
+/// Starts `<bin_dir>/containerd` with `<dir>/containerd.toml` and the installed Bulwark
+/// `node`, its log appended to `<dir>/containerd.log`. The bulwark handler names its shim with
+/// runtime_path, which containerd 2.x follows: its shim is not on PATH. containerd 1.6
+/// ignores runtime_path when it starts a shim and looks for containerd-shim-bulwark-v2 on
+/// PATH (install-node links it there).
+fn spawn_containerd(bin_dir: &Path, dir: &Path, version: ContainerdVersion, node: &Installed) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .map_err(|e| format!("creating containerd.log: {e}"))?;
+    let shim_path = (version == ContainerdVersion::V1).then_some(node.bin_dir.as_path());
+    Command::new(bin_dir.join("containerd"))
+        .arg("--config")
+        .arg(dir.join("containerd.toml"))
+        .env("PATH", search_path(shim_path, Some(bin_dir)))
+        .env("BULWARK_CONFIG", &node.shim_config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin_dir.join("containerd").display()))
 }
 
 fn ctr_at(bin_dir: &Path, socket: &Path, args: &[&str]) -> Result<Output, String> {

@@ -39,9 +39,16 @@ pub fn test_initrd() -> Result<PathBuf, String> {
 /// `base` with the test initramfs and `bulwark.test_mode=<mode>` on the guest kernel command
 /// line; the "after start" modes act after the `starts`-th StartContainer.
 pub fn with_test_mode(base: &ShimConfig, mode: &str, starts: u32) -> Result<ShimConfig, String> {
+    with_test_mode_and(base, mode, starts, "")
+}
+
+/// [`with_test_mode`] with more guest kernel parameters (`params`, space separated).
+pub fn with_test_mode_and(base: &ShimConfig, mode: &str, starts: u32, params: &str) -> Result<ShimConfig, String> {
     let mut cfg = base.clone();
     cfg.initrd = test_initrd()?;
-    cfg.extra.push_str(&format!("\nkernel_params = \"bulwark.test_mode={mode} bulwark.test_mode_starts={starts}\"\n"));
+    cfg.extra.push_str(&format!(
+        "\nkernel_params = \"bulwark.test_mode={mode} bulwark.test_mode_starts={starts} {params}\"\n"
+    ));
     Ok(cfg)
 }
 
@@ -294,21 +301,19 @@ pub fn shim_pid(dir: &Path, sandbox_id: &str) -> Option<i32> {
         .map(|p| p.pid)
 }
 
-/// The VM-side processes of sandbox `sandbox_id` whose command line contains `program`
-/// (QEMU, virtiofsd, vhost-device-vsock name the sandbox's state directory).
-pub fn sandbox_processes(runtime_dir: &Path, sandbox_id: &str, program: &str) -> Vec<leftovers::Proc> {
-    let needle = format!("{}/", runtime_dir.display());
-    // The state directory's path ends a word (QEMU's `-name <dir>`) or goes on (`<dir>/vm/...`).
-    let dir = format!("/{sandbox_id}");
+/// The VM-side processes of sandbox `sandbox_id` (containerd namespace `ns`) whose command
+/// line contains `program`: QEMU, virtiofsd and vhost-device-vsock name the sandbox's state
+/// directory (the shim's `state_dir::sandbox_dir`: `<runtime_dir>/<ns>/<id>`, or a hashed
+/// name for long ids).
+pub fn sandbox_processes(runtime_dir: &Path, ns: &str, sandbox_id: &str, program: &str) -> Vec<leftovers::Proc> {
+    let dir = bulwark_shim::sandbox::state_dir::sandbox_dir(runtime_dir, ns, sandbox_id).display().to_string();
+    // The path ends a word (QEMU's `-name <dir>`) or goes on (`<dir>/vm/...`).
     let names_dir = |cmdline: &str| {
         cmdline
             .match_indices(&dir)
             .any(|(i, _)| matches!(cmdline[i + dir.len()..].chars().next(), None | Some('/' | ' ')))
     };
-    leftovers::vm_processes(&needle)
-        .into_iter()
-        .filter(|p| p.cmdline.contains(program) && names_dir(&p.cmdline))
-        .collect()
+    leftovers::vm_processes(&dir).into_iter().filter(|p| p.cmdline.contains(program) && names_dir(&p.cmdline)).collect()
 }
 
 /// One pod of a [`CriScene`]: its sandbox and one app container (`sleep`), both started.
@@ -374,13 +379,17 @@ impl CriScene {
     /// Runs pod `name` with its app container; with `mode = Some((mode, starts))` its guest is
     /// the test initramfs in that mode (the configuration is switched for this pod only).
     pub fn run_pod(&mut self, name: &str, mode: Option<(&str, u32)>) -> Result<Pod, String> {
-        if let Some((m, starts)) = mode {
-            install_shim_config(&self.c.node.shim_config, &with_test_mode(&self.c.shim, m, starts)?)?;
+        match mode {
+            Some((m, starts)) => self.run_pod_with(name, &with_test_mode(&self.c.shim, m, starts)?),
+            None => self.start_pod(name),
         }
+    }
+
+    /// Runs pod `name` with the shim configuration `cfg` (for this pod only).
+    pub fn run_pod_with(&mut self, name: &str, cfg: &ShimConfig) -> Result<Pod, String> {
+        install_shim_config(&self.c.node.shim_config, cfg)?;
         let started = self.start_pod(name);
-        if mode.is_some() {
-            install_shim_config(&self.c.node.shim_config, &self.c.shim)?;
-        }
+        install_shim_config(&self.c.node.shim_config, &self.c.shim)?;
         started
     }
 
@@ -399,6 +408,21 @@ impl CriScene {
         self.ids.push(app.clone());
         cl.start_container(&app)?;
         Ok(Pod { name: name.to_string(), id, config, app })
+    }
+
+    /// Waits until CRI has taken in the end of a pod whose tasks exited on their own (its app
+    /// container EXITED, the sandbox NOTREADY), as kubelet sees it before it stops and removes
+    /// the pod: containerd 1.6 updates its view after the exit event, asynchronously.
+    pub fn wait_pod_down(&self, pod: &Pod, limit: Duration) -> Result<(), String> {
+        let cl = &self.c.client;
+        let st = cl.wait_exited(&pod.app, limit)?;
+        if st.exit_code == 0 {
+            return Err(format!("CRI reports the app container of pod {} exited 0: {st:?}", pod.name));
+        }
+        let ready = k8s_cri::v1::PodSandboxState::SandboxReady as i32;
+        process::poll(limit, || cl.pod_status(&pod.id).ok().filter(|(s, _)| s.state != ready))
+            .map(|_| ())
+            .ok_or_else(|| format!("CRI still reports pod {} READY after its tasks exited", pod.name))
     }
 
     /// The pod's shim process.

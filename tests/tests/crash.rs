@@ -74,7 +74,7 @@ fn processes_of(c: &Containerd, id: &str, program: &str) -> Vec<Proc> {
     if program.contains("containerd-shim") {
         return shim_pid(&c.dir, id).map(|pid| Proc { pid, cmdline: program.into() }).into_iter().collect();
     }
-    sandbox_processes(&c.shim.runtime_dir, id, program)
+    sandbox_processes(&c.shim.runtime_dir, NAMESPACE, id, program)
 }
 
 /// Runs `sleep 600` as container `id`, SIGKILLs the processes of its sandbox whose command

@@ -31,11 +31,7 @@ fn pod_tasks_end(s: &CriScene, pod: &Pod, since: Instant) -> Result<(), String> 
             return Err(format!("task {id} of pod {} exited 0 after its guest died: {exit:?}", pod.name));
         }
     }
-    // CRI takes the exit event in on its own time.
-    let st = s.c.client.wait_exited(&pod.app, Duration::from_secs(30))?;
-    if st.exit_code == 0 {
-        return Err(format!("CRI reports the app container of pod {} exited 0: {st:?}", pod.name));
-    }
+    s.wait_pod_down(pod, Duration::from_secs(30))?;
     eprintln!(
         "pod {}: both tasks exited non-zero {:.1} s after the app container started (the fault: 2 s after it)",
         pod.name,

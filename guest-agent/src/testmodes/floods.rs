@@ -2,29 +2,26 @@
 //! the agent keeps answering while the guest floods): the log connection after the first
 //! container started (`flood-logs`, `garbage-frames`, `oversize`), the serial console
 //! (`flood-logs`), the telemetry port (`garbage-frames`, `oversize`), and vsock traffic to the
-//! guest's own CID and to a sibling CID (`vsock-flood`). Writes block while the host does not
+//! guest's own CID and to a sibling CID (`vsock-flood`, with rawvsock.rs). Writes block while the host does not
 //! read: the guest pushes exactly as fast as the host takes.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, VsockAddr};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
 use protocol::telemetry::{GuestFrame, Hello, TELEMETRY_VERSION};
 use tokio::io::AsyncWriteExt;
 
 use super::mode::{first_start, Mode};
+use super::rawvsock;
 use crate::init::logging::{self, LogReceiver};
 use crate::vsock;
 
 /// One write's worth of flood.
 const CHUNK: usize = 64 * 1024;
-/// The guest port the `vsock-flood` listener takes connections to the guest's own CID on.
-const SELF_PORT: u32 = 5000;
 /// A CID no VM of this helper has (one vhost-device-vsock serves one VM).
 const SIBLING_CID: u32 = 4;
-/// Connections to its own CID the `vsock-flood` guest keeps (each one's data unread).
-const SELF_CONNECTIONS: usize = 32;
 
 /// `flood-logs`, `garbage-frames`, `oversize`: READY and normal log forwarding until the first
 /// container started, then the mode's bytes on the same connection (normal logs then stay on
@@ -81,72 +78,40 @@ pub async fn log_connection(mode: Mode, mut lines: LogReceiver) {
     while lines.recv().await.is_some() {}
 }
 
-/// `vsock-flood`: connections and data to the guest's own CID (through the host's vsock
-/// device, which sees packets for a CID that is not the host's), and connection requests to
-/// a sibling CID and to unbound ports of its own.
+/// `vsock-flood`: for 10 s, connection requests through Linux to the guest's own CID (Linux
+/// refuses them: ENODEV) and to a sibling CID (they reach the host's vsock device); then the
+/// device is taken from Linux and packets to both CIDs go onto it directly (rawvsock.rs).
 pub fn vsock_flood() {
     tracing::warn!("test mode vsock-flood: flooding CID {} and CID {SIBLING_CID}", protocol::GUEST_CID);
-    spawn("vsock-flood listener", self_listener);
-    spawn("vsock-flood data", self_data);
-    spawn("vsock-flood requests", || {
+    spawn("vsock-flood", || {
         let mut rng = Rng::new();
         let mut n: u64 = 0;
-        loop {
-            let cid = if n.is_multiple_of(2) { protocol::GUEST_CID } else { SIBLING_CID };
+        // What the guest kernel answered, per CID: (connects, errno of the last refusal).
+        let mut outcome: [(u64, Option<nix::errno::Errno>); 2] = [(0, None); 2];
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let which = (n % 2) as usize;
+            let cid = if which == 0 { protocol::GUEST_CID } else { SIBLING_CID };
             let port = 20_000 + (rng.next() % 20_000) as u32;
             if let Ok(s) = vsock_socket(SockFlag::SOCK_NONBLOCK) {
-                let _ = socket::connect(s.as_raw_fd(), &VsockAddr::new(cid, port));
+                outcome[which].0 += 1;
+                match socket::connect(s.as_raw_fd(), &VsockAddr::new(cid, port)) {
+                    Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+                    Err(e) => outcome[which].1 = Some(e),
+                }
             }
             n += 1;
         }
+        tracing::warn!(
+            "test mode vsock-flood: through Linux, connects to CID {}: {:?}; to CID {SIBLING_CID}: {:?}",
+            protocol::GUEST_CID,
+            outcome[0],
+            outcome[1]
+        );
+        if let Err(e) = rawvsock::flood() {
+            tracing::error!("test mode vsock-flood: driving the vsock device: {e}");
+        }
     });
-}
-
-/// Takes connections to SELF_PORT and never reads them (the oldest closed past a cap).
-fn self_listener() {
-    let Ok(l) = vsock_socket(SockFlag::empty()) else { return };
-    if socket::bind(l.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, SELF_PORT)).is_err()
-        || Backlog::new(128).and_then(|b| socket::listen(&l, b)).is_err()
-    {
-        tracing::error!("test mode vsock-flood: cannot listen on port {SELF_PORT}");
-        return;
-    }
-    let mut kept = std::collections::VecDeque::new();
-    while let Ok(fd) = socket::accept(l.as_raw_fd()) {
-        // SAFETY: `accept` just returned this fd; nothing else owns it.
-        kept.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
-        if kept.len() > 4 * SELF_CONNECTIONS {
-            kept.pop_front();
-        }
-    }
-}
-
-/// Connects to its own CID and writes into those connections as fast as they take it.
-fn self_data() {
-    let chunk = vec![0x5a; CHUNK];
-    let mut conns: Vec<std::fs::File> = Vec::new();
-    loop {
-        if conns.len() < SELF_CONNECTIONS {
-            if let Ok(s) = vsock_socket(SockFlag::empty()) {
-                if socket::connect(s.as_raw_fd(), &VsockAddr::new(protocol::GUEST_CID, SELF_PORT)).is_ok() {
-                    let _ =
-                        nix::fcntl::fcntl(s.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
-                    conns.push(std::fs::File::from(s));
-                }
-            }
-        }
-        let mut wrote = false;
-        conns.retain_mut(|c| match c.write(&chunk) {
-            Ok(n) => {
-                wrote |= n > 0;
-                true
-            }
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        });
-        if !wrote && conns.len() >= SELF_CONNECTIONS {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
 }
 
 /// Connects to the host's telemetry port (again and again: the host may drop a hostile

@@ -17,7 +17,7 @@
 //! | `flood-logs` | once started: log lines on the log connection and the serial console as fast as they go |
 //! | `garbage-frames` | once started: random bytes on the log connection, random frames on the telemetry port |
 //! | `oversize` | once started: one endless line on the log connection, over-cap frame lengths and endless frames on the telemetry port |
-//! | `vsock-flood` | once started: vsock connections and data to its own CID and a sibling CID, as fast as they go |
+//! | `vsock-flood` | once started: vsock connections to its own CID and a sibling CID through Linux (which refuses its own CID), then, 10 s later, 100 000 packets to both put on the device directly (the vsock device taken from Linux, `rawvsock.rs`) |
 //!
 //! "The first container started" is the first successful StartContainer, or the n-th with
 //! `bulwark.test_mode_starts=<n>` (a CRI pod's first container is its pause container).
@@ -25,7 +25,8 @@
 //! main.rs has two hooks, plain pass-throughs in the production agent: [`TestMode::agent`]
 //! (the service main registers) and [`TestMode::log_connection`] (the READY + log
 //! connection). `mode.rs` names the modes and holds the "after start" trigger, `agent.rs` wraps
-//! the agent API, `floods.rs` writes the hostile streams.
+//! the agent API, `floods.rs` writes the hostile streams, `rawvsock.rs` plays a hostile guest
+//! kernel on the vsock device.
 
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ mod agent;
 mod floods;
 #[cfg(feature = "test-modes")]
 mod mode;
+#[cfg(feature = "test-modes")]
+mod rawvsock;
 #[cfg(feature = "test-modes")]
 use mode::{first_start, Mode};
 
