@@ -18,6 +18,7 @@
 //! | `garbage-frames` | once started: random bytes on the log connection, random frames on the telemetry port |
 //! | `oversize` | once started: one endless line on the log connection, over-cap frame lengths and endless frames on the telemetry port |
 //! | `vsock-flood` | once started: vsock connections and data to its own CID and a sibling CID, as fast as they go |
+//! | `symlink-race` | from boot: plants symlinks (to `/`, `/etc`, the host path `bulwark.symlink_race_target=`) and renames entries in the share, round and round, while the host creates and removes containers; logs what got through |
 //!
 //! "The first container started" is the first successful StartContainer, or the n-th with
 //! `bulwark.test_mode_starts=<n>` (a CRI pod's first container is its pause container).
@@ -25,7 +26,8 @@
 //! main.rs has two hooks, plain pass-throughs in the production agent: [`TestMode::agent`]
 //! (the service main registers) and [`TestMode::log_connection`] (the READY + log
 //! connection). `mode.rs` names the modes and holds the "after start" trigger, `agent.rs` wraps
-//! the agent API, `floods.rs` writes the hostile streams.
+//! the agent API, `floods.rs` writes the hostile streams, `symlink_race.rs` races the host in
+//! the share (started with the service).
 
 use std::sync::Arc;
 
@@ -41,6 +43,8 @@ mod agent;
 mod floods;
 #[cfg(feature = "test-modes")]
 mod mode;
+#[cfg(feature = "test-modes")]
+mod symlink_race;
 #[cfg(feature = "test-modes")]
 use mode::{first_start, Mode};
 
@@ -117,6 +121,13 @@ impl TestMode {
     pub fn agent(&self, service: Arc<AgentService>) -> Arc<dyn Agent + Send + Sync> {
         #[cfg(feature = "test-modes")]
         if let Some(mode) = self.mode {
+            if mode == Mode::SymlinkRace {
+                let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+                let target = symlink_race::target(&cmdline);
+                floods::spawn("symlink-race", move || {
+                    symlink_race::run(std::path::Path::new(crate::init::share::SHARE_DIR), &target)
+                });
+            }
             return agent::Hostile::wrap(mode, service);
         }
         service
