@@ -22,7 +22,7 @@ bulwark_build() {
         cp "$agent" "$BULWARK_BUILD/guest-test/bulwark-agent.new"
         mv -f "$BULWARK_BUILD/guest-test/bulwark-agent.new" "$BULWARK_BUILD/guest-test/bulwark-agent"
         "${static[@]}" cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent
-        if grep -qaF -e kill-agent-after-start -e huge-replies -e 'TEST MODE' "$agent"; then
+        if grep -qaF -e kill-agent-after-start -e huge-replies -e symlink-race -e 'TEST MODE' "$agent"; then
             echo "error: the production agent $agent has test modes compiled in" >&2
             return 1
         fi

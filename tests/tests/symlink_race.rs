@@ -1,31 +1,48 @@
 //! A hostile guest racing the host in the virtio-fs share, end to end (a real containerd 1.6
-//! with its CRI plugin, handler `bulwark`, a real VM). Guest root (a container in the VM's PID
-//! namespace with CAP_SYS_PTRACE, which reaches the agent's own mount of the share through
-//! `/proc/1/root/run/bulwark/share`: the same FUSE requests to virtiofsd as the agent or the
-//! guest kernel could send) runs `bulwark-probe share-race`: for 45 s, over and
-//! over, for every container tree it sees, it plants symlinks to `/`, `/etc` and a host canary's
-//! path and renames entries, in the skeleton, in rootfs and in read-write volumes, while the
-//! shim creates a second container (with a volume) and removes another one.
+//! with its CRI plugin, handler `bulwark`, a real VM). While the guest plants symlinks to `/`,
+//! `/etc` and a host canary's path and renames entries, over and over, in the skeleton, in
+//! rootfs and in read-write volumes of every container tree it sees, the shim creates a second
+//! container (with a volume) and removes another one. Two attackers, the same checks:
 //!
-//! Checked: the skeleton never took a change (EROFS every time) while the rootfs and volumes
-//! did (the race was live and reached the host: the planted links are in the host's volume
-//! directories); the race saw the second container's tree appear and the removed one's; the
+//! - the agent itself (PID 1, outside any container), in the test guest image's test mode
+//!   `symlink-race` (guest-agent/src/testmodes/symlink_race.rs), racing from boot to the end;
+//! - guest root inside a tenant container (in the VM's PID namespace with CAP_SYS_PTRACE, it
+//!   reaches the agent's mount of the share through `/proc/1/root/run/bulwark/share`) running
+//!   `bulwark-probe share-race` for 45 s: what a tenant can do with the production image.
+//!
+//! Both go through the guest kernel's virtio-fs client to virtiofsd, as anything in the guest
+//! must. Checked: the skeleton never took a change (EROFS every time) while the rootfs and
+//! volumes did (the race was live and reached the host: the planted links are in the host's
+//! volume directories); the race saw the second container's tree and the removed one's; the
 //! host canary was never opened (inotify) and keeps its bytes and mtime; no mount appeared
-//! under the test's directory outside the sandbox's state directory and containerd's own, and
-//! the host's mount table outside the test directories is unchanged; nothing is left behind.
+//! under the test's directory outside the sandbox's state directory and containerd's own
+//! (checked every 0.2 s), and the host's mount table outside the test directories is
+//! unchanged; nothing is left behind.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulwark_e2e::canary::{compare_mounts, stable_host_mounts, Canary};
 use bulwark_e2e::cri::{ContainerdVersion, CriContainerd, HANDLER_BULWARK, K8S_NAMESPACE};
 use bulwark_e2e::cri_client::{read_cri_log, ContainerSpec, CriClient};
+use bulwark_e2e::faults::test_initrd;
 use bulwark_e2e::leftovers::{entries, mounts_under};
 use bulwark_e2e::process::poll;
 use bulwark_e2e::TEST_IMAGE;
 
-/// How long the guest races (the host's work takes a few seconds of it).
+/// How long the container attacker races (the host's work takes a few seconds of it).
 const RACE_SECS: u32 = 45;
+
+/// Who races.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attacker {
+    /// The agent in test mode `symlink-race`; its lines `symlink-race ...` are in the agent's
+    /// log, which the shim writes into containerd's log.
+    Agent,
+    /// A container running `bulwark-probe share-race`; its lines `share-race ...` are in its
+    /// CRI log.
+    Container,
+}
 
 /// Waits until the container's CRI log has the line `line`.
 fn wait_line(log: &Path, line: &str, limit: Duration) -> Result<(), String> {
@@ -45,12 +62,28 @@ fn stray_mounts(dir: &Path, sandbox_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `share-race <kind> ok=<n> fail=<n> <errno>` from the attacker's log.
-fn tally(log: &[String], kind: &str) -> Result<(u64, u64, String), String> {
-    let line = log
+/// The race's report lines, without their prefix ("saw <id>", "skeleton ok=..."), in order.
+fn race_lines(c: &CriContainerd, log_dir: &Path, who: Attacker) -> Vec<String> {
+    match who {
+        Attacker::Container => read_cri_log(&log_dir.join("attacker.log"))
+            .into_iter()
+            .filter_map(|(_, l)| l.strip_prefix("share-race ").map(str::to_string))
+            .collect(),
+        Attacker::Agent => std::fs::read_to_string(c.dir.join("containerd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once("symlink-race ").map(|(_, r)| r.trim_end_matches(['"', '\\']).to_string()))
+            .collect(),
+    }
+}
+
+/// The last `<kind> ok=<n> fail=<n> <errno>` report.
+fn tally(lines: &[String], kind: &str) -> Result<(u64, u64, String), String> {
+    let line = lines
         .iter()
-        .find_map(|l| l.strip_prefix(&format!("share-race {kind} ")))
-        .ok_or_else(|| format!("no {kind} tally in the attacker's log: {log:?}"))?;
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{kind} ")))
+        .ok_or_else(|| format!("no {kind} tally in the race's report: {lines:?}"))?;
     let w: Vec<&str> = line.split_whitespace().collect();
     let num = |p: &str, i: usize| w.get(i).and_then(|v| v.strip_prefix(p)).and_then(|v| v.parse().ok());
     match (num("ok=", 0), num("fail=", 1), w.get(2)) {
@@ -59,19 +92,34 @@ fn tally(log: &[String], kind: &str) -> Result<(u64, u64, String), String> {
     }
 }
 
-#[test]
-fn a_guest_racing_the_share_cannot_make_the_host_touch_anything_outside_the_sandbox() -> Result<(), String> {
+fn race_scenario(who: Attacker) -> Result<(), String> {
     let canary = Canary::plant()?;
-    let c = CriContainerd::start(ContainerdVersion::V1)?;
+    let c = match who {
+        Attacker::Container => CriContainerd::start(ContainerdVersion::V1)?,
+        Attacker::Agent => {
+            let initrd = test_initrd()?;
+            let params =
+                format!("bulwark.test_mode=symlink-race bulwark.symlink_race_target={}", canary.file.display());
+            CriContainerd::start_with(ContainerdVersion::V1, |s| {
+                s.initrd = initrd;
+                s.extra.push_str(&format!("\nkernel_params = \"{params}\"\n"));
+            })?
+        }
+    };
     let cl = &c.client;
     let host_mounts_before = stable_host_mounts();
     let log_dir = c.pod_log_dir("race")?;
-    // hostPID (in a Bulwark VM: the VM's PID namespace, where the agent is PID 1).
     let mut pod_config = CriClient::pod_config("race", "bwk-race", &log_dir);
-    if let Some(ns) =
-        pod_config.linux.as_mut().and_then(|l| l.security_context.as_mut()).and_then(|s| s.namespace_options.as_mut())
-    {
-        ns.pid = k8s_cri::v1::NamespaceMode::Node as i32;
+    if who == Attacker::Container {
+        // hostPID (in a Bulwark VM: the VM's PID namespace, where the agent is PID 1).
+        if let Some(ns) = pod_config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.pid = k8s_cri::v1::NamespaceMode::Node as i32;
+        }
     }
     let pod = cl.run_pod_sandbox(&pod_config, HANDLER_BULWARK)?;
     let netns: Vec<String> = cl.pod_netns(&pod).into_iter().collect();
@@ -103,13 +151,26 @@ fn a_guest_racing_the_share_cannot_make_the_host_touch_anything_outside_the_sand
     let victim = start("victim", "echo victim-ready; exec sleep 100000", Some(&victim_vol), &[])?;
     wait_line(&log_dir.join("victim.log"), "victim-ready", Duration::from_secs(120)).map_err(diag)?;
 
-    // The agent is PID 1 of the VM's PID namespace; its root shows its mount of the share.
-    let race = format!(
-        "ls /proc/1/root/run/bulwark/share >/dev/null && exec bulwark-probe share-race /proc/1/root/run/bulwark/share {RACE_SECS} {}",
-        canary.file.display(),
-    );
-    let attacker = start("attacker", &race, None, &["SYS_PTRACE"])?;
-    wait_line(&log_dir.join("attacker.log"), "share-race started", Duration::from_secs(120)).map_err(diag)?;
+    let attacker = match who {
+        Attacker::Container => {
+            // The agent is PID 1 of the VM's PID namespace; its root shows its mount of the share.
+            let race = format!(
+                "ls /proc/1/root/run/bulwark/share >/dev/null && \
+                 exec bulwark-probe share-race /proc/1/root/run/bulwark/share {RACE_SECS} {}",
+                canary.file.display(),
+            );
+            let id = start("attacker", &race, None, &["SYS_PTRACE"])?;
+            wait_line(&log_dir.join("attacker.log"), "share-race started", Duration::from_secs(120)).map_err(diag)?;
+            Some(id)
+        }
+        Attacker::Agent => {
+            // The agent races from the share's mount on: it has seen the victim's tree.
+            let saw = format!("saw {victim}");
+            poll(Duration::from_secs(60), || race_lines(&c, &log_dir, who).contains(&saw).then_some(()))
+                .ok_or_else(|| diag("the agent's race never saw the victim's tree".into()))?;
+            None
+        }
+    };
 
     // While it races: a second container with a volume is created, the victim removed.
     let second_vol = volume("vol-second")?;
@@ -118,33 +179,47 @@ fn a_guest_racing_the_share_cannot_make_the_host_touch_anything_outside_the_sand
     wait_line(&log_dir.join("second.log"), "second-ready", Duration::from_secs(120)).map_err(diag)?;
     cl.stop_container(&victim, 0)?;
     cl.remove_container(&victim)?;
-    // Until the race ends, every 0.2 s: no mount outside the sandbox's state directory.
+    let removed = Instant::now();
+
+    // Until the race ends (the container's) or for 10 s more (the agent's), every 0.2 s: no
+    // mount outside the sandbox's state directory.
     let mut stray = Vec::new();
     let ended = poll(Duration::from_secs(u64::from(RACE_SECS) + 120), || {
         stray.extend(stray_mounts(&c.dir, &sandbox_dir));
-        let st = cl.container_status(&attacker).ok()?;
-        (st.state == k8s_cri::v1::ContainerState::ContainerExited as i32).then_some(st)
+        match &attacker {
+            Some(id) => {
+                let st = cl.container_status(id).ok()?;
+                (st.state == k8s_cri::v1::ContainerState::ContainerExited as i32).then_some(())
+            }
+            None => (removed.elapsed() > Duration::from_secs(10)).then_some(()),
+        }
     });
     assert!(stray.is_empty(), "mounts outside the sandbox state dir while the guest raced: {stray:#?}");
-    let st = ended.ok_or("the race did not end in time")?;
-    let log: Vec<String> = read_cri_log(&log_dir.join("attacker.log")).into_iter().map(|(_, l)| l).collect();
-    let ctx = format!("attacker exit {} ({:?}), log {log:?}\n{}", st.exit_code, st.reason, c.diagnostics());
-    assert!(log.iter().any(|l| l == "share-race done"), "the race did not run to its end\n{ctx}");
-    eprintln!("attacker: {:#?}", log.iter().filter(|l| !l.starts_with("share-race saw")).collect::<Vec<_>>());
+    ended.ok_or("the race did not end in time")?;
+    let lines = race_lines(&c, &log_dir, who);
+    let ctx = format!("the race's report {lines:?}\n{}", c.diagnostics());
+    if who == Attacker::Container {
+        assert!(lines.iter().any(|l| l == "done"), "the race did not run to its end\n{ctx}");
+    }
+    eprintln!("race: {:#?}", lines.iter().rev().filter(|l| !l.starts_with("saw")).take(3).collect::<Vec<_>>());
     // The race saw both host operations.
     for (what, id) in [("the second container", &second), ("the removed container", &victim)] {
-        assert!(log.contains(&format!("share-race saw {id}")), "the race never saw {what}'s tree\n{ctx}");
+        assert!(lines.contains(&format!("saw {id}")), "the race never saw {what}'s tree\n{ctx}");
     }
     // The skeleton took nothing; the tenant's own files took everything.
-    let (ok, fail, errno) = tally(&log, "skeleton")?;
+    let (ok, fail, errno) = tally(&lines, "skeleton")?;
     assert!(ok == 0 && fail > 0 && errno == "EROFS", "skeleton: ok={ok} fail={fail} {errno}\n{ctx}");
     for kind in ["rootfs", "volume"] {
-        let (ok, _, _) = tally(&log, kind)?;
+        let (ok, _, _) = tally(&lines, kind)?;
         assert!(ok > 0, "no {kind} attempt got through: the race was not live\n{ctx}");
     }
     // The links reached the host's volume directories, as inert symlinks.
+    let planted = match who {
+        Attacker::Container => "bwk-canary",
+        Attacker::Agent => "bwk-target",
+    };
     for vol in [&victim_vol, &second_vol] {
-        let target = std::fs::read_link(vol.join("bwk-canary")).map_err(|e| format!("{}: {e}", vol.display()))?;
+        let target = std::fs::read_link(vol.join(planted)).map_err(|e| format!("{}: {e}", vol.display()))?;
         assert_eq!(target, canary.file, "the guest's link in {}", vol.display());
     }
 
@@ -155,9 +230,21 @@ fn a_guest_racing_the_share_cannot_make_the_host_touch_anything_outside_the_sand
     c.assert_clean(&netns)?;
     canary.check_untouched().map_err(diag)?;
     compare_mounts(&host_mounts_before, &stable_host_mounts())?;
-    for d in ["/", "/etc", "/tmp"] {
-        let planted: Vec<String> = entries(Path::new(d)).into_iter().filter(|e| e.starts_with("bwk-race")).collect();
+    // The names the races plant, nowhere on the host outside the volumes.
+    let names = ["bwk-canary", "bwk-target", "bwk-root", "bwk-etc", "bwk-dir", "bwk-dir2"];
+    for d in ["/", "/etc", "/tmp", "/run"] {
+        let planted: Vec<String> = entries(Path::new(d)).into_iter().filter(|e| names.contains(&e.as_str())).collect();
         assert!(planted.is_empty(), "{d} holds {planted:?}");
     }
     Ok(())
+}
+
+#[test]
+fn the_agent_racing_the_share_cannot_make_the_host_touch_anything_outside_the_sandbox() -> Result<(), String> {
+    race_scenario(Attacker::Agent)
+}
+
+#[test]
+fn a_container_racing_the_share_cannot_make_the_host_touch_anything_outside_the_sandbox() -> Result<(), String> {
+    race_scenario(Attacker::Container)
 }

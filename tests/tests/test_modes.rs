@@ -6,7 +6,7 @@ use bulwark_e2e::faults::test_initrd;
 use bulwark_e2e::Artifacts;
 
 /// Every mode of guest-agent/src/testmodes/mod.rs.
-const MODES: [&str; 9] = [
+const MODES: [&str; 10] = [
     "panic-after-start",
     "kill-agent-after-start",
     "liar",
@@ -16,6 +16,7 @@ const MODES: [&str; 9] = [
     "garbage-frames",
     "oversize",
     "vsock-flood",
+    "symlink-race",
 ];
 
 /// Mode names that are ordinary words too ("liar", "mute", "oversize" may appear in any

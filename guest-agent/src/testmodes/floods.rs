@@ -220,7 +220,7 @@ fn vsock_socket(flags: SockFlag) -> nix::Result<OwnedFd> {
 }
 
 /// Starts `f` on a named thread at the lowest priority.
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
+pub(super) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
     let r = std::thread::Builder::new().name(name.to_string()).spawn(move || {
         // SAFETY: setpriority(2) on the calling thread (who = 0: on Linux the nice value is
         // per thread); no memory is passed.

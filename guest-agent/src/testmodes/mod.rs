@@ -18,6 +18,7 @@
 //! | `garbage-frames` | once started: random bytes on the log connection, random frames on the telemetry port |
 //! | `oversize` | once started: one endless line on the log connection, over-cap frame lengths and endless frames on the telemetry port |
 //! | `vsock-flood` | once started: vsock connections to its own CID and a sibling CID through Linux (which refuses its own CID), then, 10 s later, 100 000 packets to both put on the device directly (the vsock device taken from Linux, `rawvsock.rs`) |
+//! | `symlink-race` | from boot: plants symlinks (to `/`, `/etc`, the host path `bulwark.symlink_race_target=`) and renames entries in the share, round and round, while the host creates and removes containers; logs what got through |
 //!
 //! "The first container started" is the first successful StartContainer, or the n-th with
 //! `bulwark.test_mode_starts=<n>` (a CRI pod's first container is its pause container).
@@ -26,7 +27,8 @@
 //! (the service main registers) and [`TestMode::log_connection`] (the READY + log
 //! connection). `mode.rs` names the modes and holds the "after start" trigger, `agent.rs` wraps
 //! the agent API, `floods.rs` writes the hostile streams, `rawvsock.rs` plays a hostile guest
-//! kernel on the vsock device.
+//! kernel on the vsock device, `symlink_race.rs` races the host in the share (started with the
+//! service).
 
 use std::sync::Arc;
 
@@ -44,6 +46,8 @@ mod floods;
 mod mode;
 #[cfg(feature = "test-modes")]
 mod rawvsock;
+#[cfg(feature = "test-modes")]
+mod symlink_race;
 #[cfg(feature = "test-modes")]
 use mode::{first_start, Mode};
 
@@ -120,6 +124,13 @@ impl TestMode {
     pub fn agent(&self, service: Arc<AgentService>) -> Arc<dyn Agent + Send + Sync> {
         #[cfg(feature = "test-modes")]
         if let Some(mode) = self.mode {
+            if mode == Mode::SymlinkRace {
+                let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+                let target = symlink_race::target(&cmdline);
+                floods::spawn("symlink-race", move || {
+                    symlink_race::run(std::path::Path::new(crate::init::share::SHARE_DIR), &target)
+                });
+            }
             return agent::Hostile::wrap(mode, service);
         }
         service

@@ -13,11 +13,12 @@ pub enum Mode {
     GarbageFrames,
     Oversize,
     VsockFlood,
+    SymlinkRace,
 }
 
 impl Mode {
     /// Every mode with its name on the command line.
-    pub const ALL: [(&'static str, Mode); 9] = [
+    pub const ALL: [(&'static str, Mode); 10] = [
         ("panic-after-start", Mode::PanicAfterStart),
         ("kill-agent-after-start", Mode::KillAgentAfterStart),
         ("liar", Mode::Liar),
@@ -27,6 +28,7 @@ impl Mode {
         ("garbage-frames", Mode::GarbageFrames),
         ("oversize", Mode::Oversize),
         ("vsock-flood", Mode::VsockFlood),
+        ("symlink-race", Mode::SymlinkRace),
     ];
 
     pub fn parse(name: &str) -> Option<Mode> {
