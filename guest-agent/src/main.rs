@@ -14,7 +14,8 @@
 //! Layers, each calling only down: `rpc` (the ttrpc service) over `container` (specs, pods,
 //! libcontainer, cgroups) over `process` (one process: pid, exit, stdio) over `init` (PID 1
 //! duties, the reaper, the share); `network` (SetupSandbox) and `vsock` (READY and logs to the
-//! host) stand apart; `telemetry` is empty for now.
+//! host) stand apart, and so does `telemetry` (the eBPF syscall collector, started by
+//! SetupSandbox).
 extern crate bulwark_protocol as protocol;
 
 mod container;

@@ -299,6 +299,26 @@ impl Hierarchy {
         }
     }
 
+    /// Takes over the sandbox cgroup at `rel` that another manager made with process
+    /// `resident` in it (systemd's transient scope, started with the shim's pid, as runc
+    /// does): the resident moves into [`SHIM_LEAF`] first (cgroup v2 allows no process in a
+    /// cgroup whose controllers are enabled for its children), then the limits, the
+    /// controllers and the VMM leaf as [`Hierarchy::create`] makes them. The cgroup itself is
+    /// the manager's: on error only the leaves made here are removed.
+    pub fn adopt(&self, rel: &Path, limits: &Limits, resident: u32) -> Result<(SandboxCgroup, Applied), Error> {
+        let cg = self.open(rel);
+        if !cg.path.is_dir() {
+            return Err(io_err("adopting cgroup", &cg.path)(io::Error::from(io::ErrorKind::NotFound)));
+        }
+        let res = cg.add_process(SHIM_LEAF, resident).and_then(|()| self.fill(&cg, limits));
+        if res.is_err() {
+            for leaf in [VMM_LEAF, SHIM_LEAF] {
+                let _ = self.kernel.rmdir(&cg.leaf(leaf));
+            }
+        }
+        res.map(|applied| (cg, applied))
+    }
+
     fn fill(&self, cg: &SandboxCgroup, limits: &Limits) -> Result<Applied, Error> {
         let on = words(&read(&cg.path.join("cgroup.controllers"))?);
         let mut applied = Applied::default();
@@ -508,6 +528,30 @@ mod tests {
         assert!(h.mount.join("kubepods/burstable/pod1").is_dir());
         cg.remove(2, Duration::from_millis(1)).unwrap();
         h.open(rel).remove(1, Duration::from_millis(1)).unwrap();
+    }
+
+    #[test]
+    fn adopting_a_scope_moves_its_resident_to_a_leaf_first() {
+        let (_t, h) = fake("cpu memory pids io");
+        // What systemd leaves: the scope, the shim's pid in it, controllers on down to it.
+        let rel = Path::new("kubepods.slice/kubepods-pod1.slice/cri-containerd-sb.scope");
+        let mut cur = h.mount.clone();
+        for c in rel.components() {
+            std::fs::write(cur.join("cgroup.subtree_control"), "+cpu +memory +pids +io").unwrap();
+            cur.push(c);
+            FakeKernel.mkdir(&cur).unwrap();
+        }
+        std::fs::write(cur.join("cgroup.procs"), "777").unwrap();
+        let (cg, applied) = h.adopt(rel, &limits(), 777).unwrap();
+        assert_eq!(cg.path(), cur);
+        assert_eq!(text(&cur.join("shim/cgroup.procs")), "777", "the resident is in the shim leaf");
+        assert_eq!(text(&cur.join("memory.max")), (80u64 << 20).to_string());
+        assert_eq!(text(&cur.join("cgroup.subtree_control")), "+cpu +memory +pids +io");
+        assert!(cur.join(VMM_LEAF).is_dir() && applied.skipped.is_empty());
+        // No such scope: an error, nothing made.
+        let e = h.adopt(Path::new("kubepods.slice/none.scope"), &limits(), 1).unwrap_err();
+        assert!(e.to_string().contains("none.scope"), "{e}");
+        assert!(!h.mount.join("kubepods.slice/none.scope").exists());
     }
 
     #[test]

@@ -5,8 +5,12 @@
  *
  *   bulwark-probe unshare-user | unshare-files | mount | userns-mount | keyctl | socket-vsock
  *                 | socket-unix | ptrace <pid> | ptrace-child | mkdir <path> | seccomp-mode
- *                 | vsock-connect <cid> <port>
+ *                 | vsock-connect <cid> <port> | share-race <dir> <seconds> <canary>
+ *                 | open-loop <n>
  *                 (several may follow)
+ *
+ * open-loop: n times open("/etc/passwd") + close, then "open-loop <n> <elapsed ns>" (the
+ * syscall-heavy loop scripts/bench times with the guest's syscall collector off and on).
  *
  * ptrace-child: PTRACE_ATTACH to a child of the probe (Yama's default scope allows tracing a
  * descendant, so only seccomp or a missing capability refuses it).
@@ -16,6 +20,17 @@
  * what the peer did within 5 s: CLOSED (end of stream or reset: it refused to serve us), DATA
  * (it sent bytes) or OPEN (it kept the connection open without a word, as a server waiting for
  * a request does).
+ *
+ * share-race: a hostile guest's race against the host building and removing containers in the
+ * sandbox's virtio-fs share mounted at <dir> (guest root with CAP_SYS_ADMIN mounts the share's
+ * tag there): for <seconds>, over and over, for every container tree <E> it sees, tries
+ *   skeleton:  symlink <canary> and "/" as <dir>/<E>.bwk, rename <E>, symlink "/etc" as
+ *              <E>/bwk-etc, mkdir <E>/mounts/bwk (the host keeps all of these read-only)
+ *   rootfs:    symlinks to <canary>, "/" and "/etc" in <E>/rootfs, a directory renamed back and
+ *              forth and swapped with a symlink to "/" (the tenant's own files: allowed)
+ *   volume:    the same in every directory <E>/mounts/<n> (volumes; read-only ones refuse)
+ * It prints "share-race saw <E>" for each tree the first time, then per kind of attempt
+ * "share-race <kind> ok=<n> fail=<n> <first errno of a failure>" and "share-race done".
  *
  * userns-mount: unshare(CLONE_NEWUSER|CLONE_NEWNS) ("userns-mount-unshare"), then, if that
  * worked, mount a tmpfs on /tmp in the new namespaces ("userns-mount"): the way to mount
@@ -36,9 +51,14 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/time.h>
+#include <time.h>
 #include <linux/vm_sockets.h>
 
 #ifndef AF_VSOCK
@@ -121,9 +141,126 @@ static void vsock_connect(const char *cid_s, const char *port_s) {
     close(fd);
 }
 
+/* share-race: counts of one kind of attempt. */
+struct tally {
+    const char *kind;
+    long ok, fail;
+    int first_errno;
+};
+
+static void count(struct tally *t, int rc) {
+    if (rc == 0) {
+        t->ok++;
+    } else {
+        t->fail++;
+        if (!t->first_errno) {
+            t->first_errno = errno;
+        }
+    }
+}
+
+/* Plants, swaps and renames in <base> (a directory the guest may write or not). */
+static void race_in(const char *base, const char *canary, struct tally *t) {
+    char a[4096], b[4096];
+    snprintf(a, sizeof a, "%s/bwk-canary", base);
+    unlink(a);
+    count(t, symlink(canary, a));
+    snprintf(a, sizeof a, "%s/bwk-root", base);
+    unlink(a);
+    count(t, symlink("/", a));
+    snprintf(a, sizeof a, "%s/bwk-etc", base);
+    unlink(a);
+    count(t, symlink("/etc", a));
+    snprintf(a, sizeof a, "%s/bwk-dir", base);
+    snprintf(b, sizeof b, "%s/bwk-dir2", base);
+    mkdir(a, 0755);
+    count(t, rename(a, b));
+    count(t, rename(b, a));
+    /* The directory swapped with a symlink to "/" and back. */
+    count(t, rename(a, b));
+    count(t, symlink("/", a));
+    unlink(a);
+    count(t, rename(b, a));
+}
+
+static void share_race(const char *dir, const char *secs_s, const char *canary) {
+    struct tally skeleton = {"skeleton", 0, 0, 0}, rootfs = {"rootfs", 0, 0, 0}, volume = {"volume", 0, 0, 0};
+    char seen[64][256];
+    int nseen = 0;
+    time_t end = time(NULL) + atol(secs_s);
+    printf("share-race started\n");
+    fflush(stdout);
+    while (time(NULL) < end) {
+        DIR *d = opendir(dir);
+        if (!d) {
+            printf("share-race opendir %s\n", errname(errno));
+            fflush(stdout);
+            return;
+        }
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.' || strstr(e->d_name, ".bwk")) {
+                continue; /* ours, if the skeleton ever let us make any */
+            }
+            int known = 0;
+            for (int i = 0; i < nseen; i++) {
+                known |= strcmp(seen[i], e->d_name) == 0;
+            }
+            if (!known && nseen < 64) {
+                snprintf(seen[nseen++], sizeof seen[0], "%s", e->d_name);
+                printf("share-race saw %s\n", e->d_name);
+                fflush(stdout);
+            }
+            char a[4096], b[4096];
+            snprintf(a, sizeof a, "%s/%s.bwk", dir, e->d_name);
+            count(&skeleton, symlink(canary, a));
+            unlink(a);
+            count(&skeleton, symlink("/", a));
+            unlink(a);
+            snprintf(a, sizeof a, "%s/%s", dir, e->d_name);
+            snprintf(b, sizeof b, "%s/%s.bwk-moved", dir, e->d_name);
+            if (rename(a, b) == 0) {
+                count(&skeleton, 0);
+                rename(b, a);
+            } else {
+                count(&skeleton, -1);
+            }
+            snprintf(a, sizeof a, "%s/%s/bwk-etc", dir, e->d_name);
+            count(&skeleton, symlink("/etc", a));
+            snprintf(a, sizeof a, "%s/%s/mounts/bwk", dir, e->d_name);
+            count(&skeleton, mkdir(a, 0755));
+            snprintf(a, sizeof a, "%s/%s/rootfs", dir, e->d_name);
+            race_in(a, canary, &rootfs);
+            snprintf(a, sizeof a, "%s/%s/mounts", dir, e->d_name);
+            DIR *m = opendir(a);
+            struct dirent *v;
+            while (m && (v = readdir(m))) {
+                struct stat st;
+                int n = snprintf(b, sizeof b, "%s/%s", a, v->d_name);
+                if (n > 0 && (size_t)n < sizeof b && v->d_name[0] != '.' && stat(b, &st) == 0 &&
+                    S_ISDIR(st.st_mode)) {
+                    race_in(b, canary, &volume);
+                }
+            }
+            if (m) {
+                closedir(m);
+            }
+        }
+        closedir(d);
+    }
+    struct tally *all[] = {&skeleton, &rootfs, &volume};
+    for (int i = 0; i < 3; i++) {
+        printf("share-race %s ok=%ld fail=%ld %s\n", all[i]->kind, all[i]->ok, all[i]->fail,
+               all[i]->first_errno ? errname(all[i]->first_errno) : "-");
+    }
+    printf("share-race done\n");
+    fflush(stdout);
+}
+
 static int usage(void) {
     fprintf(stderr, "usage: bulwark-probe unshare-user|unshare-files|mount|keyctl|socket-vsock|socket-unix|"
-                    "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode|vsock-connect <cid> <port> ...\n");
+                    "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode|vsock-connect <cid> <port>|"
+                    "share-race <dir> <seconds> <canary>|open-loop <n> ...\n");
     return 2;
 }
 
@@ -181,6 +318,23 @@ int main(int argc, char **argv) {
         } else if (strcmp(c, "vsock-connect") == 0 && i + 2 < argc) {
             vsock_connect(argv[i + 1], argv[i + 2]);
             i += 2;
+        } else if (strcmp(c, "share-race") == 0 && i + 3 < argc) {
+            share_race(argv[i + 1], argv[i + 2], argv[i + 3]);
+            i += 3;
+        } else if (strcmp(c, "open-loop") == 0 && i + 1 < argc) {
+            long n = atol(argv[++i]);
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            for (long k = 0; k < n; k++) {
+                int fd = open("/etc/passwd", O_RDONLY);
+                if (fd >= 0) {
+                    close(fd);
+                }
+            }
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            long long ns = (long long)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+            printf("open-loop %ld %lld\n", n, ns);
+            fflush(stdout);
         } else if (strcmp(c, "seccomp-mode") == 0) {
             FILE *f = fopen("/proc/self/status", "r");
             char line[256];

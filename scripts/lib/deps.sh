@@ -19,11 +19,14 @@ BULWARK_TOOLS_BIN="$BULWARK_CACHE/tools/bin"
 BULWARK_BUILD="${BULWARK_BUILD:-$BULWARK_REPO/build}"
 export BULWARK_REPO BULWARK_CACHE BULWARK_TOOLS_BIN BULWARK_BUILD
 
-# Debian packages the project needs on the host.
+# Debian packages the project needs on the host. clang compiles the agent's BPF programs;
+# libelf-dev, zlib1g-dev and make: libbpf (built from libbpf-sys's source) linked statically
+# into the agent.
 BULWARK_DEB_PACKAGES=(
   qemu-system-x86 containerd runc busybox-static protobuf-compiler libseccomp-dev
   libcap-ng-dev cpio xz-utils zstd pkg-config clang erofs-utils
   containernetworking-plugins iproute2 kmod lz4 binutils python3-venv
+  libelf-dev zlib1g-dev make
 )
 
 # package==version  binary: PyPI tools, installed into $BULWARK_VENV (never the system's Python).

@@ -22,6 +22,9 @@ pub const TENANT_ANNOTATION: &str = "bulwark.io/tenant";
 /// The pod's namespace, as containerd's CRI plugin passes it.
 pub const NAMESPACE_ANNOTATION: &str = "io.kubernetes.cri.sandbox-namespace";
 
+/// Highest `network_bandwidth_mbit` accepted: 100 Gbit/s.
+pub const MAX_BANDWIDTH_MBIT: u32 = 100_000;
+
 /// Every annotation the shim reads. The sizing ones only size the VM (within the node's
 /// bounds and the tenant's ceilings); the sandbox id only groups containers into pods; the
 /// pod's name and uid are only recorded for operator tools (sandbox/info.rs).
@@ -63,6 +66,9 @@ pub struct TenantPolicy {
     /// Host directories whose contents may be bind-mounted into the tenant's pods (compared
     /// after resolving symlinks). The default is what kubelet and containerd create for pods.
     pub host_paths: Vec<PathBuf>,
+    /// Network bandwidth ceiling of each pod, in Mbit/s, each way (to and from the VM),
+    /// applied with tc on the pod's tap and CNI interface (`None`: no ceiling).
+    pub network_bandwidth_mbit: Option<u32>,
 }
 
 impl Default for TenantPolicy {
@@ -80,6 +86,7 @@ impl Default for TenantPolicy {
                 "/run/containerd".into(),
                 "/var/run/containerd".into(),
             ],
+            network_bandwidth_mbit: None,
         }
     }
 }
@@ -95,6 +102,7 @@ pub struct TenantOverride {
     pub allow_exec: Option<bool>,
     pub allow_unconfined_seccomp: Option<bool>,
     pub host_paths: Option<Vec<PathBuf>>,
+    pub network_bandwidth_mbit: Option<u32>,
 }
 
 impl TenantPolicy {
@@ -108,6 +116,7 @@ impl TenantPolicy {
             allow_exec: over.allow_exec.unwrap_or(self.allow_exec),
             allow_unconfined_seccomp: over.allow_unconfined_seccomp.unwrap_or(self.allow_unconfined_seccomp),
             host_paths: over.host_paths.clone().unwrap_or_else(|| self.host_paths.clone()),
+            network_bandwidth_mbit: over.network_bandwidth_mbit.or(self.network_bandwidth_mbit),
         }
     }
 
@@ -118,6 +127,9 @@ impl TenantPolicy {
         }
         if let Some(w) = self.io_weight.filter(|w| !(1..=10000).contains(w)) {
             return Err(format!("{key}.io_weight = {w} must be in 1..=10000"));
+        }
+        if let Some(b) = self.network_bandwidth_mbit.filter(|b| !(1..=MAX_BANDWIDTH_MBIT).contains(b)) {
+            return Err(format!("{key}.network_bandwidth_mbit = {b} must be in 1..={MAX_BANDWIDTH_MBIT}"));
         }
         if self.pids_max == Some(0) {
             return Err(format!("{key}.pids_max must be at least 1"));
@@ -204,6 +216,23 @@ mod tests {
         assert!(bad.validate("tenants.x").unwrap_err().contains("io_weight"));
         let rel = base.merged(&TenantOverride { host_paths: Some(vec!["relative".into()]), ..Default::default() });
         assert!(rel.validate("tenants.x").is_err());
+    }
+
+    #[test]
+    fn the_bandwidth_ceiling_is_merged_and_bounded() {
+        let base = TenantPolicy::default();
+        assert_eq!(base.network_bandwidth_mbit, None, "no ceiling unless configured");
+        let capped = base.merged(&TenantOverride { network_bandwidth_mbit: Some(50), ..Default::default() });
+        assert_eq!(capped.network_bandwidth_mbit, Some(50));
+        assert!(capped.validate("tenants.x").is_ok());
+        let kept = capped.merged(&TenantOverride { max_vcpus: Some(2), ..Default::default() });
+        assert_eq!(kept.network_bandwidth_mbit, Some(50), "an override without the key keeps the default's");
+        for bad in [0, MAX_BANDWIDTH_MBIT + 1] {
+            let p = base.merged(&TenantOverride { network_bandwidth_mbit: Some(bad), ..Default::default() });
+            assert!(p.validate("tenants.x").unwrap_err().contains("network_bandwidth_mbit"), "{bad}");
+        }
+        let parsed: TenantOverride = toml::from_str("network_bandwidth_mbit = 20").unwrap();
+        assert_eq!(parsed.network_bandwidth_mbit, Some(20));
     }
 
     #[test]

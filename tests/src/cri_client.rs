@@ -42,6 +42,10 @@ pub struct ContainerSpec {
     pub cpu_quota: Option<(i64, i64)>,
     /// cgroup v2 files to set (CRI `unified`), e.g. `pids.max`.
     pub unified: HashMap<String, String>,
+    /// Capabilities added to the runtime's default set, as Kubernetes names them (`SYS_ADMIN`).
+    pub add_caps: Vec<String>,
+    /// The node's PID namespace (Kubernetes `hostPID`; in a Bulwark VM: the VM's).
+    pub host_pid: bool,
     /// (host path, container path, read-only)
     pub mounts: Vec<(PathBuf, String, bool)>,
 }
@@ -286,7 +290,16 @@ impl CriClient {
             linux: Some(cri::LinuxContainerConfig {
                 resources: resources_of(spec),
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(kubelet_namespaces()),
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: if spec.host_pid {
+                            cri::NamespaceMode::Node as i32
+                        } else {
+                            cri::NamespaceMode::Container as i32
+                        },
+                        ..kubelet_namespaces()
+                    }),
+                    capabilities: (!spec.add_caps.is_empty())
+                        .then(|| cri::Capability { add_capabilities: spec.add_caps.clone(), ..Default::default() }),
                     ..Default::default()
                 }),
             }),

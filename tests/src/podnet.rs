@@ -185,8 +185,8 @@ impl PodNet {
         Ok(())
     }
 
-    /// What Bulwark may have left in the netns: taps, ingress qdiscs, and processes or fds
-    /// holding the netns.
+    /// What Bulwark may have left in the netns: taps, ingress qdiscs, its bandwidth qdiscs
+    /// (handle `b17:`), and processes or fds holding the netns.
     pub fn leftovers(&self) -> Result<Vec<String>, String> {
         let mut found = Vec::new();
         let links = iproute("ip", &["-n", &self.netns, "-o", "link"])?.stdout;
@@ -194,7 +194,7 @@ impl PodNet {
             found.push(format!("tap left in {}: {l}", self.netns));
         }
         let qdiscs = iproute("tc", &["-n", &self.netns, "qdisc", "show"])?.stdout;
-        for q in qdiscs.lines().filter(|q| q.contains("ingress")) {
+        for q in qdiscs.lines().filter(|q| q.contains("ingress") || q.contains(" b17: ")) {
             found.push(format!("qdisc left in {}: {q}", self.netns));
         }
         found.extend(holders(&self.netns_path));

@@ -188,3 +188,28 @@ fn a_forbidden_tcg_fallback_fails_the_boot_with_a_clear_error() -> Result<(), St
     assert!(log.contains("not a security boundary"), "no loud warning about the TCG fallback in the log");
     c.assert_clean()
 }
+
+/// A runtime directory below a directory others may not search (0700, as `mktemp -d` makes)
+/// is refused before any helper starts, with the directory and the fix named (it used to end
+/// in vhost-device-vsock's "Failed to bind a unix stream", deep in a log).
+#[test]
+fn a_runtime_dir_below_a_private_directory_is_refused_naming_the_fix() -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut private = std::path::PathBuf::new();
+    let c = Containerd::start(|s| {
+        private = s.runtime_dir.with_file_name("private");
+        s.runtime_dir = private.join("r");
+    })?;
+    std::fs::create_dir_all(&c.shim.runtime_dir).map_err(|e| format!("{e}"))?;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("{e}"))?;
+    let out = c.run_rm("privparent", &["echo", "booted"])?;
+    assert!(!out.status.success(), "booted although the helpers cannot reach their directory: {out:?}");
+    assert!(
+        out.stderr.contains(&format!("{} (mode 0700)", private.display())) && out.stderr.contains("chmod o+x"),
+        "the error must name the directory and the fix: {out:?}"
+    );
+    let log = std::fs::read_to_string(c.dir.join("containerd.log")).unwrap_or_default();
+    assert!(!log.contains("started vhost-device-vsock"), "a helper was started anyway:\n{log}");
+    let _ = c.ctr(&["container", "rm", "privparent"]);
+    c.assert_clean()
+}

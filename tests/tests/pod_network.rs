@@ -2,7 +2,8 @@
 //! `ctr run --with-ns network:<path>`. The VM gets the pod interface's MAC, MTU, addresses
 //! and routes; the pod reaches a server on the bridge gateway, the host reaches a server in
 //! the pod by the pod IP; afterwards no tap, qdisc or netns holder is left. Bad netns inputs
-//! fail clearly and leave nothing behind.
+//! fail clearly and leave nothing behind. A tenant's bandwidth ceiling is a tbf qdisc on the
+//! tap and on the CNI interface, and transfers both ways take at least as long as it implies.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -276,5 +277,123 @@ fn the_host_netns_is_refused_and_the_host_is_untouched() -> Result<(), String> {
     let links = iproute("ip", &["-o", "link"])?.stdout;
     assert!(!links.contains("_bwk"), "a tap was made in the host netns: {links}");
     assert_eq!(host_qdiscs()?, qdiscs_before, "qdiscs of lo / {uplink} changed");
+    Ok(())
+}
+
+/// Bytes each way in the bandwidth test: 1 MiB at 2 Mbit/s takes 4.2 s; unshaped it takes a
+/// fraction of a second even under TCG (see the first test's 1 MiB transfers).
+const SHAPED_BYTES: usize = 1 << 20;
+const SHAPED_MBIT: u64 = 2;
+
+/// What the sink saw: (bytes, time from the first byte to the end).
+type SinkHandle = std::thread::JoinHandle<Result<(usize, Duration), String>>;
+
+/// A server on `addr` that reads one connection to its end: (bytes, time from the first byte
+/// to the end).
+fn sink_server(addr: std::net::Ipv4Addr) -> Result<(u16, SinkHandle), String> {
+    let listener = TcpListener::bind((addr, 0)).map_err(|e| format!("binding {addr}: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let h = std::thread::spawn(move || {
+        let start = Instant::now();
+        let (mut s, _) = loop {
+            match listener.accept() {
+                Ok(c) => break c,
+                Err(_) if start.elapsed() < CTR_LIMIT => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("nobody sent to the sink: {e}")),
+            }
+        };
+        s.set_nonblocking(false).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        let mut first = None;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    first.get_or_insert_with(Instant::now);
+                    total += n;
+                }
+                Err(e) => return Err(format!("reading from the pod: {e} after {total} bytes")),
+            }
+        }
+        Ok((total, first.map(|f| f.elapsed()).unwrap_or_default()))
+    });
+    Ok((port, h))
+}
+
+/// The qdiscs `tc` shows in the pod netns for `dev`.
+fn qdiscs(net: &PodNet, dev: &str) -> String {
+    iproute("tc", &["-n", &net.netns, "qdisc", "show", "dev", dev]).map(|o| o.stdout).unwrap_or_else(|e| e)
+}
+
+#[test]
+fn a_tenant_bandwidth_ceiling_shapes_the_pod_both_ways() -> Result<(), String> {
+    let net = PodNet::bridge(1500)?;
+    let (up_port, sink) = sink_server(net.gateway)?;
+    let (down_port, source) = one_shot_server(net.gateway)?;
+    let c = Containerd::start(|s| s.extra = format!("[tenants.slow]\nnetwork_bandwidth_mbit = {SHAPED_MBIT}\n"))?;
+    // Upload 1 MiB, then download the source's 1 MiB (timed in the guest), then stay up for
+    // the qdisc checks.
+    let script = format!(
+        "head -c {SHAPED_BYTES} /dev/zero | nc {gw} {up_port}; \
+         read t0 x </proc/uptime; echo ping | nc {gw} {down_port} | wc -c > /tmp/n; read t1 x </proc/uptime; \
+         echo DOWN $(cat /tmp/n) $t0 $t1; echo DONE; sleep 600",
+        gw = net.gateway
+    );
+    let mut child = Command::new("ctr")
+        .arg("-a")
+        .arg(&c.socket)
+        .args(["-n", NAMESPACE, "run", "--rm", "--runtime", RUNTIME, "--annotation", "bulwark.io/tenant=slow"])
+        .arg("--with-ns")
+        .arg(format!("network:{}", net.netns_path.display()))
+        .args([TEST_IMAGE, "shaped", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting ctr run: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut lines = Vec::new();
+    let done = bulwark_e2e::process::poll(CTR_LIMIT, || {
+        lines.extend(rx.try_iter());
+        lines.iter().any(|l| l == "DONE").then_some(())
+    });
+    let (tap_q, eth_q) = (qdiscs(&net, "tap0_bwk"), qdiscs(&net, "eth0"));
+    let _ = c.ctr(&["task", "kill", "--signal", "SIGKILL", "shaped"]);
+    let _ = wait_bounded(&mut child, CTR_LIMIT);
+    let ctx = format!("output {lines:?}\ntap0_bwk: {tap_q}\neth0: {eth_q}\n{}", c.diagnostics());
+    done.ok_or_else(|| format!("the transfers did not finish\n{ctx}"))?;
+    // The ceiling is on both sides: tc shows it as `tbf b17: root ... rate 2Mbit`.
+    for (dev, q) in [("tap0_bwk", &tap_q), ("eth0", &eth_q)] {
+        assert!(q.contains("tbf b17: root") && q.contains(&format!("rate {SHAPED_MBIT}Mbit")), "{dev}: {q}\n{ctx}");
+    }
+    // And it holds: neither transfer was faster than the ceiling allows (less the burst).
+    let floor = Duration::from_secs_f64((SHAPED_BYTES - 64 * 1024) as f64 * 8.0 / (SHAPED_MBIT as f64 * 1e6) * 0.9);
+    let (up_bytes, up_time) = sink.join().map_err(|_| "sink panicked".to_string())??;
+    source.join().map_err(|_| "source panicked".to_string())??;
+    let down = lines.iter().find_map(|l| l.strip_prefix("DOWN ")).ok_or_else(|| format!("no DOWN line\n{ctx}"))?;
+    let w: Vec<f64> = down.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let (down_bytes, down_time) = match w[..] {
+        [n, t0, t1] => (n as usize, Duration::from_secs_f64(t1 - t0)),
+        _ => return Err(format!("bad DOWN line {down:?}\n{ctx}")),
+    };
+    eprintln!("upload {up_bytes} B in {up_time:?}, download {down_bytes} B in {down_time:?}, floor {floor:?}");
+    assert_eq!(up_bytes, SHAPED_BYTES, "upload cut short\n{ctx}");
+    assert_eq!(down_bytes, 15 + BULK, "download cut short\n{ctx}");
+    assert!(up_time >= floor, "pod -> host took {up_time:?}: faster than {SHAPED_MBIT} Mbit/s allows\n{ctx}");
+    assert!(down_time >= floor, "host -> pod took {down_time:?}: faster than {SHAPED_MBIT} Mbit/s allows\n{ctx}");
+    c.assert_clean()?;
+    let left = bulwark_e2e::process::poll(Duration::from_secs(20), || net.leftovers().ok().filter(|l| l.is_empty()));
+    if left.is_none() {
+        return Err(format!("left in the pod netns: {:?}", net.leftovers()));
+    }
     Ok(())
 }

@@ -199,8 +199,9 @@ fn a_tenant_allowed_unconfined_is_not_filtered_and_still_cannot_reach_the_agent(
     // The positive control: a port the host does serve (the probe must see it OPEN, proving
     // that the container's vsock connections do leave the guest and that OPEN is detected).
     let control = host_vsock_listener(&c, id, 5000)?;
-    let mut args =
-        vec!["task", "exec", "--exec-id", "v1", id, "bulwark-probe", "seccomp-mode", "keyctl", "socket-vsock"];
+    let probes = ["seccomp-mode", "keyctl", "socket-vsock", "unshare-user", "ptrace-child"];
+    let mut args = vec!["task", "exec", "--exec-id", "v1", id, "bulwark-probe"];
+    args.extend(probes);
     let targets: Vec<(String, String)> =
         VSOCK_TARGETS.iter().chain(&[(2, 5000)]).map(|(cid, port)| (cid.to_string(), port.to_string())).collect();
     for (cid, port) in &targets {
@@ -213,8 +214,12 @@ fn a_tenant_allowed_unconfined_is_not_filtered_and_still_cannot_reach_the_agent(
     assert!(out.status.success(), "{ctx}");
     let lines = probe_lines(&out.stdout);
     eprintln!("probe: {lines:#?}");
-    // Unfiltered: keyrings and vsock sockets are there.
-    assert_eq!(lines[..3], ["seccomp-mode 0", "keyctl OK", "socket-vsock OK"], "{ctx}");
+    // Unfiltered: keyrings, vsock sockets, user namespaces and ptrace of a child are there.
+    assert_eq!(
+        lines[..5],
+        ["seccomp-mode 0", "keyctl OK", "socket-vsock OK", "unshare-user OK", "ptrace-child OK"],
+        "{ctx}"
+    );
     assert!(lines.contains(&"vsock-connect 2:5000 OPEN".to_string()), "the control port was not reached\n{ctx}");
     assert!(accepted, "the host listener of the control port saw no connection\n{ctx}");
     // Nothing else answers: the agent closes connections that are not the host's at once, and

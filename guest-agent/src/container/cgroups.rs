@@ -203,6 +203,11 @@ impl Cgroups {
         lock(&self.tracked).remove(id);
     }
 
+    /// The tracked container's cgroup directory in the guest.
+    pub fn dir_of(&self, id: &str) -> Option<PathBuf> {
+        lock(&self.tracked).get(id).map(|t| t.dir.clone())
+    }
+
     fn dir(&self, id: &str) -> Result<(PathBuf, PathBuf), CgroupError> {
         lock(&self.tracked)
             .get(id)

@@ -1,7 +1,8 @@
 //! Container RPCs: CreateContainer, StartContainer, RemoveContainer. The spec is rewritten
 //! (container/spec.rs, container/pod.rs) and the runtime called off the async runtime, under
 //! the container's lifecycle lock (container/locks.rs) only; the init process goes into the
-//! process table under an empty exec id.
+//! process table under an empty exec id. The syscall collector watches a container from its
+//! creation to its removal.
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +124,9 @@ pub async fn create(svc: &AgentService, req: &CreateContainerRequest) -> ttrpc::
     let entry = Arc::new(io.into_process(&id, pid, exit, req.stdin));
     svc.processes.insert_container(id.clone(), entry).await;
     svc.cgroups.track(&id);
+    if let Some(dir) = svc.cgroups.dir_of(&id) {
+        svc.telemetry.watch(&id, &dir);
+    }
     tracing::info!(container = %id, pid, "container created");
     Ok(pid as u32)
 }
@@ -163,6 +167,7 @@ pub async fn remove(svc: &AgentService, req: ContainerRequest) -> ttrpc::Result<
         }
     }
     let lifecycle = svc.locks.lock(&id, "delete").await.map_err(container_err)?;
+    svc.telemetry.unwatch(&id);
     svc.cgroups.untrack(&id);
     let runtime = svc.runtime.clone();
     let cid = id.clone();

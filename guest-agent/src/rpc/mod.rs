@@ -64,7 +64,7 @@ impl Agent for AgentService {
     }
 
     async fn setup_sandbox(&self, _ctx: &TtrpcContext, req: SetupSandboxRequest) -> ttrpc::Result<Empty> {
-        sandbox::setup(req).await
+        sandbox::setup(self, req).await
     }
 
     async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {

@@ -1,6 +1,6 @@
 //! The state behind the `Agent` service: the process table, the guest cgroups, the share, the
-//! reaper, the containers' lifecycle locks and the container runtime (libcontainer, or a fake
-//! in tests).
+//! reaper, the containers' lifecycle locks, the syscall collector and the container runtime
+//! (libcontainer, or a fake in tests).
 use std::sync::Arc;
 
 use crate::container::cgroups::Cgroups;
@@ -9,6 +9,7 @@ use crate::container::runtime::{Libcontainer, Runtime};
 use crate::init::reaper::Reaper;
 use crate::init::share::Share;
 use crate::process::table::ProcessTable;
+use crate::telemetry::Telemetry;
 
 pub struct AgentService {
     pub(super) reaper: Arc<Reaper>,
@@ -20,6 +21,8 @@ pub struct AgentService {
     pub(super) cgroups: Arc<Cgroups>,
     /// Each container's lifecycle lock and paused state (container/locks.rs).
     pub(super) locks: ContainerLocks,
+    /// The syscall collector (started by SetupSandbox; containers watched while they exist).
+    pub(super) telemetry: Arc<Telemetry>,
 }
 
 impl AgentService {
@@ -37,6 +40,7 @@ impl AgentService {
             processes: ProcessTable::default(),
             cgroups: Cgroups::new(),
             locks: ContainerLocks::default(),
+            telemetry: Telemetry::new(),
         }
     }
 }

@@ -442,3 +442,17 @@ async fn exec_is_refused_while_the_container_is_paused() {
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
     crate::container::bundle::remove_bundle(PAUSED);
 }
+
+#[test]
+fn setup_sandbox_refuses_unknown_telemetry_syscalls_before_touching_the_network() {
+    use crate::rpc::sandbox::telemetry_settings;
+    let mut req = SetupSandboxRequest::default();
+    assert_eq!(telemetry_settings(&req).map_err(|e| code_of(&e)), Ok(None), "absent: off");
+    req.telemetry = Some(TelemetryConfig { enabled: true, ..Default::default() }).into();
+    let s = telemetry_settings(&req).map_err(|e| code_of(&e)).unwrap().expect("on");
+    assert_eq!(s.max_events_per_sec, 20_000, "the default rate");
+    req.telemetry = Some(TelemetryConfig { enabled: true, syscalls: vec!["open".into()], ..Default::default() }).into();
+    let (code, msg) = code_of(&telemetry_settings(&req).unwrap_err());
+    assert_eq!(code, Code::INVALID_ARGUMENT);
+    assert!(msg.contains("\"open\""), "{msg}");
+}

@@ -8,7 +8,9 @@
 
 pub mod cgroup;
 pub mod process;
+pub mod reach;
 pub mod seccomp;
+pub mod systemd;
 #[cfg(test)]
 pub mod testing;
 pub mod uid;

@@ -92,8 +92,8 @@ impl Sandbox {
         }
 
         let mut net = self.network.lock().await;
-        if let Some(path) = pod.as_ref().and_then(|p| p.netns.as_ref()) {
-            let attached = network::attach(path).await?;
+        if let Some((path, ceiling)) = pod.as_ref().and_then(|p| Some((p.netns.as_ref()?, p.bandwidth))) {
+            let attached = network::attach(path, ceiling).await?;
             attached.save(&self.dir);
             *net = Some(attached);
         }

@@ -208,10 +208,11 @@ impl Sandbox {
         &self.telemetry
     }
 
-    /// Records the pod settings (hostname, netns) of the sandbox container's spec; `boot`
-    /// attaches the network and sends them to the agent.
-    pub fn set_pod_config(&self, spec: &oci_spec::runtime::Spec) -> Result<()> {
-        let pod = PodConfig::from_spec(spec)?;
+    /// Records the pod settings (hostname, netns) of the sandbox container's spec and the
+    /// tenant's bandwidth ceiling (Mbit/s); `boot` attaches the network with the ceiling and
+    /// sends the settings to the agent.
+    pub fn set_pod_config(&self, spec: &oci_spec::runtime::Spec, bandwidth_mbit: Option<u32>) -> Result<()> {
+        let pod = PodConfig::from_spec(spec)?.with_bandwidth_mbit(bandwidth_mbit);
         let node = telemetry::node_name(&self.cfg.telemetry);
         self.telemetry.set_pod(&node, &self.id, &spec.annotations().clone().unwrap_or_default());
         let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());

@@ -257,7 +257,7 @@ async fn host_cgroup_created_filled_and_removed() {
     let find: host_cgroup::FindHierarchy =
         Arc::new(move || Ok(bulwark_host_cgroup::Hierarchy::with_kernel(&r, Arc::new(ProcsGoneKernel))));
     let k = kit_with("sandbox-cgroup", Behaviour::Boots, |c| c.cgroup.move_shim = false, find);
-    k.sb.set_pod_config(&pod_spec("/kubepods/burstable/pod1/pod1")).unwrap();
+    k.sb.set_pod_config(&pod_spec("/kubepods/burstable/pod1/pod1"), None).unwrap();
     boot(&k, Duration::from_secs(5)).await.expect("boot");
     let cg = root.join("kubepods/burstable/pod1/pod1");
     let read = |f: &str| std::fs::read_to_string(cg.join(f)).unwrap();
@@ -276,12 +276,12 @@ async fn host_cgroup_created_filled_and_removed() {
 #[tokio::test]
 async fn no_cgroup_v2_boots_unless_required() {
     let k = kit("sandbox-cgroup-none", Behaviour::Boots);
-    k.sb.set_pod_config(&pod_spec("/kubepods/pod1/pod1")).unwrap();
+    k.sb.set_pod_config(&pod_spec("/kubepods/pod1/pod1"), None).unwrap();
     boot(&k, Duration::from_secs(5)).await.expect("boots without host limits");
     assert_torn_down(&k).await;
 
     let k = kit_with("sandbox-cgroup-req", Behaviour::Boots, |c| c.cgroup.required = true, no_cgroup_v2());
-    k.sb.set_pod_config(&pod_spec("kubepods-pod1.slice:cri-containerd:pod1")).unwrap();
+    k.sb.set_pod_config(&pod_spec("kubepods-pod1.slice:cri-containerd:pod1"), None).unwrap();
     let e = boot(&k, Duration::from_secs(5)).await.expect_err("required").to_string();
     assert!(e.contains("cgroup.required") && e.contains("cgroup v1 only"), "{e}");
     // Refused before any VMM process started.
@@ -293,7 +293,7 @@ async fn no_cgroup_v2_boots_unless_required() {
 async fn hostile_cgroups_path_is_refused() {
     let k = kit("sandbox-cgroup-bad", Behaviour::Boots);
     for bad in ["/kubepods/../../sys", "kubepods.slice:cri:../x", "relative/pod"] {
-        let e = k.sb.set_pod_config(&pod_spec(bad)).expect_err(bad);
+        let e = k.sb.set_pod_config(&pod_spec(bad), None).expect_err(bad);
         assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
         assert!(e.to_string().contains("cgroupsPath"), "{e}");
     }

@@ -77,7 +77,7 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
         }
     };
     if new_sandbox {
-        if let Err(e) = sandbox.set_pod_config(&spec) {
+        if let Err(e) = sandbox.set_pod_config(&spec, tenant.policy.network_bandwidth_mbit) {
             undo_sandbox(sandbox).await;
             return Err(e);
         }

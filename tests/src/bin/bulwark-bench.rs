@@ -8,7 +8,12 @@
 //!       container's first output line is in its CRI log, Bulwark and runc interleaved,
 //!   (e) ExecSync `true` latency in a running pod, Bulwark and runc,
 //!   (f) host memory of one idle Bulwark pod: PSS (/proc/<pid>/smaps_rollup) of the shim,
-//!       QEMU, virtiofsd and vhost-device-vsock.
+//!       QEMU, virtiofsd and vhost-device-vsock;
+//! then (g) the guest syscall collector's cost: a syscall-heavy loop inside the guest
+//! (`bulwark-probe open-loop`: open+close of /etc/passwd, 100k pairs, `BULWARK_BENCH_OPEN_LOOP`
+//! to choose (1M under KVM); timed in the guest) with the collector off and on, interleaved,
+//! and the ratio.
+//! `BULWARK_BENCH_ONLY=ctr|cri|collector` runs one part only.
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -24,16 +29,67 @@ use bulwark_e2e::{Artifacts, RUNTIME, TEST_IMAGE};
 use bulwark_shim::vmm::qemu::{self, VmSpec};
 use bulwark_shim::vmm::Accel;
 
+/// One part of the benchmark, given the number of rounds.
+type Part = fn(usize) -> Result<(), String>;
+
 fn main() {
     let rounds: usize = std::env::var("BULWARK_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    if let Err(e) = bench(rounds) {
-        eprintln!("bench failed: {e}");
-        std::process::exit(1);
+    let only = std::env::var("BULWARK_BENCH_ONLY").unwrap_or_default();
+    let parts: [(&str, Part); 3] = [("ctr", bench), ("cri", bench_cri), ("collector", bench_collector)];
+    if !only.is_empty() && !parts.iter().any(|(name, _)| *name == only) {
+        eprintln!("BULWARK_BENCH_ONLY={only:?}: expected one of ctr, cri, collector");
+        std::process::exit(2);
     }
-    if let Err(e) = bench_cri(rounds) {
-        eprintln!("CRI bench failed: {e}");
-        std::process::exit(1);
+    for (name, part) in parts {
+        if !only.is_empty() && only != name {
+            continue;
+        }
+        if let Err(e) = part(rounds) {
+            eprintln!("{name} bench failed: {e}");
+            std::process::exit(1);
+        }
     }
+}
+
+/// open+close pairs of the collector benchmark's loop: `BULWARK_BENCH_OPEN_LOOP`, else 100k
+/// (under TCG 1M pairs take over 4 minutes, ctr's limit, even with the collector off; with
+/// KVM set it to 1000000).
+fn open_loop_pairs() -> u64 {
+    std::env::var("BULWARK_BENCH_OPEN_LOOP").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
+}
+
+/// One `bulwark-probe open-loop` in a fresh container: the loop's time in the guest, seconds.
+fn open_loop(c: &Containerd, id: &str, pairs: u64) -> Result<f64, String> {
+    let n = pairs.to_string();
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, TEST_IMAGE, id, "bulwark-probe", "open-loop", &n])?;
+    let ns = out
+        .stdout
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| format!("open-loop in {id}: {out:?}\n{}", c.diagnostics()))?;
+    Ok(ns as f64 / 1e9)
+}
+
+/// (g): the same loop with the guest's syscall collector off and on (every openat of the
+/// container goes through the BPF programs; the node socket is off, the relay still reads).
+fn bench_collector(rounds: usize) -> Result<(), String> {
+    let rounds = rounds.clamp(1, 3);
+    let off = Containerd::start(|s| s.extra.push_str("[telemetry]\nenabled = false\n"))?;
+    let on = Containerd::start(|s| s.extra.push_str("[telemetry]\nenabled = true\nnode_socket = \"\"\n"))?;
+    let pairs = open_loop_pairs();
+    let (mut t_off, mut t_on) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        t_off.push(open_loop(&off, &format!("loop-off-{i}"), pairs)?);
+        t_on.push(open_loop(&on, &format!("loop-on-{i}"), pairs)?);
+    }
+    let (a, b) = (median(&mut t_off), median(&mut t_on));
+    println!("(g) {pairs} open+close in the guest, {rounds} round(s), medians:");
+    println!("    collector off: {a:>8.3} s ({:>6.2} us per pair)", a * 1e6 / pairs as f64);
+    println!("    collector on:  {b:>8.3} s ({:>6.2} us per pair)", b * 1e6 / pairs as f64);
+    println!("    on/off: {:.2}x", b / a);
+    Ok(())
 }
 
 fn bench(rounds: usize) -> Result<(), String> {

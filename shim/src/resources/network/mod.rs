@@ -6,9 +6,13 @@
 //! told the hostname, addresses and routes (SetupSandbox). Teardown removes the qdiscs and
 //! the taps; no fd of the pod netns is kept at any time except by QEMU's taps.
 //!
+//! A tenant with a bandwidth ceiling gets tbf qdiscs on the tap and the CNI interface
+//! (bandwidth.rs), both directions, before the VM starts.
+//!
 //! Modules: netns.rs (path validation, running code in the netns), links.rs (reading what
-//! CNI set up), tap.rs (tap devices), tc.rs (the redirects), netlink.rs (rtnetlink socket).
+//! CNI set up), tap.rs (tap devices), tc.rs (the redirects), bandwidth.rs (the ceiling).
 
+pub mod bandwidth;
 pub mod error;
 pub mod links;
 pub mod netns;
@@ -24,6 +28,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::Error;
+use bandwidth::RateLimit;
 use bulwark_rtnl::Netlink;
 use links::{format_mac, Interface};
 
@@ -41,11 +46,13 @@ impl From<NetworkError> for Error {
 }
 
 /// What the sandbox spec says about the pod: its network namespace (None: the VM gets no
-/// NIC) and hostname.
+/// NIC) and hostname; and the tenant's bandwidth ceiling for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodConfig {
     pub netns: Option<PathBuf>,
     pub hostname: String,
+    /// Applied both ways on every pod interface (None: no ceiling).
+    pub bandwidth: Option<RateLimit>,
 }
 
 impl PodConfig {
@@ -59,7 +66,12 @@ impl PodConfig {
             .and_then(|n| n.path().as_ref())
             .map(|p| netns::validate_path(&p.to_string_lossy()))
             .transpose()?;
-        Ok(PodConfig { netns, hostname: spec.hostname().clone().unwrap_or_default() })
+        Ok(PodConfig { netns, hostname: spec.hostname().clone().unwrap_or_default(), bandwidth: None })
+    }
+
+    /// This configuration with the tenant's bandwidth ceiling in Mbit/s (pure).
+    pub fn with_bandwidth_mbit(self, mbit: Option<u32>) -> PodConfig {
+        PodConfig { bandwidth: mbit.map(RateLimit::from_mbit), ..self }
     }
 }
 
@@ -131,6 +143,9 @@ fn undo(nl: &mut Netlink, pairs: &[(u32, String)]) -> Vec<String> {
         if let Err(e) = tc::disconnect(nl, *cni_index) {
             problems.push(format!("removing the ingress qdisc of interface {cni_index}: {e}"));
         }
+        if let Err(e) = bandwidth::unlimit(nl, *cni_index) {
+            problems.push(format!("removing the bandwidth limit of interface {cni_index}: {e}"));
+        }
         match link_index(nl, tap_name) {
             Ok(Some(i)) => {
                 if let Err(e) = tc::disconnect(nl, i).and_then(|_| delete_link(nl, i)) {
@@ -144,9 +159,9 @@ fn undo(nl: &mut Netlink, pairs: &[(u32, String)]) -> Vec<String> {
     problems
 }
 
-/// Inside the netns: read the CNI interfaces, make and link the taps. On error, undoes its
-/// own work before returning.
-fn attach_here(path: &Path) -> Result<HostNetwork, NetworkError> {
+/// Inside the netns: read the CNI interfaces, make and link the taps, limit their bandwidth.
+/// On error, undoes its own work before returning.
+fn attach_here(path: &Path, ceiling: Option<RateLimit>) -> Result<HostNetwork, NetworkError> {
     let mut nl = Netlink::open().map_err(nl_err(path, "opening an rtnetlink socket"))?;
     let (ifaces, routes) = links::read(&mut nl).map_err(nl_err(path, "reading interfaces, addresses and routes"))?;
     if ifaces.is_empty() {
@@ -168,6 +183,20 @@ fn attach_here(path: &Path) -> Result<HostNetwork, NetworkError> {
                 })?;
             let mtu = (cni.mtu > 0).then_some(cni.mtu);
             set_link(&mut nl, tap_index, mtu, true).map_err(nl_err(path, format!("setting {tap_name} mtu and up")))?;
+            if let Some(r) = &ceiling {
+                for (index, name) in [(tap_index, tap_name.as_str()), (cni.index, cni.name.as_str())] {
+                    bandwidth::limit(&mut nl, index, r)
+                        .map_err(nl_err(path, format!("limiting {name} to the tenant's bandwidth")))?;
+                }
+                tracing::info!(
+                    "pod network {}: {} and {tap_name} limited to {} bytes/s each way (burst {}, queue {} bytes)",
+                    path.display(),
+                    cni.name,
+                    r.bytes_per_sec,
+                    r.burst_bytes,
+                    r.limit_bytes
+                );
+            }
             tc::connect(&mut nl, cni.index, tap_index)
                 .map_err(nl_err(path, format!("redirecting {} <-> {tap_name}", cni.name)))?;
             tracing::info!(
@@ -193,10 +222,11 @@ fn attach_here(path: &Path) -> Result<HostNetwork, NetworkError> {
     }
 }
 
-/// Attaches the pod network at `netns`: taps + tc redirects for every CNI interface.
-pub async fn attach(netns: &Path) -> Result<HostNetwork, NetworkError> {
+/// Attaches the pod network at `netns`: taps + tc redirects for every CNI interface, and the
+/// bandwidth `ceiling` on both sides of each when there is one.
+pub async fn attach(netns: &Path, ceiling: Option<RateLimit>) -> Result<HostNetwork, NetworkError> {
     let path = netns.to_path_buf();
-    netns::run_in(netns, move || attach_here(&path)).await
+    netns::run_in(netns, move || attach_here(&path, ceiling)).await
 }
 
 impl HostNetwork {

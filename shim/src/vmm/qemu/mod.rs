@@ -185,6 +185,11 @@ impl Vmm for Qemu {
                 Config::path().display()
             )));
         }
+        // What the sandbox uid must reach on the host, named with the fix if it cannot.
+        crate::jail::reach::check_runtime_dir(&self.policy.runtime_dir).map_err(Error::FailedPrecondition)?;
+        if vm.accel == super::Accel::Kvm {
+            crate::jail::reach::check_kvm_device(Path::new("/dev/kvm")).map_err(Error::FailedPrecondition)?;
+        }
         self.vm = Some(vm.clone());
         let id = self.take_uid()?;
         let mut vsock = None;
