@@ -15,7 +15,8 @@
 //! libcontainer, cgroups) over `process` (one process: pid, exit, stdio) over `init` (PID 1
 //! duties, the reaper, the share); `network` (SetupSandbox) and `vsock` (READY and logs to the
 //! host) stand apart, and so does `telemetry` (the eBPF syscall collector, started by
-//! SetupSandbox).
+//! SetupSandbox). `testmodes`, above them all, is a hostile guest on demand for the host's
+//! tests, compiled only with the cargo feature `test-modes`.
 extern crate bulwark_protocol as protocol;
 
 mod container;
@@ -24,6 +25,7 @@ mod network;
 mod process;
 mod rpc;
 mod telemetry;
+mod testmodes;
 mod vsock;
 
 use std::path::Path;
@@ -98,6 +100,7 @@ fn main() {
 }
 
 async fn serve(log_lines: logging::LogReceiver, no_pivot: bool) {
+    let test_mode = testmodes::TestMode::from_kernel_cmdline();
     tokio::spawn(watchdog::run());
     let reaper = reaper::Reaper::new();
     if std::process::id() == 1 {
@@ -112,7 +115,7 @@ async fn serve(log_lines: logging::LogReceiver, no_pivot: bool) {
         }
     }
 
-    let service = Arc::new(rpc::AgentService::new(reaper, share, no_pivot));
+    let service = test_mode.agent(Arc::new(rpc::AgentService::new(reaper, share, no_pivot)));
     let addr = format!("vsock://-1:{}", protocol::AGENT_PORT);
     // The vsock transport may take a moment to appear after the module loads.
     let mut server = None;
@@ -140,7 +143,7 @@ async fn serve(log_lines: logging::LogReceiver, no_pivot: bool) {
         return;
     }
     tracing::info!("agent API listening on {addr} (connections from CID {} only)", protocol::HOST_CID);
-    tokio::spawn(vsock::announce_and_forward_logs(log_lines));
+    tokio::spawn(test_mode.log_connection(log_lines));
     let mut t = tokio::time::interval(Duration::from_secs(60));
     loop {
         t.tick().await;

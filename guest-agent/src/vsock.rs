@@ -103,17 +103,30 @@ async fn connect() -> Option<VsockStream> {
 }
 
 /// Connects, announces readiness, then forwards log lines until the connection breaks.
-pub async fn announce_and_forward_logs(mut lines: LogReceiver) {
+pub async fn announce_and_forward_logs(lines: LogReceiver) {
+    if let Some(stream) = announce().await {
+        forward_logs(stream, lines).await;
+    }
+}
+
+/// Connects to the host and writes the READY line; returns the connection, which then carries
+/// log lines. None (logged; log lines stay on the console) if the host cannot be reached.
+pub async fn announce() -> Option<VsockStream> {
     let Some(mut stream) = connect().await else {
         logging::stop_forwarding();
-        return;
+        return None;
     };
     if let Err(e) = stream.write_all(protocol::ready_line().as_bytes()).await {
         tracing::error!("writing the READY line to the host failed: {e}");
         logging::stop_forwarding();
-        return;
+        return None;
     }
     tracing::info!("announced READY {} to the host", protocol::PROTOCOL_VERSION);
+    Some(stream)
+}
+
+/// Forwards log lines over the announced connection until it breaks.
+pub async fn forward_logs(mut stream: VsockStream, mut lines: LogReceiver) {
     while let Some(line) = lines.recv().await {
         if let Err(e) = stream.write_all(line.as_bytes()).await {
             logging::stop_forwarding();

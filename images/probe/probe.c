@@ -6,8 +6,12 @@
  *   bulwark-probe unshare-user | unshare-files | mount | userns-mount | keyctl | socket-vsock
  *                 | socket-unix | ptrace <pid> | ptrace-child | mkdir <path> | seccomp-mode
  *                 | vsock-connect <cid> <port> | share-race <dir> <seconds> <canary>
- *                 | open-loop <n>
+ *                 | open-loop <n> | memfd-exec
  *                 (several may follow)
+ *
+ * memfd-exec: copies /bin/busybox into memfd_create("payload") and executes the memfd with
+ * execveat(AT_EMPTY_PATH) as `true` (fileless execution, for the telemetry tests); prints
+ * "memfd-exec <ERRNO>" only if that fails (on success the probe is gone: `true` exits 0).
  *
  * open-loop: n times open("/etc/passwd") + close, then "open-loop <n> <elapsed ns>" (the
  * syscall-heavy loop scripts/bench times with the guest's syscall collector off and on).
@@ -260,7 +264,7 @@ static void share_race(const char *dir, const char *secs_s, const char *canary) 
 static int usage(void) {
     fprintf(stderr, "usage: bulwark-probe unshare-user|unshare-files|mount|keyctl|socket-vsock|socket-unix|"
                     "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode|vsock-connect <cid> <port>|"
-                    "share-race <dir> <seconds> <canary>|open-loop <n> ...\n");
+                    "share-race <dir> <seconds> <canary>|open-loop <n>|memfd-exec ...\n");
     return 2;
 }
 
@@ -321,6 +325,19 @@ int main(int argc, char **argv) {
         } else if (strcmp(c, "share-race") == 0 && i + 3 < argc) {
             share_race(argv[i + 1], argv[i + 2], argv[i + 3]);
             i += 3;
+        } else if (strcmp(c, "memfd-exec") == 0) {
+            int src = open("/bin/busybox", O_RDONLY);
+            int mfd = (int)syscall(SYS_memfd_create, "payload", 0);
+            char buf[65536];
+            ssize_t n;
+            while (src >= 0 && mfd >= 0 && (n = read(src, buf, sizeof buf)) > 0) {
+                if (write(mfd, buf, (size_t)n) != n) {
+                    break;
+                }
+            }
+            char *args[] = {"true", NULL};
+            char *env[] = {NULL};
+            report(c, mfd < 0 || src < 0 ? -1 : syscall(SYS_execveat, mfd, "", args, env, AT_EMPTY_PATH));
         } else if (strcmp(c, "open-loop") == 0 && i + 1 < argc) {
             long n = atol(argv[++i]);
             struct timespec t0, t1;

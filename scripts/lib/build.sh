@@ -3,6 +3,8 @@
 #   - the host binaries (shim) in target/debug,
 #   - the static guest agent in target/x86_64-unknown-linux-gnu/release,
 #   - the guest image ($BULWARK_BUILD/guest: vmlinux, initramfs.cpio, kernel-release),
+#   - the test guest image ($BULWARK_BUILD/guest-test: the same, its agent built with the
+#     feature test-modes: hostile guests on demand for the fault tests; never for production),
 #   - the busybox and pause test images ($BULWARK_BUILD/images/{busybox,pause}-oci.tar).
 # Source after scripts/lib/deps.sh (it sets BULWARK_REPO, BULWARK_BUILD, BULWARK_TOOLS_BIN);
 # call bulwark_build.
@@ -11,10 +13,21 @@ bulwark_build() {
     (
         cd "$BULWARK_REPO"
         cargo build --quiet --workspace --bins --tests
-        RUSTFLAGS="-C target-feature=+crt-static" \
-            LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-            cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent
-        images/build-guest-image target/x86_64-unknown-linux-gnu/release/bulwark-agent "$BULWARK_BUILD/guest"
+        local agent=target/x86_64-unknown-linux-gnu/release/bulwark-agent
+        local static=(env RUSTFLAGS="-C target-feature=+crt-static"
+            LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu)
+        # The test agent first, copied aside; the production agent last, so $agent is always it.
+        "${static[@]}" cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent --features test-modes
+        mkdir -p "$BULWARK_BUILD/guest-test"
+        cp "$agent" "$BULWARK_BUILD/guest-test/bulwark-agent.new"
+        mv -f "$BULWARK_BUILD/guest-test/bulwark-agent.new" "$BULWARK_BUILD/guest-test/bulwark-agent"
+        "${static[@]}" cargo build --quiet --release --target x86_64-unknown-linux-gnu -p bulwark-agent
+        if grep -qaF -e kill-agent-after-start -e huge-replies -e 'TEST MODE' "$agent"; then
+            echo "error: the production agent $agent has test modes compiled in" >&2
+            return 1
+        fi
+        images/build-guest-image "$agent" "$BULWARK_BUILD/guest"
+        images/build-guest-image "$BULWARK_BUILD/guest-test/bulwark-agent" "$BULWARK_BUILD/guest-test"
         images/build-test-image "$BULWARK_BUILD/images"
     )
 }

@@ -5,7 +5,8 @@
 //! `cri` starts containerd 1.6 or 2.x with its CRI plugin and a private CNI network (`cni`),
 //! `cri_client` drives it like kubelet, `cri_stream` speaks the streaming protocol for
 //! interactive exec and attach. For escape tests: `canary` (a watched host file, the host
-//! mount table).
+//! mount table). `faults` has what the fault and hostile-guest tests share (the test
+//! guest modes, a bystander pod, events, memory).
 //!
 //! Nothing here is faked: containerd, ctr, QEMU, virtiofsd and vhost-device-vsock are the real
 //! programs. When one is missing the test fails with a message saying what to install or build.
@@ -16,6 +17,7 @@ pub mod containerd;
 pub mod cri;
 pub mod cri_client;
 pub mod cri_stream;
+pub mod faults;
 pub mod install;
 pub mod kubelet;
 pub mod leftovers;

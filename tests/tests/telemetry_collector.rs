@@ -1,9 +1,11 @@
 //! The guest syscall collector end to end: a container in a microVM, run through a real
 //! containerd, does what Falco rules watch for (reads /etc/shadow, makes a file executable and
-//! runs it, connects out with nc, deletes a log file). The agent's eBPF collector, loaded in
-//! the real guest kernel, sends those syscalls over vsock to the shim's relay, which writes
-//! them, enriched, into the sandbox's `telemetry.frames`. The test reads that file while the
-//! container still runs and checks each event's type, path, process names and container id.
+//! runs it, connects out with nc, deletes a log file, executes a memfd). The agent's eBPF
+//! collector, loaded in the real guest kernel, sends those syscalls over vsock to the shim's
+//! relay, which writes them, enriched, into the sandbox's `telemetry.frames`. The test reads
+//! that file while the container still runs and checks each event's type, path, process names
+//! and container id; then that the syscall set is filtered in the guest and that events over
+//! the guest's rate are dropped and reported.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -109,6 +111,7 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
                   printf '#!/bin/sh\\necho dropped\\n' >/tmp/x; chmod +x /tmp/x && /tmp/x; \
                   sh -c 'nc 10.11.12.1 8080 </dev/null'; \
                   mkdir -p /var/log && touch /var/log/x && rm /var/log/x; \
+                  bulwark-probe memfd-exec; \
                   echo done; exec sleep 600";
 
     // An exec process joins the container's cgroup: it is watched too.
@@ -190,6 +193,20 @@ fn a_containers_syscalls_reach_the_host_with_its_container_id() -> Result<(), St
             }),
         ),
         ("an exit", Box::new(|m| ty(m) == EventType::EXIT)),
+        (
+            "memfd_create(\"payload\")",
+            Box::new(|m| ty(m) == EventType::MEMFD_CREATE && m.event.name == "payload" && m.event.res >= 0),
+        ),
+        (
+            "the fileless execveat of the memfd",
+            Box::new(|m| {
+                ty(m) == EventType::EXECVEAT
+                    && m.event.res == 0
+                    && m.event.exe_from_memfd
+                    && m.event.exe_path.starts_with("/memfd:payload")
+                    && m.event.argv == ["true"]
+            }),
+        ),
         (
             "the exec process's openat of /etc/group",
             Box::new(|m| {

@@ -106,8 +106,11 @@ fn try_take(lock_dir: &Path, uid: u32, owner: &Path) -> std::io::Result<Option<L
         if !same {
             continue;
         }
-        lock.set_len(0)?;
-        lock.write_all(format!("{}\n", owner.display()).as_bytes())?;
+        if let Err(e) = lock.set_len(0).and_then(|_| lock.write_all(format!("{}\n", owner.display()).as_bytes())) {
+            // A lock file that cannot name its owner (a full disk) is not left behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         return Ok(Some(Lease { uid, path, unlink: true, _lock: lock }));
     }
     Ok(None)
