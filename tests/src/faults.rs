@@ -46,18 +46,35 @@ pub fn with_test_mode(base: &ShimConfig, mode: &str, starts: u32) -> Result<Shim
 }
 
 /// Points the shim configuration that scripts/install-node wrote for the harness's containerd
-/// (`config`, the file `BULWARK_CONFIG` names) at `cfg`'s runtime directory and initramfs,
-/// atomically: the next Create reads it. The other keys stay as installed.
+/// (`config`, the file `BULWARK_CONFIG` names) at `cfg`: its runtime directory, initramfs and
+/// extra settings (`ShimConfig::extra`, e.g. a test mode's kernel parameters), on top of the
+/// file as installed (kept beside it as `<config>.installed`), atomically: the next Create
+/// reads it.
 pub fn install_shim_config(config: &Path, cfg: &ShimConfig) -> Result<(), String> {
-    let text = std::fs::read_to_string(config).map_err(|e| format!("reading {}: {e}", config.display()))?;
-    let mut doc: toml::Table = text.parse().map_err(|e| format!("{} is not TOML: {e}", config.display()))?;
-    let paths = doc
-        .entry("paths")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .ok_or_else(|| format!("{}: [paths] is not a table", config.display()))?;
+    let installed = config.with_extension("toml.installed");
+    if !installed.exists() {
+        std::fs::copy(config, &installed).map_err(|e| format!("keeping {}: {e}", config.display()))?;
+    }
+    let text = std::fs::read_to_string(&installed).map_err(|e| format!("reading {}: {e}", installed.display()))?;
+    let mut doc: toml::Table = text.parse().map_err(|e| format!("{} is not TOML: {e}", installed.display()))?;
+    let extra: toml::Table =
+        format!("[vm]\n{}", cfg.extra).parse().map_err(|e| format!("the test's extra shim config is not TOML: {e}"))?;
+    let mut paths = toml::Table::new();
     paths.insert("runtime_dir".into(), toml::Value::String(cfg.runtime_dir.to_string_lossy().into_owned()));
     paths.insert("initrd".into(), toml::Value::String(cfg.initrd.to_string_lossy().into_owned()));
+    for (name, table) in
+        std::iter::once(("paths".to_string(), paths)).chain(extra.into_iter().filter_map(|(k, v)| match v {
+            toml::Value::Table(t) => Some((k, t)),
+            _ => None,
+        }))
+    {
+        let section = doc
+            .entry(name.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{}: [{name}] is not a table", config.display()))?;
+        section.extend(table);
+    }
     let tmp = config.with_extension("toml.new");
     std::fs::write(&tmp, doc.to_string()).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, config).map_err(|e| format!("renaming to {}: {e}", config.display()))
@@ -358,11 +375,11 @@ impl CriScene {
     /// the test initramfs in that mode (the configuration is switched for this pod only).
     pub fn run_pod(&mut self, name: &str, mode: Option<(&str, u32)>) -> Result<Pod, String> {
         if let Some((m, starts)) = mode {
-            install_shim_config(&self.c.dir, &with_test_mode(&self.c.shim, m, starts)?)?;
+            install_shim_config(&self.c.node.shim_config, &with_test_mode(&self.c.shim, m, starts)?)?;
         }
         let started = self.start_pod(name);
         if mode.is_some() {
-            install_shim_config(&self.c.dir, &self.c.shim)?;
+            install_shim_config(&self.c.node.shim_config, &self.c.shim)?;
         }
         started
     }

@@ -199,6 +199,12 @@ mod tests {
             })
             .collect();
         assert_eq!(pids, [1, 2]);
+        // The sender counts an event as sent once its write returned, which may be just after
+        // the reader here got it: wait (bounded) for the count.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while counters.get().1 < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(counters.get().1, 2, "sent");
 
         // The host goes away; the sender reconnects and starts again with a Hello.

@@ -155,7 +155,12 @@ mod tests {
         }
         std::fs::write(root1.join("hello"), b"1").unwrap();
         std::fs::write(vol.join("cfg"), b"cfg").unwrap();
-        let mounts_before: Vec<_> = mounts_under(Path::new("/")).into_iter().filter(|m| !m.starts_with(&tmp)).collect();
+        // Other tests of this binary mount in their own temp dirs meanwhile: those are not ours.
+        let others = std::env::temp_dir().join("bulwark-test-");
+        let outside_tests = |m: &std::path::PathBuf| {
+            !m.starts_with(&tmp) && !m.as_os_str().as_encoded_bytes().starts_with(others.as_os_str().as_encoded_bytes())
+        };
+        let mounts_before: Vec<_> = mounts_under(Path::new("/")).into_iter().filter(outside_tests).collect();
 
         crate::resources::share::create(&LinuxHost, &dir).expect("share");
         let export = crate::resources::share::export_dir(&dir);
@@ -188,7 +193,7 @@ mod tests {
 
         assert_eq!(std::fs::read(&canary).unwrap(), b"untouched");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "nothing created outside");
-        let mounts_after: Vec<_> = mounts_under(Path::new("/")).into_iter().filter(|m| !m.starts_with(&tmp)).collect();
+        let mounts_after: Vec<_> = mounts_under(Path::new("/")).into_iter().filter(outside_tests).collect();
         assert_eq!(mounts_before, mounts_after, "no mount made or removed outside the test's directory");
         let left: Vec<_> = mounts_under(&dir)
             .into_iter()
