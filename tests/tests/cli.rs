@@ -1,13 +1,15 @@
 //! The `bulwark` CLI against real installs: `bulwark check` on this node (a private install by
 //! scripts/install-node; KVM judged, a VM really booted) and with each prerequisite removed in
-//! turn; `bulwark ps` and `bulwark inspect` on a pod running in containerd 1.6 through CRI.
+//! turn; `bulwark ps` and `bulwark inspect` on a pod running in containerd 1.6 through CRI;
+//! `bulwark events` on the syscalls of a running container (the guest's collector, the shim's
+//! relay and its frames file are the real ones).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bulwark_e2e::containerd::{search_path, ShimConfig};
+use bulwark_e2e::containerd::{search_path, Containerd, ShimConfig, CTR_LIMIT};
 use bulwark_e2e::cri::{ContainerdVersion, CriContainerd, HANDLER_BULWARK};
 use bulwark_e2e::cri_client::CriClient;
 use bulwark_e2e::install::{install_node, Installed};
@@ -297,5 +299,69 @@ fn ps_and_inspect(c: &CriContainerd, pod: &str) -> Result<(), String> {
     }
     let missing = cli(&c.node, &["inspect", "no-such-sandbox"])?;
     assert!(!missing.status.success() && missing.stderr.contains("bulwark ps lists them"), "{missing:?}");
+    Ok(())
+}
+
+#[test]
+fn events_show_a_running_containers_syscalls() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let id = "cli-events";
+    // The busybox image has no /etc/shadow: the container writes one, then keeps reading it.
+    let script = "echo 'root:*:19000::::::' >/etc/shadow; while true; do cat /etc/shadow >/dev/null; sleep 1; done";
+    let mut run = c.spawn_run(id, &["sh", "-c", script])?;
+    let result = events_of(&c, id);
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    let _ = process::wait_bounded(&mut run, CTR_LIMIT);
+    let _ = c.ctr(&["containers", "rm", id]);
+    result.map_err(|e| format!("{e}\n{}", c.diagnostics()))?;
+    c.assert_clean()
+}
+
+/// The openat of /etc/shadow by container `id`, through `bulwark events` and `--follow`.
+fn events_of(c: &Containerd, id: &str) -> Result<(), String> {
+    use std::io::BufRead;
+    c.wait_running(id)?;
+    let wanted = |l: &str| l.contains(&format!("container={id}")) && l.contains("openat path=/etc/shadow");
+    let mut follow = Command::new(&c.node.cli)
+        .args(["events", id, "--follow", "--config"])
+        .arg(&c.node.shim_config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("bulwark events --follow: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().ok_or("no stdout")?;
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut last = String::new();
+    let once = process::poll(Duration::from_secs(180), || {
+        let out = cli(&c.node, &["events", id]).ok()?;
+        last = out.stdout.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+        out.stdout.lines().find(|l| wanted(l)).map(str::to_string)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut followed = None;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if wanted(&l) => {
+                followed = Some(l);
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let line =
+        once.ok_or(format!("bulwark events never showed the container's openat of /etc/shadow; last lines:\n{last}"))?;
+    assert!(line.contains(" proc=") && line.contains(" uid=0 "), "the process and its uid: {line}");
+    assert!(line.starts_with("20"), "the line starts with the host's time: {line}");
+    assert!(followed.is_some(), "bulwark events --follow did not show it");
     Ok(())
 }

@@ -21,6 +21,17 @@ const SHIM: &str = "containerd-shim-bulwark-v2";
 const INSTALL: &str = "scripts/install-node adds it (runtimeclass/README.md shows the snippet for each containerd)";
 const PLUGINS: [&str; 2] = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"];
 
+/// The CRI plugin named in the dump's top-level `disabled_plugins`, if it is (pure).
+pub fn cri_disabled(dump: &str) -> Option<String> {
+    let doc: toml::Table = toml::from_str(dump).ok()?;
+    doc.get("disabled_plugins")?
+        .as_array()?
+        .iter()
+        .filter_map(|p| p.as_str())
+        .find(|p| PLUGINS.contains(p) || *p == "cri")
+        .map(str::to_string)
+}
+
 /// The `bulwark` runtime's table in a `containerd config dump` (pure).
 pub fn bulwark_runtime(dump: &str) -> Result<Option<toml::Table>, String> {
     let doc: toml::Table = toml::from_str(dump).map_err(|e| format!("cannot parse containerd's config dump: {e}"))?;
@@ -159,6 +170,19 @@ pub fn checks(containerd: &Path, config: &Path, node: Option<&Node>) -> Vec<Outc
             return v;
         }
     };
+    if let Some(plugin) = cri_disabled(&dump) {
+        v.push(Outcome::fail(
+            "containerd config",
+            format!(
+                "{} disables the CRI plugin ({plugin} in disabled_plugins): kubelet cannot run pods on this \
+                 containerd (ctr --runtime {} still can)",
+                config.display(),
+                bulwark_shim::RUNTIME_ID
+            ),
+            format!("remove {plugin} from disabled_plugins in {}", config.display()),
+        ));
+        return v;
+    }
     match bulwark_runtime(&dump) {
         Ok(Some(t)) => {
             let major = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(1);
@@ -204,6 +228,11 @@ mod tests {
         let o = runtime_outcomes(&bulwark_runtime(other).unwrap().unwrap(), Path::new("/c.toml"), None, 2);
         assert_eq!(o[0].status, Status::Fail);
         assert_eq!(bulwark_runtime("[plugins]\n").unwrap(), None);
+        assert_eq!(
+            cri_disabled("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n").as_deref(),
+            Some("io.containerd.grpc.v1.cri")
+        );
+        assert_eq!(cri_disabled("disabled_plugins = []\n"), None);
         assert!(bulwark_runtime("not toml [").is_err());
     }
 }
