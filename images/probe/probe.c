@@ -5,7 +5,8 @@
  *
  *   bulwark-probe unshare-user | unshare-files | mount | userns-mount | keyctl | socket-vsock
  *                 | socket-unix | ptrace <pid> | ptrace-child | mkdir <path> | seccomp-mode
- *                 | vsock-connect <cid> <port> | share-race <dir> <seconds> <canary>
+ *                 | vsock-connect <cid> <port> | vsock-hello <cid> <port>
+ *                 | share-race <dir> <seconds> <canary>
  *                 | open-loop <n> | memfd-exec
  *                 (several may follow)
  *
@@ -24,6 +25,10 @@
  * what the peer did within 5 s: CLOSED (end of stream or reset: it refused to serve us), DATA
  * (it sent bytes) or OPEN (it kept the connection open without a word, as a server waiting for
  * a request does).
+ *
+ * vsock-hello: the same, but once connected it first sends what a tenant posing as the guest's
+ * telemetry collector would: a telemetry Hello frame of version 1 without the boot's token,
+ * then an event frame with the path /bwk-impostor; printed as "vsock-hello <cid>:<port> ...".
  *
  * share-race: a hostile guest's race against the host building and removing containers in the
  * sandbox's virtio-fs share mounted at <dir> (guest root with CAP_SYS_ADMIN mounts the share's
@@ -109,10 +114,19 @@ static void report(const char *check, long rc) {
     fflush(stdout);
 }
 
-/* socket(AF_VSOCK) + connect to cid:port, then 5 s to see what the peer does. */
-static void vsock_connect(const char *cid_s, const char *port_s) {
+/* A telemetry Hello (GuestFrame.hello{version: 1}, no token) and an Event frame
+ * (GuestFrame.event{path: "/bwk-impostor"}), each behind its u32 big-endian length. */
+static const unsigned char impostor_frames[] = {
+    0, 0, 0, 4, 0x0a, 0x02, 0x08, 0x01,
+    0, 0, 0, 18, 0x12, 16, 0x8a, 0x01, 13, '/', 'b', 'w', 'k', '-', 'i', 'm', 'p', 'o', 's', 't', 'o', 'r',
+};
+
+/* socket(AF_VSOCK) + connect to cid:port, send `payload` if any, then 5 s to see what the
+ * peer does. */
+static void vsock_connect(const char *name, const char *cid_s, const char *port_s, const unsigned char *payload,
+                          size_t payload_len) {
     char check[64];
-    snprintf(check, sizeof check, "vsock-connect %s:%s", cid_s, port_s);
+    snprintf(check, sizeof check, "%s %s:%s", name, cid_s, port_s);
     int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         report(check, -1);
@@ -126,6 +140,11 @@ static void vsock_connect(const char *cid_s, const char *port_s) {
     addr.svm_cid = (unsigned)strtoul(cid_s, NULL, 10);
     addr.svm_port = (unsigned)strtoul(port_s, NULL, 10);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        report(check, -1);
+        close(fd);
+        return;
+    }
+    if (payload_len > 0 && send(fd, payload, payload_len, MSG_NOSIGNAL) != (ssize_t)payload_len) {
         report(check, -1);
         close(fd);
         return;
@@ -264,6 +283,7 @@ static void share_race(const char *dir, const char *secs_s, const char *canary) 
 static int usage(void) {
     fprintf(stderr, "usage: bulwark-probe unshare-user|unshare-files|mount|keyctl|socket-vsock|socket-unix|"
                     "ptrace <pid>|ptrace-child|mkdir <path>|seccomp-mode|vsock-connect <cid> <port>|"
+                    "vsock-hello <cid> <port>|"
                     "share-race <dir> <seconds> <canary>|open-loop <n>|memfd-exec ...\n");
     return 2;
 }
@@ -320,7 +340,10 @@ int main(int argc, char **argv) {
         } else if (strcmp(c, "mkdir") == 0 && i + 1 < argc) {
             report(c, mkdir(argv[++i], 0755));
         } else if (strcmp(c, "vsock-connect") == 0 && i + 2 < argc) {
-            vsock_connect(argv[i + 1], argv[i + 2]);
+            vsock_connect("vsock-connect", argv[i + 1], argv[i + 2], NULL, 0);
+            i += 2;
+        } else if (strcmp(c, "vsock-hello") == 0 && i + 2 < argc) {
+            vsock_connect("vsock-hello", argv[i + 1], argv[i + 2], impostor_frames, sizeof impostor_frames);
             i += 2;
         } else if (strcmp(c, "share-race") == 0 && i + 3 < argc) {
             share_race(argv[i + 1], argv[i + 2], argv[i + 3]);

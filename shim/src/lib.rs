@@ -35,7 +35,9 @@ mod resources;
 pub mod sandbox;
 pub mod shim;
 mod task;
-mod telemetry;
+/// Public for the relay benchmark (tests/src/bench/relay.rs), not an API.
+#[doc(hidden)]
+pub mod telemetry;
 pub mod vmm;
 
 /// The runtime type containerd knows this shim by.

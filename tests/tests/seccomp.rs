@@ -16,10 +16,11 @@ use bulwark_e2e::{RUNTIME, TEST_IMAGE};
 
 /// The probe's lines in `out` (other output is ignored).
 fn probe_lines(out: &str) -> Vec<String> {
-    const CHECKS: [&str; 14] = [
+    const CHECKS: [&str; 15] = [
         "seccomp-mode",
         "socket-vsock",
         "vsock-connect",
+        "vsock-hello",
         "socket-unix",
         "unshare-user",
         "unshare-files",
@@ -192,11 +193,10 @@ fn host_vsock_listener(c: &Containerd, sandbox: &str, port: u32) -> Result<std::
 
 #[test]
 fn a_tenant_allowed_unconfined_is_not_filtered_and_still_cannot_reach_the_agent() -> Result<(), String> {
-    // Telemetry off: its relay listens on TELEMETRY_PORT for the VM's life, and hybrid vsock
-    // cannot tell a container from the agent's collector (docs/seccomp.md, "Host ports").
-    let c = Containerd::start(|s| {
-        s.extra = "[tenants.open-vsock]\nallow_unconfined_seccomp = true\n[telemetry]\nenabled = false\n".into()
-    })?;
+    // Telemetry on: its relay listens on TELEMETRY_PORT for the VM's life, and hybrid vsock
+    // cannot tell a container from the agent's collector; the relay serves only a stream
+    // whose Hello carries the boot's token (docs/seccomp.md, "Host ports").
+    let c = Containerd::start(|s| s.extra = "[tenants.open-vsock]\nallow_unconfined_seccomp = true\n".into())?;
     let id = "uv1";
     let run = c.spawn_run_with(id, &["--annotation", "bulwark.io/tenant=open-vsock"], &["sleep", "600"])?;
     c.wait_running(id)?;
@@ -211,6 +211,8 @@ fn a_tenant_allowed_unconfined_is_not_filtered_and_still_cannot_reach_the_agent(
     for (cid, port) in &targets {
         args.extend(["vsock-connect", cid.as_str(), port.as_str()]);
     }
+    // Posing as the collector: a Hello without the token, then an event of its own.
+    args.extend(["vsock-hello", "2", "1026"]);
     let out = c.ctr(&args)?;
     let accepted = control.accept().is_ok();
     drop(control);
@@ -237,6 +239,20 @@ fn a_tenant_allowed_unconfined_is_not_filtered_and_still_cannot_reach_the_agent(
             "a container reached vsock {cid}:{port} ({result}): it must be refused or closed\n{ctx}"
         );
     }
+    assert!(
+        lines.contains(&"vsock-hello 2:1026 CLOSED".to_string()),
+        "the telemetry relay kept a stream without the boot's token\n{ctx}"
+    );
+    // The collector's own stream is untouched: a file the container opens afterwards arrives,
+    // the impostor's event never does.
+    let frames = c.shim.runtime_dir.join(bulwark_e2e::containerd::NAMESPACE).join(id).join("telemetry.frames");
+    let out = c.ctr(&["task", "exec", "--exec-id", "v2", id, "cat", "/etc/passwd"])?;
+    assert!(out.status.success(), "{out:?}");
+    let contains = |needle: &[u8]| std::fs::read(&frames).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle));
+    let arrived =
+        bulwark_e2e::process::poll(std::time::Duration::from_secs(60), || contains(b"/etc/passwd").then_some(()));
+    assert!(arrived.is_some(), "the collector's events stopped after the impostor's attempts\n{}", c.diagnostics());
+    assert!(!contains(b"/bwk-impostor"), "the impostor's event was relayed\n{}", c.diagnostics());
     stop(&c, id, run)?;
     c.assert_clean()
 }

@@ -44,7 +44,8 @@ pub async fn setup(svc: &AgentService, req: SetupSandboxRequest) -> ttrpc::Resul
         // Loading happens in the collector's own thread; the wait for it is bounded and its
         // outcome only logged. The guest does not know the sandbox id here; the Hello's is
         // informational and the shim uses its own.
-        svc.telemetry.start(settings, "");
+        let token = req.telemetry.as_ref().map(|t| t.stream_token.clone()).unwrap_or_default();
+        svc.telemetry.start(settings, "", token);
         let t = svc.telemetry.clone();
         let attached = tokio::task::spawn_blocking(move || t.wait_attached(COLLECTOR_ATTACH_WAIT)).await;
         if let Ok(None) = attached {

@@ -45,8 +45,9 @@ impl Telemetry {
     }
 
     /// Starts the collector (once; a second call is logged and ignored). `sandbox_id` goes
-    /// into the stream's Hello (informational).
-    pub fn start(&self, settings: Settings, sandbox_id: &str) {
+    /// into the stream's Hello (informational), `token` too (the host's proof that the stream
+    /// is the collector's).
+    pub fn start(&self, settings: Settings, sandbox_id: &str, token: Vec<u8>) {
         if self.started.swap(true, Ordering::SeqCst) {
             tracing::warn!("telemetry: the collector already runs; the new configuration is ignored");
             return;
@@ -79,6 +80,7 @@ impl Telemetry {
             queue,
             counters,
             sandbox_id: sandbox_id.to_string(),
+            token,
             stop: Arc::new(AtomicBool::new(false)),
         };
         let spawned = std::thread::Builder::new().name("telemetry-send".into()).spawn(move || {

@@ -33,9 +33,14 @@ fn frame(kind: impl FnOnce(&mut GuestFrame)) -> Vec<u8> {
     encode_frame(&g).unwrap_or_default()
 }
 
-pub fn hello_frame(sandbox_id: &str) -> Vec<u8> {
+pub fn hello_frame(sandbox_id: &str, token: &[u8]) -> Vec<u8> {
     frame(|g| {
-        g.set_hello(Hello { version: TELEMETRY_VERSION, sandbox_id: sandbox_id.to_string(), ..Default::default() })
+        g.set_hello(Hello {
+            version: TELEMETRY_VERSION,
+            sandbox_id: sandbox_id.to_string(),
+            token: token.to_vec(),
+            ..Default::default()
+        })
     })
 }
 
@@ -47,12 +52,14 @@ pub fn drops_frame(count: u64) -> Vec<u8> {
     frame(|g| g.set_drops(Drops { count, ..Default::default() }))
 }
 
-/// What the sender needs: the queue it drains, the counters, the Hello's sandbox id, and a
-/// flag that ends it (tests; the agent's collector runs for the VM's life).
+/// What the sender needs: the queue it drains, the counters, the Hello's sandbox id and token,
+/// and a flag that ends it (tests; the agent's collector runs for the VM's life).
 pub struct Sender {
     pub queue: Arc<EventQueue>,
     pub counters: Arc<Counters>,
     pub sandbox_id: String,
+    /// The host's secret for this boot (`TelemetryConfig.stream_token`); never logged.
+    pub token: Vec<u8>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -81,7 +88,7 @@ impl Sender {
             attempt = 0;
             logged_refusal = false;
             tracing::info!("telemetry: streaming to the host on vsock port {}", protocol::TELEMETRY_PORT);
-            if let Err(e) = stream.write_all(&hello_frame(&self.sandbox_id)) {
+            if let Err(e) = stream.write_all(&hello_frame(&self.sandbox_id, &self.token)) {
                 tracing::warn!("telemetry: writing Hello failed: {e}; reconnecting");
                 continue;
             }
@@ -164,8 +171,13 @@ mod tests {
         let queue = Arc::new(EventQueue::new(16, 1 << 20));
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let sender =
-            Sender { queue: queue.clone(), counters: counters.clone(), sandbox_id: "sb".into(), stop: stop.clone() };
+        let sender = Sender {
+            queue: queue.clone(),
+            counters: counters.clone(),
+            sandbox_id: "sb".into(),
+            token: b"secret".to_vec(),
+            stop: stop.clone(),
+        };
         let p = path.clone();
         let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let a = attempts.clone();
@@ -186,7 +198,10 @@ mod tests {
         let frames = frames_of(&mut conn, 4);
         match &frames[0].kind {
             Some(GuestFrameKind::Hello(hello)) => {
-                assert_eq!((hello.version, hello.sandbox_id.as_str()), (TELEMETRY_VERSION, "sb"))
+                assert_eq!(
+                    (hello.version, hello.sandbox_id.as_str(), &hello.token[..]),
+                    (TELEMETRY_VERSION, "sb", &b"secret"[..])
+                )
             }
             other => panic!("first frame {other:?}"),
         }

@@ -128,7 +128,6 @@ hostile_agent! {
     read_stderr(ReadStreamRequest) -> ReadStreamResponse;
     write_stdin(WriteStreamRequest) -> WriteStreamResponse;
     close_stdin(ProcessRequest) -> Empty;
-    setup_sandbox(SetupSandboxRequest) -> Empty;
     exec_process(ExecProcessRequest) -> ExecProcessResponse;
     remove_process(ProcessRequest) -> Empty;
     resize_pty(ResizePtyRequest) -> Empty;
@@ -137,6 +136,16 @@ hostile_agent! {
     resume_container(ContainerRequest) -> Empty;
     }
     changed {
+        async fn setup_sandbox(&self, ctx: &TtrpcContext, req: SetupSandboxRequest) -> ttrpc::Result<Empty> {
+            self.gate().await;
+            // A hostile guest owns its agent's memory: its floods on the telemetry port carry
+            // the boot's stream token, so the host's checks after the Hello are what they test.
+            if let Some(t) = req.telemetry.as_ref() {
+                floods::remember_stream_token(&t.stream_token);
+            }
+            self.inner.setup_sandbox(ctx, req).await
+        }
+
         async fn check(&self, ctx: &TtrpcContext, req: CheckRequest) -> ttrpc::Result<CheckResponse> {
             self.gate().await;
             let mut r = self.inner.check(ctx, req).await?;

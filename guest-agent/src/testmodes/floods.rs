@@ -114,8 +114,16 @@ pub fn vsock_flood() {
     });
 }
 
+/// The boot's telemetry stream token, from SetupSandbox (agent.rs).
+static STREAM_TOKEN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+pub fn remember_stream_token(token: &[u8]) {
+    let _ = STREAM_TOKEN.set(token.to_vec());
+}
+
 /// Connects to the host's telemetry port (again and again: the host may drop a hostile
-/// stream) and writes the frames `next` makes until the connection breaks.
+/// stream) and writes a Hello with the boot's token (as a guest that owns its agent can),
+/// then the frames `next` makes until the connection breaks.
 fn telemetry(next: fn(&mut Rng) -> Vec<u8>) {
     let mut rng = Rng::new();
     let mut refused: u64 = 0;
@@ -139,6 +147,7 @@ fn telemetry(next: fn(&mut Rng) -> Vec<u8>) {
             kind: Some(protocol::telemetry::GuestFrameKind::Hello(Hello {
                 version: TELEMETRY_VERSION,
                 sandbox_id: "hostile".into(),
+                token: STREAM_TOKEN.get().cloned().unwrap_or_default(),
                 ..Default::default()
             })),
             ..Default::default()

@@ -87,8 +87,9 @@ impl Sandbox {
                 current: state_dir::telemetry_frames(&self.dir),
                 old: state_dir::telemetry_frames_old(&self.dir),
             };
-            *super::lock(&self.relay) =
-                Some(crate::telemetry::Relay::start(&cfg.telemetry, &self.id, &frames, &self.telemetry, telemetry));
+            let relay = crate::telemetry::Relay::start(&cfg.telemetry, &self.id, &frames, &self.telemetry, telemetry)
+                .map_err(|e| Error::Boot(format!("starting the telemetry relay: {e}")))?;
+            *super::lock(&self.relay) = Some(relay);
         }
 
         let mut net = self.network.lock().await;
@@ -106,7 +107,9 @@ impl Sandbox {
                 Some(n) => n.setup_request(&p.hostname),
                 None => network::setup_request(&p.hostname, &[], &[]),
             };
-            req.telemetry = Some(crate::telemetry::agent_config(&cfg.telemetry)).into();
+            // The relay's stream token goes to the agent only (telemetry off: no relay, no
+            // collector).
+            req.telemetry = super::lock(&self.relay).as_ref().map(|r| r.agent_config(&cfg.telemetry)).into();
             req
         });
         drop(net);

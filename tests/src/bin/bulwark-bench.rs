@@ -12,8 +12,12 @@
 //! then (g) the guest syscall collector's cost: a syscall-heavy loop inside the guest
 //! (`bulwark-probe open-loop`: open+close of /etc/passwd, 100k pairs, `BULWARK_BENCH_OPEN_LOOP`
 //! to choose (1M under KVM); timed in the guest) with the collector off and on, interleaved,
-//! and the ratio.
-//! `BULWARK_BENCH_ONLY=ctr|cri|collector` runs one part only.
+//! and the ratio; then (h) the host side of telemetry at full speed: events per second through
+//! the shim's relay to the Falco plugin's listener with nothing lost (tests/src/bench/relay.rs).
+//! `BULWARK_BENCH_ONLY=ctr|cri|collector|relay` runs one part only.
+
+#[path = "../bench/relay.rs"]
+mod bench_relay;
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -35,9 +39,10 @@ type Part = fn(usize) -> Result<(), String>;
 fn main() {
     let rounds: usize = std::env::var("BULWARK_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let only = std::env::var("BULWARK_BENCH_ONLY").unwrap_or_default();
-    let parts: [(&str, Part); 3] = [("ctr", bench), ("cri", bench_cri), ("collector", bench_collector)];
+    let parts: [(&str, Part); 4] =
+        [("ctr", bench), ("cri", bench_cri), ("collector", bench_collector), ("relay", bench_relay::bench_relay)];
     if !only.is_empty() && !parts.iter().any(|(name, _)| *name == only) {
-        eprintln!("BULWARK_BENCH_ONLY={only:?}: expected one of ctr, cri, collector");
+        eprintln!("BULWARK_BENCH_ONLY={only:?}: expected one of ctr, cri, collector, relay");
         std::process::exit(2);
     }
     for (name, part) in parts {
