@@ -38,6 +38,8 @@
 //! # pids_max = 512          # pids.max of the pod's host cgroup (default: [cgroup] pids_max)
 //! # io_weight = 50          # io.weight of the pod's host cgroup (default: [cgroup] io_weight)
 //! allow_exec = true         # exec into the tenant's pods
+//! # network_bandwidth_mbit = 100  # egress ceiling of each pod's NICs, Mbit/s (tc tbf on the
+//!                           # host tap; 1..=100000; default: none)
 //! allow_unconfined_seccomp = false  # false: containers without a profile get the default one
 //! host_paths = ["/var/lib/kubelet/pods", "/var/lib/containerd", "/run/containerd", "/var/run/containerd"]
 //!                           # host directories whose contents may be bind-mounted into pods

@@ -2,7 +2,8 @@
 //! API: hidden from the docs, used by nothing in the shim). Everything here is a thin,
 //! synchronous door onto the real code: the cgroup stats parsers, the log stream splitter,
 //! the handshake lines and their bounded reader, `memory.events`' OOM count and the OOM
-//! counter, exit statuses, the cleaning of guest text, and the bounding of agent replies.
+//! counter, exit statuses, the cleaning of guest text, the bounding of agent replies, and the
+//! telemetry relay's reading of a guest stream.
 //! Nothing in the shim imports this module.
 
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ pub const MAX_STATS_FILES: usize = crate::agent::client::MAX_STATS_FILES;
 pub const MAX_PIDS: usize = crate::agent::client::MAX_PIDS;
 /// Characters of a guest's error message kept in the error (then " [truncated]").
 pub const MAX_STATUS_MESSAGE: usize = crate::agent::client::MAX_STATUS_MESSAGE;
+/// The largest first frame (the Hello) the telemetry relay reads.
+pub const TELEMETRY_MAX_HELLO_FRAME: usize = crate::telemetry::stream::MAX_HELLO_FRAME;
 /// Longest container id accepted in an OOM event.
 pub const MAX_OOM_ID_LEN: usize = crate::agent::client::MAX_ID_LEN;
 
@@ -91,6 +94,94 @@ pub fn rpc_status_error(status: ttrpc::proto::Status) -> String {
     crate::agent::client::rpc_err("Call", ttrpc::Error::RpcStatus(status)).to_string()
 }
 
+/// What the telemetry relay made of one guest connection ([`telemetry_stream`]).
+#[derive(Debug, Default)]
+pub struct TelemetryOutcome {
+    /// The first frame's verdict (None: no whole first frame came).
+    pub hello: Option<Result<(), String>>,
+    /// Every frame the decoders returned, the Hello first.
+    pub frames: Vec<Vec<u8>>,
+    /// The events the relay passed on, enriched.
+    pub forwarded: Vec<bulwark_protocol::telemetry::Enriched>,
+    pub received: u64,
+    pub rate_dropped: u64,
+    pub garbage: u64,
+    pub guest_drops: u64,
+    /// Why the stream was ended (a frame over its limit), if it was.
+    pub ended: Option<String>,
+    /// The most bytes a decoder held at once.
+    pub max_buffered: usize,
+}
+
+/// The relay's reading of one guest telemetry connection (telemetry/stream.rs), synchronously:
+/// `reads` are the chunks its reads returned. The first frame (at most MAX_HELLO_FRAME) must
+/// be a Hello with `token`; then frames (at most MAX_TELEMETRY_FRAME) go through the
+/// connection's checks and a rate limit of `burst`/`per_sec`, and events through the
+/// enrichment of a sandbox `sb` whose only containers are `containers`.
+pub fn telemetry_stream(
+    reads: &[&[u8]],
+    token: &[u8],
+    containers: &[&str],
+    burst: u32,
+    per_sec: u32,
+) -> TelemetryOutcome {
+    use crate::telemetry::stream::{check_hello, Connection, Step, MAX_HELLO_FRAME};
+    use bulwark_protocol::limits::MAX_TELEMETRY_FRAME;
+    use bulwark_protocol::telemetry::FrameDecoder;
+    use std::sync::atomic::Ordering;
+
+    let identity = crate::telemetry::Identity::default();
+    identity.set_pod("node", "sb", &HashMap::new());
+    for c in containers {
+        identity.add_container(c, &HashMap::new());
+    }
+    let counters = crate::telemetry::Counters::default();
+    let mut limit = crate::agent::ratelimit::RateLimit::new(burst, per_sec);
+    let mut conn = Connection::default();
+    let mut out = TelemetryOutcome::default();
+    let mut decoder = FrameDecoder::new(MAX_HELLO_FRAME);
+    'reads: for read in reads {
+        let mut input = *read;
+        loop {
+            let decoded = decoder.decode(&mut input);
+            out.max_buffered = out.max_buffered.max(decoder.buffered());
+            match decoded {
+                Ok(Some(frame)) => {
+                    match out.hello {
+                        None => {
+                            let verdict = check_hello(&frame, token);
+                            let refused = verdict.is_err();
+                            out.hello = Some(verdict);
+                            out.frames.push(frame);
+                            if refused {
+                                break 'reads;
+                            }
+                            decoder = FrameDecoder::new(MAX_TELEMETRY_FRAME);
+                            continue;
+                        }
+                        Some(_) => {
+                            if let Step::Forward(e) = conn.on_frame(&frame, &mut limit, &counters) {
+                                out.forwarded.push(identity.enrich(*e, counters.lost(), 1));
+                            }
+                        }
+                    }
+                    out.frames.push(frame);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    out.ended = Some(e.to_string());
+                    break 'reads;
+                }
+            }
+        }
+    }
+    out.received = counters.received.load(Ordering::Relaxed);
+    out.rate_dropped = counters.rate_dropped.load(Ordering::Relaxed);
+    out.garbage = counters.garbage.load(Ordering::Relaxed);
+    out.guest_drops = counters.guest_drops.load(Ordering::Relaxed);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +217,33 @@ mod tests {
         let e = rpc_status_error(s);
         assert!(e.starts_with("Call: gone?[2J?yyy") && e.ends_with(" [truncated]"), "{e}");
         assert!(e.chars().count() < MAX_STATUS_MESSAGE + 40);
+    }
+
+    #[test]
+    fn a_telemetry_stream_needs_the_token_and_keeps_its_containers() {
+        use bulwark_protocol::telemetry::{encode_frame, Event, GuestFrame, GuestFrameKind, Hello, TELEMETRY_VERSION};
+        let frame = |k: GuestFrameKind| {
+            let mut f = GuestFrame::new();
+            f.kind = Some(k);
+            encode_frame(&f).unwrap()
+        };
+        let hello = |token: &[u8]| {
+            let mut h = Hello::new();
+            h.version = TELEMETRY_VERSION;
+            h.token = token.to_vec();
+            frame(GuestFrameKind::Hello(h))
+        };
+        let event = |c: &str| {
+            let mut e = Event::new();
+            e.container_id = c.into();
+            frame(GuestFrameKind::Event(e))
+        };
+        let stream = [hello(b"t0k3n"), event("c1"), event("elsewhere")].concat();
+        let out = telemetry_stream(&[&stream[..7], &stream[7..]], b"t0k3n", &["c1"], 100, 100);
+        assert_eq!(out.hello, Some(Ok(())));
+        let ids: Vec<&str> = out.forwarded.iter().map(|m| m.container_id.as_str()).collect();
+        assert_eq!(ids, ["c1", ""]);
+        let out = telemetry_stream(&[&stream], b"other", &["c1"], 100, 100);
+        assert!(matches!(out.hello, Some(Err(_))) && out.forwarded.is_empty() && out.frames.len() == 1);
     }
 }

@@ -3,7 +3,8 @@
 //! a seccomp filter, in a mount namespace where the runtime directory holding every
 //! sandbox's state is hidden (vhost-device-vsock sees only its own `vm/` directory);
 //! virtiofsd keeps root but has no_new_privs and its seccomp filter; none of the three keeps
-//! containerd's negative oom_score_adj. The container still runs, prints and exits normally.
+//! containerd's negative oom_score_adj or may dump core, and the unprivileged two have their
+//! open files and the sandbox uid's processes bounded. The container still runs, prints and exits normally.
 //! And with `vm.allow_tcg_fallback = false`, a host without usable KVM refuses to boot.
 
 use std::path::Path;
@@ -75,6 +76,16 @@ fn check_unprivileged(name: &str, pid: i32, status: &str) -> Result<u32, String>
     Ok(uids[0])
 }
 
+/// The soft and hard values of `name` in /proc/<pid>/limits.
+fn limit_of(limits: &str, name: &str) -> Result<(String, String), String> {
+    let line = limits.lines().find(|l| l.starts_with(name)).ok_or_else(|| format!("no {name} in\n{limits}"))?;
+    let mut it = line[name.len()..].split_whitespace();
+    match (it.next(), it.next()) {
+        (Some(soft), Some(hard)) => Ok((soft.to_string(), hard.to_string())),
+        _ => Err(format!("unreadable limits line {line:?}")),
+    }
+}
+
 /// What `pid` sees at `dir` (through its own root, i.e. in its mount namespace).
 fn seen_by(pid: i32, dir: &Path) -> Vec<String> {
     let mut v = entries(&Path::new(&format!("/proc/{pid}/root")).join(dir.strip_prefix("/").unwrap_or(dir)));
@@ -129,6 +140,15 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
         }
     }
     assert_eq!(uids[0], uids[1], "QEMU and vhost-device-vsock share the sandbox uid");
+    // Resource limits, soft and hard alike: no core dumps (guest memory), bounded files and
+    // processes of the sandbox uid.
+    for (name, files) in [("qemu-system", "4096"), ("vhost-device-vsock", "1024")] {
+        let pid = pid_of(&c, name)?;
+        let limits = read(format!("/proc/{pid}/limits"))?;
+        for (limit, value) in [("Max open files", files), ("Max processes", "1024"), ("Max core file size", "0")] {
+            assert_eq!(limit_of(&limits, limit)?, (value.to_string(), value.to_string()), "{name} (pid {pid}) {limit}");
+        }
+    }
 
     // virtiofsd: root (it serves files as their owners), but no_new_privs and its seccomp.
     // With --sandbox=namespace it forks: the parent only waits; the child serves.
@@ -146,6 +166,8 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
         })
         .ok_or_else(|| format!("no serving virtiofsd child among {fs:?}"))?;
     check_common("virtiofsd", server, &read(format!("/proc/{server}/status"))?)?;
+    let core = limit_of(&read(format!("/proc/{server}/limits"))?, "Max core file size")?;
+    assert_eq!(core, ("0".to_string(), "0".to_string()), "virtiofsd {server} may dump core");
     for &pid in &fs {
         let status = read(format!("/proc/{pid}/status"))?;
         assert_eq!(status_field(&status, "NoNewPrivs")?, "1", "virtiofsd {pid}");

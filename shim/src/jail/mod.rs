@@ -1,10 +1,12 @@
-//! Host confinement of a sandbox's VMM and helpers (a room, empty for now): the per-sandbox
-//! host cgroup v2 under the pod's cgroup parent, the unprivileged uid/gid, no_new_privs, the
-//! minimal mount namespace and the seccomp filter that QEMU, virtiofsd and vhost-device-vsock
-//! run under. It will plug in between the VMM backend and the host: the backend (vmm/qemu/)
-//! asks this module how to start each of its processes — a confined form of the
-//! `host::Command` it passes to `Host::spawn` — and reports their pids (`Vmm::processes`)
-//! for the cgroup. Only the VMM backend starts a helper.
+//! Host confinement of a sandbox's VMM and helpers (docs/jail.md): the per-sandbox host
+//! cgroup v2 under the pod's cgroup parent (cgroup.rs, with systemd.rs for systemd-format
+//! paths), the per-sandbox unprivileged uid/gid (uid.rs), and how each of QEMU, virtiofsd
+//! and vhost-device-vsock is started (process.rs: oom_score_adj, a private mount namespace
+//! that hides the other sandboxes' state, no capabilities, the uid/gid, no_new_privs, our
+//! seccomp filter from seccomp.rs where the program has none of its own), after checking that
+//! the sandbox uid can reach what it needs (reach.rs). The VMM backend (vmm/qemu/) builds a
+//! confinement for each process it starts and reports their pids (`Vmm::processes`) for the
+//! cgroup. Only the VMM backend starts a helper.
 
 pub mod cgroup;
 pub mod process;

@@ -5,7 +5,8 @@
 //! only async-signal-safe system calls, and execs the program by fd.
 //!
 //! Order in the child: `oom_score_adj` (the shim runs at containerd's -999; raising it needs
-//! no privilege), the private mount namespace (needs CAP_SYS_ADMIN), the capability bounding
+//! no privilege), the private mount namespace (needs CAP_SYS_ADMIN), the resource limits
+//! (soft = hard: without CAP_SYS_RESOURCE nothing raises them again), the capability bounding
 //! and ambient sets, the groups, gid and uid (which empty the permitted and effective sets
 //! of a non-root uid), an empty `capset` as well, `PR_SET_NO_NEW_PRIVS`, the parent-death
 //! signal again (a credential change clears it), the seccomp filter, and the exec through the
@@ -36,6 +37,28 @@ pub struct MountView {
     pub expose: Vec<PathBuf>,
 }
 
+/// A resource limit the jail sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// RLIMIT_NOFILE: open file descriptors.
+    NoFile,
+    /// RLIMIT_NPROC: processes and threads of the process's real uid (the sandbox uid: all of
+    /// its helpers together).
+    NProc,
+    /// RLIMIT_CORE: core dump size (0: a crash never writes guest memory to disk).
+    Core,
+}
+
+impl Resource {
+    fn raw(self) -> libc::__rlimit_resource_t {
+        match self {
+            Resource::NoFile => libc::RLIMIT_NOFILE,
+            Resource::NProc => libc::RLIMIT_NPROC,
+            Resource::Core => libc::RLIMIT_CORE,
+        }
+    }
+}
+
 /// Everything done to one process before it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Confinement {
@@ -48,6 +71,8 @@ pub struct Confinement {
     /// Written to /proc/self/oom_score_adj.
     pub oom_score_adj: Option<i32>,
     pub mounts: Option<MountView>,
+    /// Resource limits, soft and hard alike.
+    pub rlimits: Vec<(Resource, u64)>,
     /// Our seccomp filter, in force from the exec on.
     pub seccomp: Option<Filter>,
 }
@@ -240,6 +265,10 @@ impl Prepared {
                 let ro = libc::MS_REMOUNT | libc::MS_RDONLY | fl;
                 check(libc::mount(std::ptr::null(), hide.as_ptr(), std::ptr::null(), ro, TMPFS_OPTS.as_ptr().cast()))?;
             }
+            for &(resource, value) in &self.c.rlimits {
+                let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+                check(libc::setrlimit(resource.raw(), &limit))?;
+            }
             if self.c.drop_caps {
                 for cap in 0..=self.cap_last {
                     if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
@@ -364,10 +393,14 @@ mod tests {
             drop_caps: true,
             oom_score_adj: Some(0),
             mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/vm")] }),
+            rlimits: vec![(Resource::NoFile, 256), (Resource::NProc, 64), (Resource::Core, 0)],
             seccomp: None,
         };
         let script = format!(
             "grep -q '^Uid:.*3900002000' /proc/self/status && grep -q '^NoNewPrivs:.1' /proc/self/status \
+             && grep -q '^Max open files  *256  *256 ' /proc/self/limits \
+             && grep -q '^Max processes  *64  *64 ' /proc/self/limits \
+             && grep -q '^Max core file size  *0  *0 ' /proc/self/limits \
              && grep -q '^CapBnd:.0000000000000000' /proc/self/status && test \"$(cat /proc/self/oom_score_adj)\" = 0 \
              && test -d {d}/ns/s/vm && ! test -e {d}/other",
             d = d.display()

@@ -12,7 +12,7 @@ mod counters;
 mod enrich;
 mod queue;
 mod sinks;
-mod stream;
+pub(crate) mod stream;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -31,11 +31,11 @@ pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections waiting for their Hello at once; more are closed when they arrive.
 pub(super) const MAX_PENDING: usize = 8;
 /// The largest first frame read: a Hello is a version, a sandbox id and a 32-byte token.
-const MAX_HELLO_FRAME: usize = 1024;
+pub(crate) const MAX_HELLO_FRAME: usize = 1024;
 
 /// What one frame leads to.
 #[derive(Debug, PartialEq)]
-pub(super) enum Step {
+pub(crate) enum Step {
     /// An event to enrich and forward.
     Forward(Box<bulwark_protocol::telemetry::Event>),
     /// Nothing to forward (a Drops report, a refused frame).
@@ -49,7 +49,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether a connection's first frame is a Hello of our version with `token` (pure); the
 /// error says why not (it is logged: it never contains the token).
-pub(super) fn check_hello(frame: &[u8], token: &[u8]) -> Result<(), String> {
+pub(crate) fn check_hello(frame: &[u8], token: &[u8]) -> Result<(), String> {
     match decode_guest_frame(frame) {
         Ok(GuestFrame { kind: Some(GuestFrameKind::Hello(h)), .. }) => {
             if h.version != TELEMETRY_VERSION {
@@ -67,7 +67,7 @@ pub(super) fn check_hello(frame: &[u8], token: &[u8]) -> Result<(), String> {
 
 /// The frames of a connection after its Hello (pure but for the counters).
 #[derive(Default)]
-pub(super) struct Connection {
+pub(crate) struct Connection {
     /// The guest's drop count as last reported on this connection.
     reported_drops: u64,
 }

@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::jail::process::{Confinement, Creds, MountView};
+use crate::jail::process::{Confinement, Creds, MountView, Resource};
 use crate::jail::seccomp;
 use crate::jail::uid::UidRange;
 
@@ -52,13 +52,22 @@ pub fn kvm_gid() -> Option<u32> {
     std::fs::metadata("/dev/kvm").ok().map(|m| m.gid()).filter(|&g| g != 0)
 }
 
-fn unprivileged(p: &Policy, id: u32, groups: Vec<u32>) -> Confinement {
+/// Open files of QEMU (a small VM uses well under 200: eventfds per virtqueue, its fds).
+pub const QEMU_MAX_FILES: u64 = 4096;
+/// Open files of vhost-device-vsock (a unix socket per guest connection, a few of its own).
+pub const VSOCK_MAX_FILES: u64 = 1024;
+/// Processes and threads of the sandbox uid: QEMU's (a thread per vCPU, its worker pool) and
+/// vhost-device-vsock's together.
+pub const SANDBOX_MAX_PROCS: u64 = 1024;
+
+fn unprivileged(p: &Policy, id: u32, groups: Vec<u32>, max_files: u64) -> Confinement {
     Confinement {
         creds: Some(Creds { uid: id, gid: id, groups }),
         no_new_privs: true,
         drop_caps: true,
         oom_score_adj: Some(p.oom_score_adj),
         mounts: None,
+        rlimits: vec![(Resource::NoFile, max_files), (Resource::NProc, SANDBOX_MAX_PROCS), (Resource::Core, 0)],
         seccomp: None,
     }
 }
@@ -68,7 +77,7 @@ fn unprivileged(p: &Policy, id: u32, groups: Vec<u32>) -> Confinement {
 pub fn qemu(p: &Policy, id: u32, kvm_group: Option<u32>) -> Confinement {
     Confinement {
         mounts: Some(MountView { hide: p.runtime_dir.clone(), expose: vec![] }),
-        ..unprivileged(p, id, kvm_group.into_iter().collect())
+        ..unprivileged(p, id, kvm_group.into_iter().collect(), QEMU_MAX_FILES)
     }
 }
 
@@ -78,14 +87,21 @@ pub fn vhost_device_vsock(p: &Policy, id: u32, dir: &Path) -> Confinement {
     Confinement {
         mounts: Some(MountView { hide: p.runtime_dir.clone(), expose: vec![vm_dir(dir)] }),
         seccomp: Some(seccomp::vhost_device_vsock()),
-        ..unprivileged(p, id, vec![])
+        ..unprivileged(p, id, vec![], VSOCK_MAX_FILES)
     }
 }
 
 /// virtiofsd: stays root (it creates and serves files as their guest-visible owners) with
-/// no_new_privs and the oom score; it sandboxes itself (namespaces, seccomp).
+/// no_new_privs, the oom score and no core dumps; it sandboxes itself (namespaces, seccomp).
+/// Its open files are left to it (it raises its own limit: it keeps one per inode the guest
+/// looked up); their kernel memory is charged to the sandbox's host cgroup.
 pub fn virtiofsd(p: &Policy) -> Confinement {
-    Confinement { no_new_privs: true, oom_score_adj: Some(p.oom_score_adj), ..Default::default() }
+    Confinement {
+        no_new_privs: true,
+        oom_score_adj: Some(p.oom_score_adj),
+        rlimits: vec![(Resource::Core, 0)],
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +137,19 @@ mod tests {
         let f = virtiofsd(&p);
         assert!(f.creds.is_none() && f.no_new_privs && !f.drop_caps && f.mounts.is_none());
         assert_eq!(f.oom_score_adj, Some(0));
+
+        // No core dumps (guest memory) from any of them; the unprivileged ones bounded in
+        // files and, together, in processes.
+        let q = qemu(&p, 5, None);
+        assert!(q.rlimits.contains(&(Resource::NoFile, QEMU_MAX_FILES)));
+        let v = vhost_device_vsock(&p, 5, Path::new("/run/bulwark/ns/s"));
+        assert!(v.rlimits.contains(&(Resource::NoFile, VSOCK_MAX_FILES)));
+        for c in [&q, &v] {
+            assert!(
+                c.rlimits.contains(&(Resource::NProc, SANDBOX_MAX_PROCS)) && c.rlimits.contains(&(Resource::Core, 0))
+            );
+        }
+        assert_eq!(f.rlimits, [(Resource::Core, 0)]);
     }
 
     #[test]
