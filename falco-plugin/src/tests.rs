@@ -12,18 +12,27 @@ use falco_plugin_runner::{CapturingPluginRunner, ExtractedField, MetricValue, Pl
 
 use super::BULWARK_PLUGIN_API;
 
-fn socket_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bulwark-falco-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("telemetry.sock")
+/// A test's directory, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
-fn start(name: &str) -> (CapturingPluginRunner, PathBuf) {
-    let path = socket_path(name);
+fn socket_path(name: &str) -> (PathBuf, TempDir) {
+    let dir = std::env::temp_dir().join(format!("bulwark-falco-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    (dir.join("telemetry.sock"), TempDir(dir))
+}
+
+fn start(name: &str) -> (CapturingPluginRunner, PathBuf, TempDir) {
+    let (path, dir) = socket_path(name);
     let config = CString::new(format!(r#"{{"socket_path": "{}"}}"#, path.display())).unwrap();
     let mut runner = PluginRunner::new();
     runner.register_plugin(&BULWARK_PLUGIN_API, &config).unwrap();
-    (runner.start_capture().unwrap(), path)
+    (runner.start_capture().unwrap(), path, dir)
 }
 
 pub fn enriched(sandbox: &str, pid: u32, ppid: u32, ty: EventType, f: impl FnOnce(&mut TEvent)) -> Enriched {
@@ -131,7 +140,7 @@ fn metric(runner: &mut CapturingPluginRunner, name: &str) -> u64 {
 
 #[test]
 fn every_field_comes_out_of_a_recorded_event() {
-    let (mut r, path) = start("fields");
+    let (mut r, path, _dir) = start("fields");
     let mut s = connect(&path);
     send(&mut s, &exec("sb1", 10, 1, &["/usr/sbin/sshd", "-D"]));
     let ev = next(&mut r);
@@ -241,7 +250,7 @@ fn every_field_comes_out_of_a_recorded_event() {
 
 #[test]
 fn two_sandboxes_with_the_same_pid_stay_apart() {
-    let (mut r, path) = start("apart");
+    let (mut r, path, _dir) = start("apart");
     let mut a = connect(&path);
     let mut b = connect(&path);
     send(&mut a, &exec("sbA", 1, 0, &["/sbin/init-a"]));
@@ -260,7 +269,7 @@ fn two_sandboxes_with_the_same_pid_stay_apart() {
 
 #[test]
 fn fork_and_exit_keep_the_table_right() {
-    let (mut r, path) = start("fork");
+    let (mut r, path, _dir) = start("fork");
     let mut s = connect(&path);
     send(&mut s, &exec("sb", 5, 1, &["/usr/bin/python3", "app.py"]));
     next(&mut r);
@@ -281,7 +290,7 @@ fn fork_and_exit_keep_the_table_right() {
 
 #[test]
 fn garbage_frames_are_counted_and_skipped() {
-    let (mut r, path) = start("garbage");
+    let (mut r, path, _dir) = start("garbage");
     let mut s = connect(&path);
     // A well-framed message that is not an Enriched, an empty one, then a good one.
     s.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).unwrap();
@@ -318,7 +327,7 @@ fn config_is_checked() {
 
 #[test]
 fn a_regular_file_at_the_socket_path_is_not_replaced() {
-    let path = socket_path("notasocket");
+    let (path, _dir) = socket_path("notasocket");
     std::fs::write(&path, b"keep me").unwrap();
     assert!(matches!(super::listener::bind(&path), Err(super::listener::ListenError::NotASocket(_))));
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
