@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use bulwark_protocol::telemetry::{Enriched, Event, EventType, FdType, L4Proto, SocketFamily};
+use bulwark_protocol::telemetry::{errno_name, Enriched, Event, EventType, FdType, L4Proto, SocketFamily};
 
 use crate::proctable::ProcTable;
 
@@ -143,37 +143,6 @@ pub fn type_name(t: EventType) -> &'static str {
         CLONE3 => "clone3",
         EXIT => "procexit",
     }
-}
-
-fn errno_name(e: i64) -> Option<&'static str> {
-    Some(match e {
-        1 => "EPERM",
-        2 => "ENOENT",
-        3 => "ESRCH",
-        4 => "EINTR",
-        5 => "EIO",
-        9 => "EBADF",
-        11 => "EAGAIN",
-        12 => "ENOMEM",
-        13 => "EACCES",
-        14 => "EFAULT",
-        16 => "EBUSY",
-        17 => "EEXIST",
-        20 => "ENOTDIR",
-        21 => "EISDIR",
-        22 => "EINVAL",
-        24 => "EMFILE",
-        28 => "ENOSPC",
-        30 => "EROFS",
-        38 => "ENOSYS",
-        97 => "EAFNOSUPPORT",
-        101 => "ENETUNREACH",
-        110 => "ETIMEDOUT",
-        111 => "ECONNREFUSED",
-        113 => "EHOSTUNREACH",
-        115 => "EINPROGRESS",
-        _ => return None,
-    })
 }
 
 /// `evt.res`: `SUCCESS`, or the errno's name (or the raw value when unknown).

@@ -148,6 +148,41 @@ impl FrameDecoder {
     }
 }
 
+/// The name of a Linux errno (x86_64 numbers) a syscall result may carry, for the ones
+/// telemetry readers show by name; `None` for others. Pass the errno itself (a positive
+/// number: negate a negative result with `saturating_neg`, results come from the guest).
+pub fn errno_name(errno: i64) -> Option<&'static str> {
+    Some(match errno {
+        1 => "EPERM",
+        2 => "ENOENT",
+        3 => "ESRCH",
+        4 => "EINTR",
+        5 => "EIO",
+        9 => "EBADF",
+        11 => "EAGAIN",
+        12 => "ENOMEM",
+        13 => "EACCES",
+        14 => "EFAULT",
+        16 => "EBUSY",
+        17 => "EEXIST",
+        20 => "ENOTDIR",
+        21 => "EISDIR",
+        22 => "EINVAL",
+        24 => "EMFILE",
+        28 => "ENOSPC",
+        30 => "EROFS",
+        38 => "ENOSYS",
+        95 => "EOPNOTSUPP",
+        97 => "EAFNOSUPPORT",
+        101 => "ENETUNREACH",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        113 => "EHOSTUNREACH",
+        115 => "EINPROGRESS",
+        _ => return None,
+    })
+}
+
 /// The lower-case name of an event type as configured (`"execve"`, `"openat"`, ...); `None`
 /// for the unspecified value.
 pub fn event_type_name(t: EventType) -> Option<String> {

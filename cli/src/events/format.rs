@@ -4,45 +4,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use bulwark_protocol::telemetry::{Enriched, Event, EventType, SocketFamily, SocketTuple};
+use bulwark_protocol::telemetry::{errno_name, Enriched, Event, EventType, SocketFamily, SocketTuple};
 
 use crate::text::{clean, utc};
 
 /// Longest path or argument list shown.
 const MAX_SHOWN: usize = 200;
 
-fn errno_name(n: i64) -> Option<&'static str> {
-    Some(match n {
-        1 => "EPERM",
-        2 => "ENOENT",
-        3 => "ESRCH",
-        4 => "EINTR",
-        9 => "EBADF",
-        11 => "EAGAIN",
-        12 => "ENOMEM",
-        13 => "EACCES",
-        14 => "EFAULT",
-        16 => "EBUSY",
-        17 => "EEXIST",
-        20 => "ENOTDIR",
-        21 => "EISDIR",
-        22 => "EINVAL",
-        28 => "ENOSPC",
-        30 => "EROFS",
-        38 => "ENOSYS",
-        95 => "EOPNOTSUPP",
-        101 => "ENETUNREACH",
-        110 => "ETIMEDOUT",
-        111 => "ECONNREFUSED",
-        113 => "EHOSTUNREACH",
-        115 => "EINPROGRESS",
-        _ => return None,
-    })
-}
-
 /// `res=0`, `res=-13(EACCES)`.
 fn result(res: i64) -> String {
-    match (res < 0).then(|| errno_name(-res)).flatten() {
+    match (res < 0).then(|| errno_name(res.saturating_neg())).flatten() {
         Some(name) => format!("res={res}({name})"),
         None => format!("res={res}"),
     }
@@ -185,5 +156,14 @@ mod tests {
         let mut m = event(EventType::EXECVE);
         m.event.as_mut().unwrap().type_ = bulwark_protocol::protobuf::EnumOrUnknown::from_i32(999);
         assert!(line(&m).contains(" syscall#999 "), "{}", line(&m));
+    }
+
+    #[test]
+    fn results_are_named_and_any_guest_value_is_shown() {
+        assert_eq!(result(0), "res=0");
+        assert_eq!(result(-13), "res=-13(EACCES)");
+        assert_eq!(result(-4095), "res=-4095");
+        // A guest's i64::MIN has no negation: shown as it is, no overflow.
+        assert_eq!(result(i64::MIN), format!("res={}", i64::MIN));
     }
 }
