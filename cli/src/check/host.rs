@@ -16,9 +16,11 @@ pub fn root() -> Outcome {
     if is_root() {
         Outcome::ok("root", "running as root")
     } else {
-        Outcome::warn(
+        // Without root no test boot can run, so the node cannot be shown ready.
+        Outcome::fail(
             "root",
-            "not running as root: the test boot is skipped and state directories may be unreadable",
+            "not running as root: the test boot cannot run and state directories may be unreadable, so the \
+             node is not verified",
             "run bulwark check as root (as the shim runs)",
         )
     }
