@@ -28,7 +28,12 @@
 //!
 //! [jail]                    # how QEMU and its helpers are confined on the host (docs/jail.md)
 //! uid_base = 2000000000     # each sandbox's QEMU and vhost-device-vsock run as one uid (and
-//! uid_count = 65536         # the same gid) of uid_base..uid_base+uid_count, used by nothing else
+//! uid_count = 32768         # the same gid) of uid_base..uid_base+uid_count, used by nothing else
+//! unprivileged_virtiofsd = true # virtiofsd runs in a user namespace whose ids 0..65535 are a
+//!                           # block of 65536 host ids of its own, and serves id-mapped mounts
+//!                           # (false: it runs as root; for filesystems without idmapped mounts)
+//! idmap_base = 2147483648   # those blocks: idmap_base + k * 65536 for k < idmap_count, used by
+//! idmap_count = 1024        # nothing else (at most idmap_count sandboxes run at once)
 //! oom_score_adj = 0         # of QEMU, virtiofsd and vhost-device-vsock (0..=1000; the shim
 //!                           # itself inherits containerd's -999)
 //!
@@ -241,12 +246,22 @@ impl Default for Cgroup {
 pub struct Jail {
     pub uid_base: u32,
     pub uid_count: u32,
+    pub unprivileged_virtiofsd: bool,
+    pub idmap_base: u32,
+    pub idmap_count: u32,
     pub oom_score_adj: i32,
 }
 
 impl Default for Jail {
     fn default() -> Self {
-        Jail { uid_base: 2_000_000_000, uid_count: 65_536, oom_score_adj: 0 }
+        Jail {
+            uid_base: 2_000_000_000,
+            uid_count: 32_768,
+            unprivileged_virtiofsd: true,
+            idmap_base: 2_147_483_648,
+            idmap_count: 1024,
+            oom_score_adj: 0,
+        }
     }
 }
 
@@ -435,6 +450,16 @@ impl Config {
                 j.uid_base, j.uid_count
             )));
         }
+        let block = u64::from(crate::jail::idmap::BLOCK);
+        let (ib, ie) = (u64::from(j.idmap_base), u64::from(j.idmap_base) + u64::from(j.idmap_count) * block);
+        let (ub, ue) = (u64::from(j.uid_base), u64::from(j.uid_base) + u64::from(j.uid_count));
+        if j.idmap_base == 0 || j.idmap_count == 0 || ie > u64::from(u32::MAX) || (ib < ue && ub < ie) {
+            return Err(err(format!(
+                "jail.idmap_base = {} and jail.idmap_count = {} must give a non-empty range of blocks of {block} \
+                 non-root ids below 2^32-1 that does not overlap jail.uid_base..+uid_count",
+                j.idmap_base, j.idmap_count
+            )));
+        }
         if !(0..=1000).contains(&j.oom_score_adj) {
             return Err(err(format!("jail.oom_score_adj = {} must be between 0 and 1000", j.oom_score_adj)));
         }
@@ -488,6 +513,7 @@ mod tests {
             [jail]
             uid_base = 500000
             uid_count = 10
+            unprivileged_virtiofsd = false
             oom_score_adj = 100
             [cgroup]
             required = true
@@ -543,7 +569,16 @@ mod tests {
                 node_name: "node-7".into(),
             }
         );
-        assert_eq!(cfg.jail, Jail { uid_base: 500_000, uid_count: 10, oom_score_adj: 100 });
+        assert_eq!(
+            cfg.jail,
+            Jail {
+                uid_base: 500_000,
+                uid_count: 10,
+                oom_score_adj: 100,
+                unprivileged_virtiofsd: false,
+                ..Jail::default()
+            }
+        );
     }
 
     #[test]
@@ -578,6 +613,9 @@ mod tests {
             ("[jail]\nuid_count = 0\n", "jail.uid_count"),
             ("[jail]\nuid_base = 4294967000\n", "jail.uid_base"),
             ("[jail]\noom_score_adj = -1\n", "jail.oom_score_adj"),
+            ("[jail]\nidmap_count = 0\n", "jail.idmap_base"),
+            ("[jail]\nidmap_base = 4294000000\n", "jail.idmap_base"),
+            ("[jail]\nidmap_base = 2000000000\n", "jail.idmap_base"),
             ("[jail]\nuid = 5\n", "uid"),
             ("[telemetry]\nsyscalls = [\"execve\", \"opne\"]\n", "unknown event type \"opne\""),
             ("[telemetry]\nnode_socket = \"relative.sock\"\n", "telemetry.node_socket"),

@@ -2,11 +2,14 @@
 //! as an unprivileged uid/gid with no capabilities (bounding set included), no_new_privs and
 //! a seccomp filter, in a mount namespace where the runtime directory holding every
 //! sandbox's state is hidden (vhost-device-vsock sees only its own `vm/` directory);
-//! virtiofsd keeps root but has no_new_privs and its seccomp filter; none of the three keeps
+//! virtiofsd runs as root of a user namespace of its own (host ids: a block of 65536 of its own,
+//! so its capabilities reach only the id-mapped share) in a mount view that shows only the
+//! share and its socket directory, with no_new_privs and its seccomp filter; none of the three keeps
 //! containerd's negative oom_score_adj or may dump core, and the unprivileged two have their
 //! open files and the sandbox uid's processes bounded. The container still runs, prints and exits normally.
 //! And with `vm.allow_tcg_fallback = false`, a host without usable KVM refuses to boot.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use bulwark_e2e::containerd::{Containerd, CTR_LIMIT};
@@ -150,7 +153,8 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
         }
     }
 
-    // virtiofsd: root (it serves files as their owners), but no_new_privs and its seccomp.
+    // virtiofsd: root of a user namespace of its own whose ids are a block of 65536 host ids
+    // (capabilities only there, over the id-mapped share), no_new_privs and its seccomp.
     // With --sandbox=namespace it forks: the parent only waits; the child serves.
     let fs: Vec<i32> = vm_processes(&c.dir.to_string_lossy())
         .into_iter()
@@ -166,17 +170,44 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
         })
         .ok_or_else(|| format!("no serving virtiofsd child among {fs:?}"))?;
     check_common("virtiofsd", server, &read(format!("/proc/{server}/status"))?)?;
-    let core = limit_of(&read(format!("/proc/{server}/limits"))?, "Max core file size")?;
-    assert_eq!(core, ("0".to_string(), "0".to_string()), "virtiofsd {server} may dump core");
+    let limits = read(format!("/proc/{server}/limits"))?;
+    assert_eq!(limit_of(&limits, "Max core file size")?, ("0".into(), "0".into()), "virtiofsd {server} may dump core");
+    let files = limit_of(&limits, "Max open files")?;
+    assert!(files.0 == files.1 && files.0 != "unlimited", "virtiofsd {server} open files {files:?}");
+    let init_userns = std::fs::read_link("/proc/self/ns/user").map_err(|e| format!("{e}"))?;
+    let mut fs_root = None;
     for &pid in &fs {
         let status = read(format!("/proc/{pid}/status"))?;
         assert_eq!(status_field(&status, "NoNewPrivs")?, "1", "virtiofsd {pid}");
         let oom: i32 = read(format!("/proc/{pid}/oom_score_adj"))?.trim().parse().map_err(|e| format!("{e}"))?;
         assert!(oom >= 0, "virtiofsd {pid} oom_score_adj {oom}");
+        let (u, g) = (ids(&status, "Uid")?, ids(&status, "Gid")?);
+        assert!(u.iter().chain(&g).all(|&x| x == u[0]) && u[0] != 0, "virtiofsd {pid} runs as {u:?} {g:?}");
+        assert!(!uids.contains(&u[0]), "virtiofsd {pid} shares the sandbox uid {u:?}");
+        let groups = status_field(&status, "Groups")?;
+        assert!(groups.is_empty(), "virtiofsd {pid} has groups {groups}");
+        // Its capabilities are those of its own user namespace, none in the host's.
+        let userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).map_err(|e| format!("{e}"))?;
+        assert_ne!(userns, init_userns, "virtiofsd {pid} is in the host's user namespace");
+        let map = read(format!("/proc/{pid}/uid_map"))?;
+        let map: Vec<&str> = map.split_whitespace().collect();
+        assert_eq!(map, ["0", &u[0].to_string(), "65536"], "virtiofsd {pid} uid_map");
+        let gmap = read(format!("/proc/{pid}/gid_map"))?;
+        assert_eq!(gmap.split_whitespace().collect::<Vec<_>>(), map, "virtiofsd {pid} gid_map");
+        fs_root = Some(u[0]);
     }
+    // Its mount view: virtiofsd pivots into the share (the waiting parent shares the mount
+    // namespace, so it is moved too): all either sees of the host is what the guest may see.
+    let mut export = entries(&sdir.join("export"));
+    export.sort();
+    assert!(!export.is_empty(), "the share holds the container's tree");
+    for &pid in &fs {
+        assert_eq!(seen_by(pid, Path::new("/")), export, "virtiofsd {pid}'s root is not the share");
+    }
+    let fs_dir = std::fs::metadata(sdir.join("fs")).map_err(|e| format!("{e}"))?;
+    assert_eq!((Some(fs_dir.uid()), fs_dir.mode() & 0o777), (fs_root, 0o700), "fs/ belongs to virtiofsd's uid");
 
     // The state dir stays root's; the helpers' directory is the sandbox uid's.
-    use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(&sdir).map_err(|e| format!("{e}"))?;
     assert_eq!((md.uid(), md.mode() & 0o777), (0, 0o700), "state dir owner and mode");
     let vm = std::fs::metadata(sdir.join("vm")).map_err(|e| format!("{e}"))?;

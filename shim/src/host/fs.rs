@@ -33,6 +33,8 @@ pub struct BindFlags {
     pub readonly: bool,
     /// Clone the source's submounts too (like `MS_REC`).
     pub recursive: bool,
+    /// Id-map the bind through this user namespace (jail/idmap.rs); the caller keeps it open.
+    pub userns: Option<RawFd>,
 }
 
 /// `struct open_how` of openat2(2) (the libc crate's is non-exhaustive).
@@ -125,9 +127,11 @@ pub fn open_source(source: &Path) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(f))
 }
 
-/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set: set})`.
-fn set_attr(fd: &impl AsRawFd, set: u64, recursive: bool) -> io::Result<()> {
-    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set: set, userns_fd})`
+/// (`userns` with `MOUNT_ATTR_IDMAP` in `set`: id-map the mount through that namespace).
+pub fn set_mount_attr(fd: &impl AsRawFd, set: u64, userns: Option<RawFd>, recursive: bool) -> io::Result<()> {
+    let userns_fd = userns.map_or(0, |f| f as u64);
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd };
     let empty = c"";
     let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
     if recursive {
@@ -275,27 +279,20 @@ impl Beneath {
         if flags.readonly {
             set |= libc::MOUNT_ATTR_RDONLY;
         }
-        let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
-        let empty = c"";
-        // SAFETY: `tree` is an open mount fd; `empty` and `attr` are valid for the call and the
-        // size passed is that of `attr`.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                tree.as_raw_fd(),
-                empty.as_ptr(),
-                (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-                &attr as *const MountAttr,
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if r != 0 {
-            return Err(self.err(
-                &format!("setting flags of the bind of {}", source.display()),
-                rel,
-                io::Error::last_os_error(),
-            ));
+        if flags.userns.is_some() {
+            set |= libc::MOUNT_ATTR_IDMAP;
         }
+        set_mount_attr(&tree, set, flags.userns, true).map_err(|e| {
+            let e = if flags.userns.is_some() && e.raw_os_error() == Some(libc::EINVAL) {
+                io::Error::other(format!(
+                    "{e}: its filesystem (or one mounted below it) does not support idmapped mounts, which the \
+                     unprivileged virtiofsd needs (jail.unprivileged_virtiofsd = false runs virtiofsd as root instead)"
+                ))
+            } else {
+                e
+            };
+            self.err(&format!("setting flags of the bind of {}", source.display()), rel, e)
+        })?;
         move_mount(&tree, &target).map_err(|e| self.err(&what, rel, e))?;
         let mounted = self.open_path(rel)?;
         mount_id(&mounted)
@@ -330,7 +327,7 @@ impl Beneath {
     /// their own flags).
     pub fn set_readonly(&self, rel: &Path) -> io::Result<()> {
         let fd = self.open_path(rel)?;
-        set_attr(&fd, libc::MOUNT_ATTR_RDONLY, false).map_err(|e| self.err("making read-only", rel, e))
+        set_mount_attr(&fd, libc::MOUNT_ATTR_RDONLY, None, false).map_err(|e| self.err("making read-only", rel, e))
     }
 
     /// Moves the mount whose root is `from_rel` below `from` (with its submounts) onto the
@@ -449,7 +446,8 @@ mod tests {
         std::fs::write(src.join("f"), b"data").expect("src file");
         let b = Beneath::open(&d).expect("open");
         b.mkdir(Path::new("ro"), 0o700).expect("mkdir");
-        let id = b.bind(&src, Path::new("ro"), BindFlags { readonly: true, recursive: true }).expect("bind");
+        let id =
+            b.bind(&src, Path::new("ro"), BindFlags { readonly: true, recursive: true, userns: None }).expect("bind");
         assert_eq!(std::fs::read(d.join("ro/f")).expect("read through the bind"), b"data");
         let e = std::fs::write(d.join("ro/g"), b"x").expect_err("read-only");
         assert_eq!(e.raw_os_error(), Some(libc::EROFS));

@@ -9,6 +9,7 @@
 //! cgroup. Only the VMM backend starts a helper.
 
 pub mod cgroup;
+pub mod idmap;
 pub mod process;
 pub mod reach;
 pub mod seccomp;

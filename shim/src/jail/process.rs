@@ -6,7 +6,8 @@
 //!
 //! Order in the child: `oom_score_adj` (the shim runs at containerd's -999; raising it needs
 //! no privilege), the private mount namespace (needs CAP_SYS_ADMIN), the resource limits
-//! (soft = hard: without CAP_SYS_RESOURCE nothing raises them again), the capability bounding
+//! (soft = hard: without CAP_SYS_RESOURCE nothing raises them again), the user namespace to
+//! join (virtiofsd's id-map: root there, nobody outside), the capability bounding
 //! and ambient sets, the groups, gid and uid (which empty the permitted and effective sets
 //! of a non-root uid), an empty `capset` as well, `PR_SET_NO_NEW_PRIVS`, the parent-death
 //! signal again (a credential change clears it), the seccomp filter, and the exec through the
@@ -75,6 +76,10 @@ pub struct Confinement {
     pub rlimits: Vec<(Resource, u64)>,
     /// Our seccomp filter, in force from the exec on.
     pub seccomp: Option<Filter>,
+    /// Join this user namespace (after the mount view and the limits, which need host root)
+    /// and become its root: uid/gid 0 there, no supplementary groups. The caller keeps the fd
+    /// open until the spawn returns.
+    pub userns: Option<std::os::fd::RawFd>,
 }
 
 /// A bind of a directory onto itself (`target`) through the child's tmpfs: the child opens
@@ -252,11 +257,12 @@ impl Prepared {
                     }
                     let mut buf = [0u8; 32];
                     let src = fd_path(fd, &mut buf);
+                    // recursive: what is mounted below (a share's containers) comes along
                     check(libc::mount(
                         src.as_ptr(),
                         b.target.as_ptr(),
                         std::ptr::null(),
-                        libc::MS_BIND,
+                        libc::MS_BIND | libc::MS_REC,
                         std::ptr::null(),
                     ))?;
                     libc::close(fd);
@@ -268,6 +274,13 @@ impl Prepared {
             for &(resource, value) in &self.c.rlimits {
                 let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
                 check(libc::setrlimit(resource.raw(), &limit))?;
+            }
+            if let Some(ns) = self.c.userns {
+                // All capabilities in the namespace, none outside; then its root's ids.
+                check(libc::setns(ns, libc::CLONE_NEWUSER))?;
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setresgid(0, 0, 0))?;
+                check(libc::setresuid(0, 0, 0))?;
             }
             if self.c.drop_caps {
                 for cap in 0..=self.cap_last {
@@ -395,6 +408,7 @@ mod tests {
             mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/vm")] }),
             rlimits: vec![(Resource::NoFile, 256), (Resource::NProc, 64), (Resource::Core, 0)],
             seccomp: None,
+            userns: None,
         };
         let script = format!(
             "grep -q '^Uid:.*3900002000' /proc/self/status && grep -q '^NoNewPrivs:.1' /proc/self/status \
@@ -409,6 +423,36 @@ mod tests {
             None => {}
             Some(r) => assert_eq!(r.unwrap(), 0, "a check failed in the child"),
         }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_confined_child_joins_a_user_namespace_as_its_root() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let base = 3_900_200_000;
+        let map = crate::jail::idmap::IdMap::unleased(base).expect("user namespace");
+        let d = temp_dir("jail-userns");
+        std::fs::create_dir_all(d.join("ns/s/export")).unwrap();
+        let c = Confinement {
+            no_new_privs: true,
+            oom_score_adj: Some(0),
+            mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/export")] }),
+            rlimits: vec![(Resource::NoFile, 1000), (Resource::Core, 0)],
+            userns: Some(map.userns_fd()),
+            ..Default::default()
+        };
+        // Inside, it is root with every capability of its namespace; its ids map to the block.
+        let script = format!(
+            "grep -q '^Uid:.0.0.0.0$' /proc/self/status && grep -q '^Gid:.0.0.0.0$' /proc/self/status \
+             && grep -q '^CapEff:.000001ffffffffff' /proc/self/status \
+             && test \"$(cat /proc/self/uid_map | tr -s ' ')\" = ' 0 {base} 65536' \
+             && grep -q '^Max open files  *1000  *1000 ' /proc/self/limits && test -d {d}/ns/s/export",
+            d = d.display()
+        );
+        let r = run_confined(&c, &script).expect("root").expect("spawn");
+        assert_eq!(r, 0, "a check failed in the child");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -21,6 +21,10 @@ use sha2::{Digest, Sha256};
 pub const LOCK_DIR: &str = "jail-uids";
 /// File in a sandbox state directory naming its lock file.
 pub const RECORD: &str = "jail-uid";
+/// The same for the blocks of id-mapped ids (idmap.rs): lock files named by a block's first id.
+pub const IDMAP_LOCK_DIR: &str = "jail-idmaps";
+/// File in a sandbox state directory naming its id-map block's lock file.
+pub const IDMAP_RECORD: &str = "jail-idmap";
 
 /// A range of host uids (and the same gids) reserved for sandboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,13 +77,22 @@ impl Drop for Lease {
 
 /// Whether a process runs with `uid` as its real, effective, saved or fs uid.
 pub fn uid_in_use(uid: u32) -> bool {
+    ids_in_use(uid, 1)
+}
+
+/// Whether a process runs with a uid of `first..first + count` as its real, effective, saved
+/// or fs uid.
+pub fn ids_in_use(first: u32, count: u32) -> bool {
+    let end = u64::from(first) + u64::from(count);
     let Ok(entries) = std::fs::read_dir("/proc") else { return false };
     entries.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))).any(
         |e| {
             std::fs::read_to_string(e.path().join("status")).is_ok_and(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .is_some_and(|ids| ids.split_whitespace().any(|x| x.parse::<u32>().ok() == Some(uid)))
+                s.lines().find_map(|l| l.strip_prefix("Uid:")).is_some_and(|ids| {
+                    ids.split_whitespace()
+                        .filter_map(|x| x.parse::<u32>().ok())
+                        .any(|x| (u64::from(first)..end).contains(&u64::from(x)))
+                })
             })
         },
     )
@@ -119,45 +132,71 @@ fn try_take(lock_dir: &Path, uid: u32, owner: &Path) -> std::io::Result<Option<L
 /// A free uid of `range` for the sandbox whose state directory is `owner`, locked in
 /// `<runtime_dir>/jail-uids/`.
 pub fn allocate(runtime_dir: &Path, range: UidRange, owner: &Path) -> Result<Lease, String> {
-    let lock_dir = runtime_dir.join(LOCK_DIR);
-    std::fs::create_dir_all(&lock_dir).map_err(|e| format!("creating {}: {e}", lock_dir.display()))?;
-    for uid in range.candidates(&owner.to_string_lossy()) {
-        match try_take(&lock_dir, uid, owner) {
-            Ok(Some(mut lease)) if uid_in_use(uid) => {
-                tracing::warn!("jail uid {uid} is free but a process still runs as it; skipping it");
+    allocate_from(&runtime_dir.join(LOCK_DIR), range.candidates(&owner.to_string_lossy()), uid_in_use, owner)
+        .ok_or_else(|| {
+            format!(
+                "no free jail uid in {}..{} ({} sandboxes hold them all; raise jail.uid_count)",
+                range.base,
+                u64::from(range.base) + u64::from(range.count),
+                range.count
+            )
+        })?
+}
+
+/// The first of `candidates` that no lock in `lock_dir` holds and `in_use` does not name,
+/// locked for `owner`. `None`: all are taken.
+pub fn allocate_from(
+    lock_dir: &Path,
+    candidates: impl Iterator<Item = u32>,
+    in_use: impl Fn(u32) -> bool,
+    owner: &Path,
+) -> Option<Result<Lease, String>> {
+    if let Err(e) = std::fs::create_dir_all(lock_dir) {
+        return Some(Err(format!("creating {}: {e}", lock_dir.display())));
+    }
+    for id in candidates {
+        match try_take(lock_dir, id, owner) {
+            Ok(Some(mut lease)) if in_use(id) => {
+                tracing::warn!("jail id {id} is free but a process still runs as it; skipping it");
                 lease.unlink = false;
             }
-            Ok(Some(lease)) => return Ok(lease),
+            Ok(Some(lease)) => return Some(Ok(lease)),
             Ok(None) => {}
-            Err(e) => return Err(format!("locking {}/{uid}: {e}", lock_dir.display())),
+            Err(e) => return Some(Err(format!("locking {}/{id}: {e}", lock_dir.display()))),
         }
     }
-    Err(format!(
-        "no free jail uid in {}..{} ({} sandboxes hold them all; raise jail.uid_count)",
-        range.base,
-        u64::from(range.base) + u64::from(range.count),
-        range.count
-    ))
+    None
 }
 
 /// Writes [`RECORD`] in the state directory `dir`: the path of `lease`'s lock file.
 pub fn record(dir: &Path, lease: &Lease) -> std::io::Result<()> {
-    std::fs::write(dir.join(RECORD), format!("{}\n", lease.path.display()))
+    record_as(dir, RECORD, lease)
 }
 
-/// After a crashed shim: removes the lock file named in `dir`'s [`RECORD`] unless someone
-/// holds it. Only a path of the form `<abs>/jail-uids/<digits>` is touched.
+/// Writes `name` in the state directory `dir`: the path of `lease`'s lock file.
+pub fn record_as(dir: &Path, name: &str, lease: &Lease) -> std::io::Result<()> {
+    std::fs::write(dir.join(name), format!("{}\n", lease.path.display()))
+}
+
+/// After a crashed shim: removes the lock files named in `dir`'s [`RECORD`] and
+/// [`IDMAP_RECORD`] unless someone holds them. Only a path of the form
+/// `<abs>/jail-uids/<digits>` (or `jail-idmaps`) is touched.
 pub fn release_recorded(dir: &Path) {
-    let Ok(text) = std::fs::read_to_string(dir.join(RECORD)) else { return };
+    release_one(dir, RECORD, LOCK_DIR);
+    release_one(dir, IDMAP_RECORD, IDMAP_LOCK_DIR);
+}
+
+fn release_one(dir: &Path, record: &str, lock_dir: &str) {
+    let Ok(text) = std::fs::read_to_string(dir.join(record)) else { return };
     let path = PathBuf::from(text.trim());
     let well_formed = path.is_absolute()
-        && path.parent().and_then(Path::file_name).is_some_and(|n| n == LOCK_DIR)
+        && path.parent().and_then(Path::file_name).is_some_and(|n| n == lock_dir)
         && path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     if !well_formed {
-        tracing::warn!("ignoring a malformed {} in {}", RECORD, dir.display());
+        tracing::warn!("ignoring a malformed {record} in {}", dir.display());
         return;
     }
     let Ok(file) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) else { return };

@@ -11,6 +11,7 @@ use oci_spec::runtime::Spec;
 
 use crate::error::{Error, Result};
 use crate::host::fs::BindFlags;
+use crate::jail::idmap::IdMap;
 use crate::policy::TenantPolicy;
 use crate::resources::share::{Share, Tree};
 
@@ -33,7 +34,9 @@ pub fn guest_rootfs_path(id: &str) -> String {
 /// Mounts the rootfs (the snapshotter's mounts, or the bundle's `root.path`), builds the
 /// container's tree in the share of the sandbox whose state directory is `sandbox_dir` (its
 /// rootfs, then its volumes), and exposes it to the guest in one step. Undoes what it did on
-/// failure.
+/// failure. With `idmap` (the sandbox's, for an unprivileged virtiofsd) everything in the tree
+/// is id-mapped: an overlay is mounted over id-mapped layers, anything else is bound
+/// id-mapped into the tree.
 pub fn mount_rootfs(
     id: &str,
     bundle: &Path,
@@ -41,11 +44,27 @@ pub fn mount_rootfs(
     mounts: &[Mount],
     sandbox_dir: &Path,
     tenant: &TenantPolicy,
+    idmap: Option<&IdMap>,
 ) -> Result<RootfsMounts> {
+    let userns = idmap.map(IdMap::userns_fd);
+    // The rootfs bind into the tree is id-mapped unless the rootfs already is (an overlay).
+    let mut rootfs_userns = userns;
     let (source, ours) = if !mounts.is_empty() {
         let target = bundle.join("rootfs");
         std::fs::create_dir_all(&target).map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
-        for m in mounts {
+        if let Some(map) = idmap.filter(|_| mounts.iter().any(|m| m.type_ == "overlay")) {
+            if mounts.len() != 1 {
+                return Err(Error::Mount(format!(
+                    "{} rootfs mounts with an overlay among them: only a single overlay can be id-mapped",
+                    mounts.len()
+                )));
+            }
+            map.mount_overlay(&mounts[0].options, &target).map_err(Error::Mount)?;
+            rootfs_userns = None;
+        }
+        // Without an id-mapped overlay: the snapshotter's mounts as they are.
+        let plain = if rootfs_userns.is_none() && idmap.is_some() { &[][..] } else { mounts };
+        for m in plain {
             let fs_type = (!m.type_.is_empty()).then_some(m.type_.as_str());
             let src = (!m.source.is_empty()).then_some(m.source.as_str());
             if let Err(e) = containerd_shim::mount::mount_rootfs(fs_type, src, &m.options, &target) {
@@ -78,9 +97,9 @@ pub fn mount_rootfs(
         let (tree, root) = share.stage(sandbox_dir, id)?;
         rm.tree = tree;
         root.mkdir(Path::new("rootfs"), 0o755).map_err(|e| Error::Mount(e.to_string()))?;
-        root.bind(&source, Path::new("rootfs"), BindFlags { readonly: false, recursive: true })
+        root.bind(&source, Path::new("rootfs"), BindFlags { readonly: false, recursive: true, userns: rootfs_userns })
             .map_err(|e| Error::Mount(e.to_string()))?;
-        rm.shared = crate::resources::volumes::share_into(&root, id, spec, tenant)?;
+        rm.shared = crate::resources::volumes::share_into(&root, id, spec, tenant, userns)?;
         share.expose(&mut rm.tree)
     })();
     match res {
@@ -164,7 +183,7 @@ mod tests {
 
         crate::resources::share::create(&LinuxHost, &dir).expect("share");
         let export = crate::resources::share::export_dir(&dir);
-        let c1 = mount_rootfs("c1", &tmp, &spec_with(&root1, &vol), &[], &dir, &open()).expect("c1");
+        let c1 = mount_rootfs("c1", &tmp, &spec_with(&root1, &vol), &[], &dir, &open(), None).expect("c1");
         // What the guest sees: the rootfs and the volume, complete.
         assert_eq!(std::fs::read(export.join("c1/rootfs/hello")).unwrap(), b"1");
         assert_eq!(std::fs::read(export.join("c1/mounts/0/cfg")).unwrap(), b"cfg");
@@ -182,13 +201,13 @@ mod tests {
         std::fs::rename(export.join("c1/rootfs/hello"), export.join("c1/rootfs/hello2")).unwrap();
 
         // A second container while the guest has done all that, then the first one removed.
-        let c2 = mount_rootfs("c2", &tmp, &spec_with(&root2, &vol), &[], &dir, &open()).expect("c2");
+        let c2 = mount_rootfs("c2", &tmp, &spec_with(&root2, &vol), &[], &dir, &open(), None).expect("c2");
         assert!(export.join("c2/rootfs").is_dir() && export.join("c2/mounts/0/cfg").is_file());
         unmount_rootfs(&c1);
         assert!(!export.join("c1").exists(), "c1's tree is gone from the guest's view");
         assert!(export.join("c2/mounts/0/cfg").is_file(), "c2 is untouched");
         // An id the guest might aim at a host path is refused before any path is built.
-        assert!(mount_rootfs("../../etc", &tmp, &spec_with(&root2, &vol), &[], &dir, &open()).is_err());
+        assert!(mount_rootfs("../../etc", &tmp, &spec_with(&root2, &vol), &[], &dir, &open(), None).is_err());
         unmount_rootfs(&c2);
 
         assert_eq!(std::fs::read(&canary).unwrap(), b"untouched");

@@ -63,8 +63,15 @@ pub fn to_share(spec: &Spec) -> Vec<(u32, PathBuf)> {
 /// opened once and mounted from that fd (its type checked on the same inode); mount points
 /// are created exclusively, without following symlinks; `ro` mounts are read-only
 /// recursively before they are attached. Share paths are relative to the share root. On
-/// error, what was mounted stays in the tree, which the caller's cleanup removes whole.
-pub fn share_into(tree: &Beneath, id: &str, spec: &Spec, tenant: &TenantPolicy) -> Result<Vec<SharedMount>> {
+/// error, what was mounted stays in the tree, which the caller's cleanup removes whole. With
+/// `userns` (the sandbox's id-map, jail/idmap.rs) every bind is id-mapped through it.
+pub fn share_into(
+    tree: &Beneath,
+    id: &str,
+    spec: &Spec,
+    tenant: &TenantPolicy,
+    userns: Option<std::os::fd::RawFd>,
+) -> Result<Vec<SharedMount>> {
     let wanted = to_share(spec);
     if wanted.len() > MAX_SHARED_MOUNTS {
         return Err(Error::InvalidArgument(format!(
@@ -115,7 +122,7 @@ pub fn share_into(tree: &Beneath, id: &str, spec: &Spec, tenant: &TenantPolicy) 
         let target = PathBuf::from(format!("mounts/{index}"));
         if kind == libc::S_IFDIR { tree.mkdir(&target, 0o755) } else { tree.create_file(&target, 0o644).map(drop) }
             .map_err(|e| Error::Mount(format!("creating the mount point: {e}")))?;
-        let flags = BindFlags { readonly: has_option(m, "ro"), recursive: has_option(m, "rbind") };
+        let flags = BindFlags { readonly: has_option(m, "ro"), recursive: has_option(m, "rbind"), userns };
         tree.bind_fd(&src, &source, &target, flags).map_err(|e| Error::Mount(e.to_string()))?;
         shared.push(SharedMount { index, share_path: format!("{id}/mounts/{index}") });
     }
@@ -171,7 +178,7 @@ mod tests {
         std::fs::create_dir(&tree_dir).unwrap();
         let tree = Beneath::open(&tree_dir).unwrap();
         let anywhere = TenantPolicy { host_paths: vec!["/".into()], ..Default::default() };
-        let e = share_into(&tree, "c1", &s, &anywhere).unwrap_err().to_string();
+        let e = share_into(&tree, "c1", &s, &anywhere, None).unwrap_err().to_string();
         assert!(e.contains("nope"), "{e}");
         let mut ok = s.clone();
         ok.set_mounts(s.mounts().as_ref().map(|m| m[..2].to_vec()));
@@ -181,10 +188,10 @@ mod tests {
         let tree = Beneath::open(&tree_dir).unwrap();
         // Outside the tenant's host paths: refused, nothing mounted.
         let strict = TenantPolicy { host_paths: vec!["/var/lib/kubelet/pods".into()], ..Default::default() };
-        let e = share_into(&tree, "c1", &ok, &strict).unwrap_err().to_string();
+        let e = share_into(&tree, "c1", &ok, &strict, None).unwrap_err().to_string();
         assert!(e.contains("not allowed") && e.contains("host_paths"), "{e}");
         assert!(!tree_dir.join("mounts/0").exists());
-        let shared = share_into(&tree, "c1", &ok, &anywhere).unwrap();
+        let shared = share_into(&tree, "c1", &ok, &anywhere, None).unwrap();
         assert_eq!(
             shared,
             [
@@ -206,7 +213,7 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, evil_dir.join("mounts")).unwrap();
         let evil = Beneath::open(&evil_dir).unwrap();
-        assert!(share_into(&evil, "c2", &ok, &anywhere).is_err());
+        assert!(share_into(&evil, "c2", &ok, &anywhere, None).is_err());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing created outside");
         for m in crate::host::linux::mounts_under(&tmp) {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);

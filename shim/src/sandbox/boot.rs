@@ -66,6 +66,7 @@ impl Sandbox {
             initrd: cfg.paths.initrd.clone(),
             extra_kernel_params: cfg.vm.kernel_params.clone(),
             share: caps.fs_share.then(|| state_dir::export(&self.dir)),
+            share_idmap: self.idmap(),
             console_log: console.clone(),
         };
         let socket = vmm.agent_socket();

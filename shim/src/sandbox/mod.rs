@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::host::linux::LinuxHost;
 use crate::host::Host;
 use crate::jail::cgroup::{self as host_cgroup, CgroupPath, HostCgroup, PodResources};
+use crate::jail::idmap::IdMap;
 use crate::resources::mount::cleanup_mounts_and_dir_with;
 use crate::resources::network::{HostNetwork, PodConfig};
 use crate::telemetry;
@@ -65,6 +66,8 @@ pub struct SandboxDeps {
     pub host: Arc<dyn Host>,
     /// Where host cgroups are made (the host's cgroup v2, or a fake hierarchy in tests).
     pub cgroups: host_cgroup::FindHierarchy,
+    /// Give the sandbox an id-map (jail/idmap.rs) for an unprivileged virtiofsd.
+    pub idmap: bool,
 }
 
 impl SandboxDeps {
@@ -76,6 +79,7 @@ impl SandboxDeps {
             connect_agent: Arc::new(|stream, vm_exit| Arc::new(TtrpcAgent::new(stream, vm_exit)) as Arc<dyn AgentApi>),
             host,
             cgroups: host_cgroup::host_hierarchy(),
+            idmap: cfg.jail.unprivileged_virtiofsd,
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Sandbox {
     relay: std::sync::Mutex<Option<telemetry::Relay>>,
     /// The pod's identity from the sandbox container's spec, for `sandbox.json` (info.rs).
     identity: std::sync::Mutex<info::SandboxInfo>,
+    /// The share's id-map (jail/idmap.rs), held for the sandbox's life.
+    idmap: Option<Arc<IdMap>>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,11 +147,20 @@ impl Sandbox {
         let share = state_dir::share(&dir);
         let made = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(format!("making {} private (0700)", dir.display()), e))
-            .and_then(|()| crate::resources::share::create(host.as_ref(), &dir));
-        if let Err(e) = made {
-            let _ = state_dir::cleanup_dir_with(host.as_ref(), &dir);
-            return Err(e);
-        }
+            .and_then(|()| crate::resources::share::create(host.as_ref(), &dir))
+            .and_then(|()| {
+                deps.idmap
+                    .then(|| IdMap::create(&cfg.paths.runtime_dir, &cfg.jail, &dir).map(Arc::new))
+                    .transpose()
+                    .map_err(|e| Error::FailedPrecondition(format!("sandbox {id}: {e}")))
+            });
+        let idmap = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = state_dir::cleanup_dir_with(host.as_ref(), &dir);
+                return Err(e);
+            }
+        };
         Ok(Sandbox {
             id: id.to_string(),
             dir,
@@ -167,7 +182,13 @@ impl Sandbox {
             telemetry: telemetry::Identity::default(),
             relay: std::sync::Mutex::new(None),
             identity: std::sync::Mutex::new(info::SandboxInfo::default()),
+            idmap,
         })
+    }
+
+    /// The id-map of the sandbox's share (None: virtiofsd runs as root).
+    pub fn idmap(&self) -> Option<Arc<IdMap>> {
+        self.idmap.clone()
     }
 
     /// Where the sandbox is in its life.

@@ -53,6 +53,7 @@ fn kit_with(
         connect_agent: Arc::new(move |_stream, _exit| a.clone() as Arc<dyn AgentApi>),
         host: host.clone(),
         cgroups,
+        idmap: false,
     };
     let sb = Arc::new(Sandbox::prepare_with(&cfg, "ns", "pod1", deps).expect("prepare"));
     Kit { runtime_dir, host, agent, vmm: handle, sb }
@@ -108,6 +109,7 @@ async fn prepare_cleans_a_leftover_dir() {
         connect_agent: Arc::new(|_, _| Arc::new(FakeAgent::default()) as Arc<dyn AgentApi>),
         host: host.clone(),
         cgroups: no_cgroup_v2(),
+        idmap: false,
     };
     let sb = Sandbox::prepare_with(&cfg(&runtime_dir), "ns", "pod1", deps).unwrap();
     assert!(!dir.join("stale").exists());

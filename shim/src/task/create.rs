@@ -89,9 +89,11 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
         .map(|(size, why)| within_ceilings(size, why, &tenant.policy));
     let mounts = {
         let (id, b, share, rootfs) = (req.id.clone(), bundle.clone(), sandbox.dir.clone(), req.rootfs.clone());
-        let tenant = tenant.clone();
-        match tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&id, &b, &spec, &rootfs, &share, &tenant.policy))
-            .await
+        let (tenant, idmap) = (tenant.clone(), sandbox.idmap());
+        match tokio::task::spawn_blocking(move || {
+            rootfs::mount_rootfs(&id, &b, &spec, &rootfs, &share, &tenant.policy, idmap.as_deref())
+        })
+        .await
         {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {

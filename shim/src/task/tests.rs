@@ -237,6 +237,7 @@ mod create_through_fakes {
                     host: Arc::new(LinuxHost),
                     // This host has no usable cgroup v2: the sandbox runs without host limits.
                     cgroups: Arc::new(|| Err(bulwark_host_cgroup::Error::Unusable("test host".into()))),
+                    idmap: false,
                 };
                 Sandbox::prepare_with(cfg, ns, id, deps)
             }),

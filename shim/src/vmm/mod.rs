@@ -89,6 +89,8 @@ pub struct VmConfig {
     pub extra_kernel_params: String,
     /// Host directory served to the guest (virtio-fs), if any.
     pub share: Option<PathBuf>,
+    /// The share's id-map: virtiofsd runs as root of its user namespace (None: host root).
+    pub share_idmap: Option<std::sync::Arc<crate::jail::idmap::IdMap>>,
     /// The guest's serial console is written here.
     pub console_log: PathBuf,
 }

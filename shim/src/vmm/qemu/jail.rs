@@ -4,7 +4,7 @@
 //! | --- | --- | --- | --- | --- | --- |
 //! | QEMU | the sandbox uid/gid (+ the group of /dev/kvm under KVM) | none (also bounding, ambient) | yes | runtime dir hidden | its own `-sandbox on,...` |
 //! | vhost-device-vsock | the sandbox uid/gid | none | yes | runtime dir hidden but for its `vm/` | ours ([`crate::jail::seccomp`]) |
-//! | virtiofsd | root (serves files as their owners) | root's; virtiofsd drops what it does not use | yes | its own (`--sandbox=namespace`) | its own (`--seccomp=kill`) |
+//! | virtiofsd | root of the sandbox's id-map user namespace (jail/idmap.rs; host root with `jail.unprivileged_virtiofsd = false`) | that namespace's; virtiofsd drops what it does not use | yes | runtime dir hidden but for the share and its `fs/`; then its own (`--sandbox=namespace`) | its own (`--seccomp=kill`) |
 //!
 //! All three get `oom_score_adj` = `jail.oom_score_adj` (not containerd's -999). QEMU opens
 //! nothing in the state directory: the shim passes it connected sockets to its two helpers
@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::jail::idmap::IdMap;
 use crate::jail::process::{Confinement, Creds, MountView, Resource};
 use crate::jail::seccomp;
 use crate::jail::uid::UidRange;
@@ -69,6 +70,7 @@ fn unprivileged(p: &Policy, id: u32, groups: Vec<u32>, max_files: u64) -> Confin
         mounts: None,
         rlimits: vec![(Resource::NoFile, max_files), (Resource::NProc, SANDBOX_MAX_PROCS), (Resource::Core, 0)],
         seccomp: None,
+        userns: None,
     }
 }
 
@@ -91,15 +93,33 @@ pub fn vhost_device_vsock(p: &Policy, id: u32, dir: &Path) -> Confinement {
     }
 }
 
-/// virtiofsd: stays root (it creates and serves files as their guest-visible owners) with
-/// no_new_privs, the oom score and no core dumps; it sandboxes itself (namespaces, seccomp).
-/// Its open files are left to it (it raises its own limit: it keeps one per inode the guest
-/// looked up); their kernel memory is charged to the sandbox's host cgroup.
-pub fn virtiofsd(p: &Policy) -> Confinement {
+/// Open files of virtiofsd: one per inode the guest looked up (its own default 1,000,000), at
+/// most the host's `fs.nr_open` and the shim's own hard limit (inherited from containerd:
+/// raising a hard limit takes CAP_SYS_RESOURCE, which a containerized node may not grant);
+/// their kernel memory is charged to the sandbox's host cgroup.
+pub fn virtiofsd_max_files() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
+    let mut own = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given, which lives on this stack.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) } == 0 { own.rlim_max } else { u64::MAX };
+    nr_open.unwrap_or(1_048_576).min(1_000_000).min(hard)
+}
+
+/// virtiofsd, serving `share` of the sandbox in `dir`: with `idmap`, root of the id-map's user
+/// namespace (host ids: the block's, capabilities only over the id-mapped share), in a mount
+/// view that shows of the runtime directory only the share and its own directory; without,
+/// host root. Both: no_new_privs, the oom score, bounded open files, no core dumps; it
+/// sandboxes itself (namespaces, seccomp).
+pub fn virtiofsd(p: &Policy, dir: &Path, share: &Path, idmap: Option<&IdMap>) -> Confinement {
     Confinement {
         no_new_privs: true,
         oom_score_adj: Some(p.oom_score_adj),
-        rlimits: vec![(Resource::Core, 0)],
+        rlimits: vec![(Resource::NoFile, virtiofsd_max_files()), (Resource::Core, 0)],
+        userns: idmap.map(IdMap::userns_fd),
+        mounts: idmap.map(|_| MountView {
+            hide: p.runtime_dir.clone(),
+            expose: vec![share.to_path_buf(), super::virtiofsd::fs_dir(dir)],
+        }),
         ..Default::default()
     }
 }
@@ -134,8 +154,8 @@ mod tests {
         assert!(v.no_new_privs && v.drop_caps && v.seccomp.is_some());
         assert_eq!(v.mounts.unwrap().expose, [PathBuf::from("/run/bulwark/ns/s/vm")]);
 
-        let f = virtiofsd(&p);
-        assert!(f.creds.is_none() && f.no_new_privs && !f.drop_caps && f.mounts.is_none());
+        let f = virtiofsd(&p, Path::new("/run/bulwark/ns/s"), Path::new("/run/bulwark/ns/s/export"), None);
+        assert!(f.creds.is_none() && f.no_new_privs && !f.drop_caps && f.mounts.is_none() && f.userns.is_none());
         assert_eq!(f.oom_score_adj, Some(0));
 
         // No core dumps (guest memory) from any of them; the unprivileged ones bounded in
@@ -149,7 +169,7 @@ mod tests {
                 c.rlimits.contains(&(Resource::NProc, SANDBOX_MAX_PROCS)) && c.rlimits.contains(&(Resource::Core, 0))
             );
         }
-        assert_eq!(f.rlimits, [(Resource::Core, 0)]);
+        assert_eq!(f.rlimits, [(Resource::NoFile, virtiofsd_max_files()), (Resource::Core, 0)]);
     }
 
     #[test]

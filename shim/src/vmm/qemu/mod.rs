@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::host::child::log_tail;
 use crate::host::child::Child;
 use crate::host::{Command, Host};
+use crate::jail::idmap::IdMap;
 use crate::jail::uid::{self, Lease};
 use crate::resources::network::VmNic;
 
@@ -64,7 +65,9 @@ pub fn state_files(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         ("hybrid vsock socket", vhost_vsock::uds_path(dir)),
         ("vhost-user fs socket", virtiofsd::socket(dir)),
         ("jailed helpers' directory", jail::vm_dir(dir)),
+        ("virtiofsd's directory", virtiofsd::fs_dir(dir)),
         ("jail uid record", dir.join(uid::RECORD)),
+        ("id-map block record", dir.join(uid::IDMAP_RECORD)),
     ]
 }
 
@@ -199,8 +202,17 @@ impl Vmm for Qemu {
         self.vsock = vsock.map(Arc::new);
         r?;
         if let Some(share) = &vm.share {
+            let idmap = vm.share_idmap.as_deref();
+            let fs_dir = virtiofsd::fs_dir(&self.dir);
+            let owner = idmap.map_or(0, IdMap::host_root);
+            if !fs_dir.exists() {
+                self.host.create_dir(&fs_dir).map_err(|e| Error::io(format!("creating {}", fs_dir.display()), e))?;
+            }
+            self.host
+                .chown(&fs_dir, owner, owner, 0o700)
+                .map_err(|e| Error::io(format!("giving {} to {owner}", fs_dir.display()), e))?;
             let mut fs = None;
-            let conf = jail::virtiofsd(&self.policy);
+            let conf = jail::virtiofsd(&self.policy, &self.dir, share, idmap);
             let r = virtiofsd::start(self.host.as_ref(), &self.paths.virtiofsd, &self.dir, share, &conf, &mut fs).await;
             self.virtiofsd = fs.map(Arc::new);
             r?;
@@ -223,7 +235,10 @@ impl Vmm for Qemu {
         let vsock_fd =
             connect(self.host.as_ref(), "vhost-device-vsock", &vhost_vsock::backend_socket(&self.dir), id).await?;
         let fs_fd = match vm.share {
-            Some(_) => Some(connect(self.host.as_ref(), "virtiofsd", &virtiofsd::socket(&self.dir), 0).await?),
+            Some(_) => {
+                let owner = vm.share_idmap.as_deref().map_or(0, IdMap::host_root);
+                Some(connect(self.host.as_ref(), "virtiofsd", &virtiofsd::socket(&self.dir), owner).await?)
+            }
             None => None,
         };
         // The console goes into a pipe the shim copies into a size-capped log (console.rs).
@@ -411,6 +426,7 @@ mod tests {
             initrd: dir.join("initrd"),
             extra_kernel_params: String::new(),
             share: share.then(|| dir.join("share")),
+            share_idmap: None,
             console_log: dir.join("console.log"),
         }
     }
@@ -455,6 +471,7 @@ mod tests {
         // the helpers' sockets appear at once
         std::fs::create_dir(jail::vm_dir(&dir)).unwrap();
         std::fs::write(vhost_vsock::backend_socket(&dir), b"").unwrap();
+        std::fs::create_dir(virtiofsd::fs_dir(&dir)).unwrap();
         std::fs::write(virtiofsd::socket(&dir), b"").unwrap();
         let mut q = Qemu::new(paths(), policy(&dir), &dir, host.clone());
         q.prepare(&vm(&dir, true)).await.unwrap();

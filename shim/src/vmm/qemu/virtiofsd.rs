@@ -13,9 +13,14 @@ use crate::jail::process::Confinement;
 /// How long virtiofsd may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
-/// virtiofsd's vhost-user socket (QEMU connects to it).
+/// virtiofsd's own directory (0700, owned by the uid it runs as): its socket and pid file.
+pub fn fs_dir(dir: &Path) -> PathBuf {
+    dir.join("fs")
+}
+
+/// virtiofsd's vhost-user socket (the shim connects to it and passes the connection to QEMU).
 pub fn socket(dir: &Path) -> PathBuf {
-    dir.join("virtiofsd.sock")
+    fs_dir(dir).join("virtiofsd.sock")
 }
 
 /// virtiofsd's log.
@@ -33,6 +38,8 @@ pub fn args(dir: &Path, share: &Path) -> Vec<String> {
         "--seccomp=kill".into(),
         "--cache=auto".into(),
         "--announce-submounts".into(),
+        // its open files are bounded by the jail (it would raise its own limit otherwise)
+        "--rlimit-nofile=0".into(),
     ]
 }
 
@@ -68,7 +75,8 @@ mod tests {
     #[test]
     fn args_name_socket_and_share() {
         let a = args(Path::new("/run/bulwark/s1"), Path::new("/run/bulwark/s1/share"));
-        assert!(a.contains(&"--socket-path=/run/bulwark/s1/virtiofsd.sock".to_string()));
+        assert!(a.contains(&"--socket-path=/run/bulwark/s1/fs/virtiofsd.sock".to_string()));
+        assert!(a.contains(&"--rlimit-nofile=0".to_string()));
         assert!(a.contains(&"--shared-dir=/run/bulwark/s1/share".to_string()));
         assert!(a.contains(&"--sandbox=namespace".to_string()));
         assert!(a.contains(&"--seccomp=kill".to_string()));
