@@ -28,7 +28,7 @@
 //!
 //! [jail]                    # how QEMU and its helpers are confined on the host (docs/jail.md)
 //! uid_base = 2000000000     # each sandbox's QEMU and vhost-device-vsock run as one uid (and
-//! uid_count = 32768         # the same gid) of uid_base..uid_base+uid_count, used by nothing else
+//! uid_count = 65536         # the same gid) of uid_base..uid_base+uid_count, used by nothing else
 //! unprivileged_virtiofsd = true # virtiofsd runs in a user namespace whose ids 0..65535 are a
 //!                           # block of 65536 host ids of its own, and serves id-mapped mounts
 //!                           # (false: it runs as root; for filesystems without idmapped mounts)
@@ -240,6 +240,9 @@ impl Default for Cgroup {
     }
 }
 
+/// Host ids per block of `[jail] idmap_base` (a user namespace's 0..65535; jail/idmap.rs).
+pub const IDMAP_BLOCK: u32 = 65_536;
+
 /// `[jail]`: the host confinement of each sandbox's VMM processes.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -256,7 +259,7 @@ impl Default for Jail {
     fn default() -> Self {
         Jail {
             uid_base: 2_000_000_000,
-            uid_count: 32_768,
+            uid_count: 65_536,
             unprivileged_virtiofsd: true,
             idmap_base: 2_147_483_648,
             idmap_count: 1024,
@@ -450,7 +453,7 @@ impl Config {
                 j.uid_base, j.uid_count
             )));
         }
-        let block = u64::from(crate::jail::idmap::BLOCK);
+        let block = u64::from(IDMAP_BLOCK);
         let (ib, ie) = (u64::from(j.idmap_base), u64::from(j.idmap_base) + u64::from(j.idmap_count) * block);
         let (ub, ue) = (u64::from(j.uid_base), u64::from(j.uid_base) + u64::from(j.uid_count));
         if j.idmap_base == 0 || j.idmap_count == 0 || ie > u64::from(u32::MAX) || (ib < ue && ub < ie) {

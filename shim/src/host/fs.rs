@@ -129,7 +129,7 @@ pub fn open_source(source: &Path) -> io::Result<OwnedFd> {
 
 /// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set: set, userns_fd})`
 /// (`userns` with `MOUNT_ATTR_IDMAP` in `set`: id-map the mount through that namespace).
-pub fn set_mount_attr(fd: &impl AsRawFd, set: u64, userns: Option<RawFd>, recursive: bool) -> io::Result<()> {
+fn set_mount_attr(fd: &impl AsRawFd, set: u64, userns: Option<RawFd>, recursive: bool) -> io::Result<()> {
     let userns_fd = userns.map_or(0, |f| f as u64);
     let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd };
     let empty = c"";

@@ -31,7 +31,7 @@ use crate::config::Jail;
 use crate::jail::uid::{self, Lease, UidRange};
 
 /// Host ids per sandbox: the namespace's 0..65535.
-pub const BLOCK: u32 = 65_536;
+pub const BLOCK: u32 = crate::config::IDMAP_BLOCK;
 
 /// One sandbox's id-mapping: its block of host ids (held until dropped) and the user
 /// namespace that maps `0..BLOCK` onto it.
@@ -102,7 +102,23 @@ impl IdMap {
         }
         // SAFETY: open_tree returned a new fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        crate::host::fs::set_mount_attr(&fd, libc::MOUNT_ATTR_IDMAP, Some(self.userns_fd()), false)?;
+        // `struct mount_attr` (MOUNT_ATTR_SIZE_VER0): attr_set, attr_clr, propagation, userns_fd.
+        let attr: [u64; 4] = [libc::MOUNT_ATTR_IDMAP, 0, 0, self.userns_fd() as u64];
+        // SAFETY: `fd` is an open detached mount; the empty path with AT_EMPTY_PATH names it;
+        // `attr` is valid for the call and its size is passed; the kernel only reads them.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(fd)
     }
 
@@ -314,7 +330,7 @@ mod tests {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root (scripts/test runs as root)");
         let base = 3_900_100_000;
         let map = IdMap::unleased(base).expect("user namespace");
-        let tmp = crate::host::fake::MountedTempDir::new("idmap-overlay");
+        let tmp = crate::jail::testing::temp_dir("idmap-overlay");
         for d in ["lower", "snap/fs", "snap/work", "merged"] {
             std::fs::create_dir_all(tmp.join(d)).unwrap();
         }
@@ -328,6 +344,15 @@ mod tests {
         ];
         let merged = tmp.join("merged");
         map.mount_overlay(&opts, &merged).expect("overlay");
+        // unmounted and removed however the test ends
+        struct Cleanup(PathBuf, PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir_all(&self.1);
+            }
+        }
+        let _cleanup = Cleanup(merged.clone(), tmp.clone());
         let md = |p: PathBuf| std::fs::symlink_metadata(p).unwrap();
         assert_eq!(md(merged.join("a")).uid(), base + 1000);
         assert_eq!(md(merged.clone()).uid(), base, "the root directory: disk uid 0");
@@ -346,7 +371,5 @@ mod tests {
         assert_eq!(md(tmp.join("snap/fs/a")).uid(), 5, "copied up, unshifted");
         let e = std::os::unix::fs::chown(merged.join("a"), Some(5), None).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EOVERFLOW), "an owner outside the block");
-        nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH).unwrap();
-        drop(tmp);
     }
 }
