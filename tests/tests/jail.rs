@@ -1,7 +1,8 @@
 //! The VMM jail, seen from the host while a container runs: QEMU and vhost-device-vsock run
 //! as an unprivileged uid/gid with no capabilities (bounding set included), no_new_privs and
-//! a seccomp filter, in a mount namespace where the runtime directory holding every
-//! sandbox's state is hidden (vhost-device-vsock sees only its own `vm/` directory);
+//! a seccomp filter, in a root of their own (a read-only tmpfs with the system's /usr, a few
+//! device nodes, a proc of their own uid, the guest kernel for QEMU and its own `vm/`
+//! directory for vhost-device-vsock: nothing of /etc, the homes, /var or any sandbox's state);
 //! virtiofsd runs as root of a user namespace of its own (host ids: a block of 65536 of its own,
 //! so its capabilities reach only the id-mapped share) in a mount view that shows only the
 //! share and its socket directory, with no_new_privs and its seccomp filter; none of the three keeps
@@ -10,6 +11,7 @@
 //! And with `vm.allow_tcg_fallback = false`, a host without usable KVM refuses to boot.
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use bulwark_e2e::containerd::{Containerd, CTR_LIMIT};
@@ -121,13 +123,45 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
         let status = read(format!("/proc/{pid}/status"))?;
         check_common(name, pid, &status)?;
         uids.push(check_unprivileged(name, pid, &status)?);
-        // The runtime dir is covered by an empty tmpfs in its mount namespace.
+        // A root of its own: a tmpfs holding the system read-only and a few device nodes; none
+        // of the host's configuration, homes, state or other sandboxes.
         let mountinfo = read(format!("/proc/{pid}/mountinfo"))?;
-        let covered = mountinfo.lines().any(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            f.get(4) == Some(&rd.to_string_lossy().as_ref()) && l.contains(" - tmpfs ")
-        });
-        assert!(covered, "{name} (pid {pid}): no tmpfs over {} in its mountinfo:\n{mountinfo}", rd.display());
+        let root_fs = mountinfo.lines().find(|l| l.split(' ').nth(4) == Some("/"));
+        assert!(
+            root_fs.is_some_and(|l| l.contains(" - tmpfs ")),
+            "{name} (pid {pid}): root is not a tmpfs:\n{mountinfo}"
+        );
+        let top = seen_by(pid, Path::new("/"));
+        for host_only in ["root", "home", "var", "boot", "srv", "sys", "mnt", "opt"] {
+            assert!(!top.iter().any(|e| e == host_only), "{name} (pid {pid}) sees /{host_only}: {top:?}");
+        }
+        assert!(top.iter().any(|e| e == "usr") && top.iter().any(|e| e == "proc"), "{name} root: {top:?}");
+        let etc = seen_by(pid, Path::new("/etc"));
+        assert!(etc.iter().all(|e| e == "ld.so.cache"), "{name} sees /etc: {etc:?}");
+        let dev = seen_by(pid, Path::new("/dev"));
+        let devices = ["full", "kvm", "null", "random", "urandom", "zero"];
+        assert!(dev.iter().all(|e| devices.contains(&e.as_str())), "{name} sees /dev: {dev:?}");
+        // Its proc shows the processes of its own uid only (hidepid applies to the reader: read
+        // it as that uid).
+        let status = read(format!("/proc/{pid}/status"))?;
+        let own_uid = ids(&status, "Uid")?[0];
+        let out = std::process::Command::new("ls")
+            .arg(format!("/proc/{pid}/root/proc"))
+            .uid(own_uid)
+            .gid(own_uid)
+            .output()
+            .map_err(|e| format!("ls as {own_uid}: {e}"))?;
+        assert!(out.status.success(), "ls of {name}'s proc: {}", String::from_utf8_lossy(&out.stderr));
+        let procs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|e| e.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_string)
+            .collect();
+        assert!(!procs.is_empty(), "{name} sees no process in its proc");
+        for other in &procs {
+            let s = read(format!("/proc/{other}/status")).unwrap_or_default();
+            assert!(s.is_empty() || ids(&s, "Uid")?[0] == own_uid, "{name} (pid {pid}) sees process {other}");
+        }
         let host_view = entries(&rd);
         assert!(host_view.contains(&"other-ns".to_string()), "the decoy is there for the host: {host_view:?}");
         let view = seen_by(pid, &rd);

@@ -2,7 +2,8 @@
 //! configMap-style directory (read-only, updated on the host by kubelet's atomic `..data`
 //! symlink swap) shows the update inside within 10 s; a read-only file (like /etc/hosts)
 //! is readable and not writable; a read-write file takes the container's writes; nothing
-//! stays mounted afterwards.
+//! stays mounted afterwards. Owners cross the id-mapped share (virtiofsd in its user namespace)
+//! unchanged both ways.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -83,5 +84,41 @@ fn configmap_updates_and_file_binds_reach_the_vm() -> Result<(), String> {
     let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", "volumes"]);
     let _ = wait_bounded(&mut run, Duration::from_secs(60));
     result?;
+    c.assert_clean()
+}
+
+/// virtiofsd runs as root of a user namespace over id-mapped mounts: owners still cross the
+/// share unchanged both ways. A host file owned by 1234 is 1234 in the container; a file the
+/// container gives to 1000:1000 is 1000:1000 on the host disk (not shifted into the
+/// sandbox's block of ids); the image's files are root's; an owner outside the 65536 ids the
+/// namespace maps is refused rather than written.
+#[test]
+fn owners_cross_the_id_mapped_share_unchanged() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let c = Containerd::start(|_| {})?;
+    let vol = c.dir.join("vol-owned");
+    std::fs::create_dir(&vol).map_err(|e| e.to_string())?;
+    std::fs::write(vol.join("owned"), "x").map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(vol.join("owned"), Some(1234), Some(1234)).map_err(|e| e.to_string())?;
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let script = "echo owned=$(stat -c %u:%g /data/owned); echo image=$(stat -c %u /bin/sh); \
+                  touch /made && echo rootfs=$(stat -c %u /made); \
+                  touch /data/made && chown 1000:1000 /data/made && echo chowned; \
+                  touch /data/far && if chown 70000 /data/far 2>/dev/null; then echo FAR-CHOWNED; else echo far-refused; fi; \
+                  echo done";
+    let (mut run, rx) = c.spawn_run_lines("owners", &["--mount", &mount], &["sh", "-c", script])?;
+    let mut seen = Vec::new();
+    let got = wait_line(&rx, &mut seen, "done", Duration::from_secs(180));
+    let st = wait_bounded(&mut run, Duration::from_secs(60))?;
+    if !got || !st.success() {
+        return Err(format!("the container did not finish: {seen:?} {st:?}\n{}", c.diagnostics()));
+    }
+    for want in ["owned=1234:1234", "image=0", "rootfs=0", "chowned", "far-refused"] {
+        assert!(seen.iter().any(|l| l == want), "{want:?} not in {seen:?}");
+    }
+    let made = std::fs::metadata(vol.join("made")).map_err(|e| e.to_string())?;
+    assert_eq!((made.uid(), made.gid()), (1000, 1000), "the container's chown as the host disk has it");
+    let far = std::fs::metadata(vol.join("far")).map_err(|e| e.to_string())?;
+    assert_eq!(far.uid(), 0, "the refused chown left the owner");
     c.assert_clean()
 }

@@ -39,7 +39,8 @@ pub const BLOCK: u32 = crate::config::IDMAP_BLOCK;
 pub struct IdMap {
     base: u32,
     userns: OwnedFd,
-    _lease: Option<Lease>,
+    /// Held until [`IdMap::release`] (or the process's end: the lock goes with it, the file stays).
+    lease: std::sync::Mutex<Option<Lease>>,
 }
 
 impl PartialEq for IdMap {
@@ -72,13 +73,25 @@ impl IdMap {
             .map_err(|e| format!("recording the id-map block in {}: {e}", dir.display()))?;
         let base = lease.uid();
         let userns = new_userns(base).map_err(|e| format!("creating the user namespace of ids {base}..: {e}"))?;
-        Ok(IdMap { base, userns, _lease: Some(lease) })
+        Ok(IdMap { base, userns, lease: std::sync::Mutex::new(Some(lease)) })
     }
 
     /// An id-mapping over `base..base + BLOCK` without a lease (tests).
     #[cfg(test)]
     pub fn unleased(base: u32) -> io::Result<IdMap> {
-        Ok(IdMap { base, userns: new_userns(base)?, _lease: None })
+        Ok(IdMap { base, userns: new_userns(base)?, lease: std::sync::Mutex::new(None) })
+    }
+
+    /// Gives the block back once the sandbox's processes are gone (its lock file is removed);
+    /// a block some process still runs in keeps its file, so it is skipped, not reused.
+    pub fn release(&self) {
+        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut lease) = lease {
+            if uid::ids_in_use(self.base, BLOCK) {
+                tracing::warn!("a process still runs with an id of block {}; keeping it reserved", self.base);
+                lease.keep_file();
+            }
+        }
     }
 
     /// The host uid and gid of the namespace's root (virtiofsd's).

@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod idmap;
+pub mod mount_view;
 pub mod process;
 pub mod reach;
 pub mod seccomp;

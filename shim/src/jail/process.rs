@@ -16,8 +16,9 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
+use super::mount_view::{MountView, PreparedView};
 use super::seccomp::{self, Filter};
 
 /// The credentials a process gets.
@@ -27,15 +28,6 @@ pub struct Creds {
     pub gid: u32,
     /// Supplementary groups (e.g. the group of /dev/kvm); empty for none.
     pub groups: Vec<u32>,
-}
-
-/// The mount view of a process: a private namespace (slave of the host's, so host unmounts
-/// still reach it) where `hide` is covered by an empty read-only tmpfs and only the
-/// directories of `expose` (below `hide`) are bound back at their paths.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountView {
-    pub hide: PathBuf,
-    pub expose: Vec<PathBuf>,
 }
 
 /// A resource limit the jail sets.
@@ -82,21 +74,11 @@ pub struct Confinement {
     pub userns: Option<std::os::fd::RawFd>,
 }
 
-/// A bind of a directory onto itself (`target`) through the child's tmpfs: the child opens
-/// it in its new namespace before the cover (a mount of another namespace cannot be bound),
-/// then binds it back through `/proc/self/fd/<n>`.
-struct Bind {
-    /// `target`'s directories from the tmpfs root down, then `target` itself.
-    mkdirs: Vec<CString>,
-    target: CString,
-}
-
 /// A [`Confinement`] with everything allocated, for [`Prepared::enter`] in the child.
 pub struct Prepared {
     c: Confinement,
     oom: Option<CString>,
-    hide: Option<CString>,
-    binds: Vec<Bind>,
+    view: Option<PreparedView>,
     cap_last: u32,
     exe: OwnedFd,
     /// argv (program name then arguments) and its NULL-terminated pointer array.
@@ -113,22 +95,6 @@ unsafe impl Sync for Prepared {}
 
 fn cstring(p: &Path) -> std::io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::other(format!("NUL in {}", p.display())))
-}
-
-fn normal(p: &Path) -> bool {
-    p.is_absolute() && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
-}
-
-/// The directories to create below `hide` for `target`, then `target` (pure).
-pub fn dirs_between(hide: &Path, target: &Path) -> Option<Vec<PathBuf>> {
-    let rel = target.strip_prefix(hide).ok()?;
-    let mut cur = hide.to_path_buf();
-    let mut v = Vec::new();
-    for c in rel.components() {
-        cur.push(c);
-        v.push(cur.clone());
-    }
-    (!v.is_empty()).then_some(v)
 }
 
 impl Confinement {
@@ -149,28 +115,7 @@ impl Confinement {
             Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
         };
         let exe_fd = open_path(exe, false)?;
-        let mut binds = Vec::new();
-        let mut hide = None;
-        if let Some(m) = &self.mounts {
-            if !normal(&m.hide) {
-                return Err(std::io::Error::other(format!("{} is not a plain absolute path", m.hide.display())));
-            }
-            hide = Some(cstring(&m.hide)?);
-            for t in &m.expose {
-                let dirs = match dirs_between(&m.hide, t) {
-                    Some(d) if normal(t) => d,
-                    _ => {
-                        return Err(std::io::Error::other(format!("{} is not below {}", t.display(), m.hide.display())))
-                    }
-                };
-                // checked now, opened again in the child
-                drop(open_path(t, true)?);
-                binds.push(Bind {
-                    mkdirs: dirs.iter().map(|d| cstring(d)).collect::<std::io::Result<_>>()?,
-                    target: cstring(t)?,
-                });
-            }
-        }
+        let view = self.mounts.as_ref().map(MountView::prepare).transpose()?;
         let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -184,8 +129,7 @@ impl Confinement {
         Ok(Prepared {
             c: self.clone(),
             oom: self.oom_score_adj.map(|v| CString::new(v.to_string())).transpose().map_err(std::io::Error::other)?,
-            hide,
-            binds,
+            view,
             cap_last,
             exe: exe_fd,
             _argv: argv,
@@ -203,9 +147,6 @@ fn check(r: libc::c_int) -> std::io::Result<()> {
 }
 
 const PROC_OOM: &CStr = c"/proc/self/oom_score_adj";
-const TMPFS: &CStr = c"tmpfs";
-const TMPFS_OPTS: &CStr = c"size=64k,nr_inodes=64,mode=0755";
-const ROOT: &CStr = c"/";
 const EMPTY: &CStr = c"";
 
 impl Prepared {
@@ -226,50 +167,8 @@ impl Prepared {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if let Some(hide) = &self.hide {
-                check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(
-                    std::ptr::null(),
-                    ROOT.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                ))?;
-                // What stays visible, opened in this namespace before the cover (at most 4).
-                let mut fds = [-1; 4];
-                if self.binds.len() > fds.len() {
-                    return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
-                }
-                for (b, fd) in self.binds.iter().zip(fds.iter_mut()) {
-                    *fd = libc::open(
-                        b.target.as_ptr(),
-                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    );
-                    check(*fd)?;
-                }
-                let fl = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-                check(libc::mount(TMPFS.as_ptr(), hide.as_ptr(), TMPFS.as_ptr(), fl, TMPFS_OPTS.as_ptr().cast()))?;
-                for (b, &fd) in self.binds.iter().zip(fds.iter()) {
-                    for d in &b.mkdirs {
-                        if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    let mut buf = [0u8; 32];
-                    let src = fd_path(fd, &mut buf);
-                    // recursive: what is mounted below (a share's containers) comes along
-                    check(libc::mount(
-                        src.as_ptr(),
-                        b.target.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
-                    ))?;
-                    libc::close(fd);
-                }
-                // The cover itself read-only: nothing can be created in the empty view.
-                let ro = libc::MS_REMOUNT | libc::MS_RDONLY | fl;
-                check(libc::mount(std::ptr::null(), hide.as_ptr(), std::ptr::null(), ro, TMPFS_OPTS.as_ptr().cast()))?;
+            if let Some(v) = &self.view {
+                v.apply()?;
             }
             for &(resource, value) in &self.c.rlimits {
                 let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
@@ -335,27 +234,6 @@ impl Prepared {
     }
 }
 
-/// "/proc/self/fd/<fd>" NUL-terminated in `buf`, without allocating (async-signal-safe).
-fn fd_path(fd: libc::c_int, buf: &mut [u8; 32]) -> &CStr {
-    const P: &[u8] = b"/proc/self/fd/";
-    buf[..P.len()].copy_from_slice(P);
-    let mut digits = [0u8; 10];
-    let (mut n, mut k) = (fd.max(0) as u32, 0);
-    loop {
-        digits[k] = b'0' + (n % 10) as u8;
-        k += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..k {
-        buf[P.len() + i] = digits[k - 1 - i];
-    }
-    buf[P.len() + k] = 0;
-    CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/proc/self/fd/")
-}
-
 #[repr(C)]
 struct CapHeader {
     version: u32,
@@ -405,7 +283,7 @@ mod tests {
             no_new_privs: true,
             drop_caps: true,
             oom_score_adj: Some(0),
-            mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/vm")] }),
+            mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/vm")], root: None }),
             rlimits: vec![(Resource::NoFile, 256), (Resource::NProc, 64), (Resource::Core, 0)],
             seccomp: None,
             userns: None,
@@ -438,7 +316,7 @@ mod tests {
         let c = Confinement {
             no_new_privs: true,
             oom_score_adj: Some(0),
-            mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/export")] }),
+            mounts: Some(MountView { hide: d.clone(), expose: vec![d.join("ns/s/export")], root: None }),
             rlimits: vec![(Resource::NoFile, 1000), (Resource::Core, 0)],
             userns: Some(map.userns_fd()),
             ..Default::default()
@@ -457,19 +335,11 @@ mod tests {
     }
 
     #[test]
-    fn dirs_below_the_hidden_root() {
-        let v = dirs_between(Path::new("/run/b"), Path::new("/run/b/ns/s1/vm")).unwrap();
-        assert_eq!(v, [PathBuf::from("/run/b/ns"), "/run/b/ns/s1".into(), "/run/b/ns/s1/vm".into()]);
-        assert_eq!(dirs_between(Path::new("/run/b"), Path::new("/etc")), None);
-        assert_eq!(dirs_between(Path::new("/run/b"), Path::new("/run/b")), None);
-    }
-
-    #[test]
     fn prepare_rejects_paths_outside_or_odd() {
         let me = std::env::current_exe().unwrap();
         let tmp = std::env::temp_dir();
-        let c = |expose: PathBuf| Confinement {
-            mounts: Some(MountView { hide: tmp.clone(), expose: vec![expose] }),
+        let c = |expose: std::path::PathBuf| Confinement {
+            mounts: Some(MountView { hide: tmp.clone(), expose: vec![expose], root: None }),
             ..Default::default()
         };
         assert!(c("/etc".into()).prepare(&me, &[]).is_err());
@@ -478,10 +348,7 @@ mod tests {
         let p = c(d.clone()).prepare(&me, &["a".into()]).unwrap();
         assert_eq!(p.argv_ptrs.len(), 3);
         assert!(p.argv_ptrs[2].is_null());
-        assert_eq!(p.binds.len(), 1);
-        let mut buf = [0u8; 32];
-        assert_eq!(fd_path(7, &mut buf).to_str().unwrap(), "/proc/self/fd/7");
-        assert_eq!(fd_path(1234567, &mut buf).to_str().unwrap(), "/proc/self/fd/1234567");
+        assert_eq!(p.view.as_ref().map(PreparedView::sources), Some(1));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

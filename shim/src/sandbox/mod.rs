@@ -311,6 +311,10 @@ impl Sandbox {
             Ok(Err(e)) => tracing::error!("tearing down sandbox {}: {e}", self.id),
             Err(e) => tracing::error!("tearing down sandbox {}: {e}", self.id),
         }
+        // Last: virtiofsd and every id-mapped mount are gone.
+        if let Some(m) = &self.idmap {
+            m.release();
+        }
         let _ = self.transition(&[SandboxState::Stopping], SandboxState::TornDown);
     }
 }

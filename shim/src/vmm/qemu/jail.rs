@@ -1,9 +1,9 @@
-//! How the QEMU backend confines its three processes (pure; the mechanisms are `jail/`):
+//! How the QEMU backend confines its three processes (the mechanisms are `jail/`; this only decides):
 //!
 //! | process | runs as | capabilities | no_new_privs | mounts | seccomp |
 //! | --- | --- | --- | --- | --- | --- |
-//! | QEMU | the sandbox uid/gid (+ the group of /dev/kvm under KVM) | none (also bounding, ambient) | yes | runtime dir hidden | its own `-sandbox on,...` |
-//! | vhost-device-vsock | the sandbox uid/gid | none | yes | runtime dir hidden but for its `vm/` | ours ([`crate::jail::seccomp`]) |
+//! | QEMU | the sandbox uid/gid (+ the group of /dev/kvm under KVM) | none (also bounding, ambient) | yes | a root of its own: [`system_root`], the kernel and initrd | its own `-sandbox on,...` |
+//! | vhost-device-vsock | the sandbox uid/gid | none | yes | a root of its own: [`system_root`] and its `vm/` | ours ([`crate::jail::seccomp`]) |
 //! | virtiofsd | root of the sandbox's id-map user namespace (jail/idmap.rs; host root with `jail.unprivileged_virtiofsd = false`) | that namespace's; virtiofsd drops what it does not use | yes | runtime dir hidden but for the share and its `fs/`; then its own (`--sandbox=namespace`) | its own (`--seccomp=kill`) |
 //!
 //! All three get `oom_score_adj` = `jail.oom_score_adj` (not containerd's -999). QEMU opens
@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::jail::idmap::IdMap;
-use crate::jail::process::{Confinement, Creds, MountView, Resource};
+use crate::jail::mount_view::{MountView, NewRoot};
+use crate::jail::process::{Confinement, Creds, Resource};
 use crate::jail::seccomp;
 use crate::jail::uid::UidRange;
 
@@ -74,20 +75,63 @@ fn unprivileged(p: &Policy, id: u32, groups: Vec<u32>, max_files: u64) -> Confin
     }
 }
 
-/// QEMU: the sandbox uid, no capabilities, the runtime directory hidden (it gets its files
-/// as fds), `kvm_group` when it runs under KVM. Its seccomp filter is its own `-sandbox`.
-pub fn qemu(p: &Policy, id: u32, kvm_group: Option<u32>) -> Confinement {
+/// Top-level directories that hold programs and libraries: bound read-only where they are
+/// directories, recreated where they are symlinks into /usr (a merged /usr).
+const SYSTEM_DIRS: [&str; 6] = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+
+/// The host's system in a jailed helper's root (Firecracker's jailer copies the binary into an
+/// empty chroot; ours are dynamically linked Debian programs, so their libraries and data come
+/// along, read-only): `/usr` (QEMU's firmware is in /usr/share), [`SYSTEM_DIRS`], the dynamic
+/// loader's cache, `extra` files (the guest kernel and initrd), `/dev/null`, `zero`, `full`,
+/// `random`, `urandom` (and `/dev/kvm` with `kvm`), a proc showing only its own uid's
+/// processes. Nothing else of the host: no /etc, /home, /root, /var, /tmp, /sys, /run.
+pub fn system_root(extra: &[&Path], kvm: bool) -> NewRoot {
+    let mut root = NewRoot { read_only: vec!["/usr".into()], proc: true, ..Default::default() };
+    for d in SYSTEM_DIRS {
+        match std::fs::symlink_metadata(d) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(to) = std::fs::read_link(d) {
+                    root.symlinks.push((d.into(), to));
+                }
+            }
+            Ok(m) if m.is_dir() => root.read_only.push(d.into()),
+            _ => {}
+        }
+    }
+    if Path::new("/etc/ld.so.cache").is_file() {
+        root.read_only.push("/etc/ld.so.cache".into());
+    }
+    root.read_only.extend(extra.iter().map(|p| p.to_path_buf()));
+    root.devices = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"].map(PathBuf::from).into();
+    if kvm {
+        root.devices.push("/dev/kvm".into());
+    }
+    root
+}
+
+/// QEMU: the sandbox uid, no capabilities, a root of its own holding the system, the guest's
+/// `kernel` and `initrd` and nothing of the runtime directory (it gets its files as fds),
+/// `kvm_group` and /dev/kvm under KVM. Its seccomp filter is its own `-sandbox`.
+pub fn qemu(p: &Policy, id: u32, kvm: bool, kvm_group: Option<u32>, kernel: &Path, initrd: &Path) -> Confinement {
     Confinement {
-        mounts: Some(MountView { hide: p.runtime_dir.clone(), expose: vec![] }),
+        mounts: Some(MountView {
+            hide: p.runtime_dir.clone(),
+            expose: vec![],
+            root: Some(system_root(&[kernel, initrd], kvm)),
+        }),
         ..unprivileged(p, id, kvm_group.into_iter().collect(), QEMU_MAX_FILES)
     }
 }
 
-/// vhost-device-vsock: the sandbox uid, no capabilities, only `<dir>/vm` of the runtime
-/// directory, our seccomp filter.
+/// vhost-device-vsock: the sandbox uid, no capabilities, a root of its own holding the system
+/// and its `<dir>/vm`, our seccomp filter.
 pub fn vhost_device_vsock(p: &Policy, id: u32, dir: &Path) -> Confinement {
     Confinement {
-        mounts: Some(MountView { hide: p.runtime_dir.clone(), expose: vec![vm_dir(dir)] }),
+        mounts: Some(MountView {
+            hide: p.runtime_dir.clone(),
+            expose: vec![vm_dir(dir)],
+            root: Some(system_root(&[], false)),
+        }),
         seccomp: Some(seccomp::vhost_device_vsock()),
         ..unprivileged(p, id, vec![], VSOCK_MAX_FILES)
     }
@@ -119,6 +163,7 @@ pub fn virtiofsd(p: &Policy, dir: &Path, share: &Path, idmap: Option<&IdMap>) ->
         mounts: idmap.map(|_| MountView {
             hide: p.runtime_dir.clone(),
             expose: vec![share.to_path_buf(), super::virtiofsd::fs_dir(dir)],
+            root: None,
         }),
         ..Default::default()
     }
@@ -140,19 +185,32 @@ mod tests {
     #[test]
     fn each_process_gets_its_confinement() {
         let p = policy();
-        let q = qemu(&p, 2_000_000_003, Some(104));
+        let (kernel, initrd) = (Path::new("/opt/b/vmlinux"), Path::new("/opt/b/initrd"));
+        let q = qemu(&p, 2_000_000_003, true, Some(104), kernel, initrd);
         let c = q.creds.as_ref().unwrap();
         assert_eq!((c.uid, c.gid, c.groups.as_slice()), (2_000_000_003, 2_000_000_003, &[104][..]));
         assert!(q.no_new_privs && q.drop_caps && q.seccomp.is_none());
-        assert_eq!(q.mounts.as_ref().unwrap().hide, PathBuf::from("/run/bulwark"));
-        assert!(q.mounts.as_ref().unwrap().expose.is_empty());
-        assert!(qemu(&p, 5, None).creds.unwrap().groups.is_empty());
+        let view = q.mounts.as_ref().unwrap();
+        assert_eq!(view.hide, PathBuf::from("/run/bulwark"));
+        assert!(view.expose.is_empty());
+        let root = view.root.as_ref().expect("a root of its own");
+        assert!(root.proc && root.read_only.contains(&"/usr".into()));
+        assert!(root.read_only.contains(&kernel.into()) && root.read_only.contains(&initrd.into()));
+        assert!(root.devices.contains(&"/dev/kvm".into()) && root.devices.contains(&"/dev/urandom".into()));
+        for host_only in ["/etc", "/home", "/root", "/var", "/tmp", "/sys", "/run", "/dev"] {
+            assert!(!root.read_only.iter().chain(&root.devices).any(|p| p == Path::new(host_only)), "{host_only}");
+        }
+        let tcg = qemu(&p, 5, false, None, kernel, initrd);
+        assert!(tcg.creds.unwrap().groups.is_empty());
+        assert!(!tcg.mounts.unwrap().root.unwrap().devices.contains(&"/dev/kvm".into()));
 
         let v = vhost_device_vsock(&p, 7, Path::new("/run/bulwark/ns/s"));
         assert_eq!(v.creds.as_ref().unwrap().uid, 7);
         assert!(v.creds.as_ref().unwrap().groups.is_empty());
         assert!(v.no_new_privs && v.drop_caps && v.seccomp.is_some());
-        assert_eq!(v.mounts.unwrap().expose, [PathBuf::from("/run/bulwark/ns/s/vm")]);
+        let view = v.mounts.unwrap();
+        assert_eq!(view.expose, [PathBuf::from("/run/bulwark/ns/s/vm")]);
+        assert!(view.root.is_some_and(|r| !r.devices.contains(&"/dev/kvm".into())));
 
         let f = virtiofsd(&p, Path::new("/run/bulwark/ns/s"), Path::new("/run/bulwark/ns/s/export"), None);
         assert!(f.creds.is_none() && f.no_new_privs && !f.drop_caps && f.mounts.is_none() && f.userns.is_none());
@@ -160,7 +218,7 @@ mod tests {
 
         // No core dumps (guest memory) from any of them; the unprivileged ones bounded in
         // files and, together, in processes.
-        let q = qemu(&p, 5, None);
+        let q = qemu(&p, 5, false, None, kernel, initrd);
         assert!(q.rlimits.contains(&(Resource::NoFile, QEMU_MAX_FILES)));
         let v = vhost_device_vsock(&p, 5, Path::new("/run/bulwark/ns/s"));
         assert!(v.rlimits.contains(&(Resource::NoFile, VSOCK_MAX_FILES)));

@@ -241,6 +241,11 @@ impl Vmm for Qemu {
             }
             None => None,
         };
+        // The guest kernel and initrd by their real paths: QEMU's own root holds each file there only.
+        let real = |p: &Path| {
+            std::fs::canonicalize(p).map_err(|e| Error::io(format!("resolving the guest image {}", p.display()), e))
+        };
+        let (kernel, initrd) = (real(&vm.kernel)?, real(&vm.initrd)?);
         // The console goes into a pipe the shim copies into a size-capped log (console.rs).
         let console = console::spawn(&vm.console_log)
             .map_err(|e| Error::io(format!("opening the console log {}", vm.console_log.display()), e))?;
@@ -256,8 +261,8 @@ impl Vmm for Qemu {
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
             accel: vm.accel,
-            kernel: vm.kernel.clone(),
-            initrd: vm.initrd.clone(),
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
             extra_kernel_params: vm.extra_kernel_params.clone(),
             vsock_socket: vhost_vsock::backend_socket(&self.dir),
             fs_socket: vm.share.as_ref().map(|_| virtiofsd::socket(&self.dir)),
@@ -273,7 +278,8 @@ impl Vmm for Qemu {
             super::Accel::Kvm => jail::kvm_gid(),
             super::Accel::Tcg => None,
         };
-        let conf = jail::qemu(&self.policy, id, kvm_group);
+        let kvm = vm.accel == super::Accel::Kvm;
+        let conf = jail::qemu(&self.policy, id, kvm, kvm_group, &kernel, &initrd);
         let child = self.host.spawn(&Command {
             name: "qemu",
             exe: &self.paths.qemu,
