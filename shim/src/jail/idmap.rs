@@ -82,16 +82,18 @@ impl IdMap {
         Ok(IdMap { base, userns: new_userns(base)?, lease: std::sync::Mutex::new(None) })
     }
 
-    /// Gives the block back once the sandbox's processes are gone (its lock file is removed);
-    /// a block some process still runs in keeps its file, so it is skipped, not reused.
-    pub fn release(&self) {
-        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut lease) = lease {
-            if uid::ids_in_use(self.base, BLOCK) {
-                tracing::warn!("a process still runs with an id of block {}; keeping it reserved", self.base);
-                lease.keep_file();
-            }
+    /// Keeps the block reserved after [`IdMap::release`]: a process of it may still run (its
+    /// lock file stays, so the block is skipped rather than given to another sandbox).
+    pub fn keep_reserved(&self) {
+        if let Some(l) = self.lease.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            l.keep_file();
         }
+    }
+
+    /// Gives the block back once the sandbox's processes are gone (its lock file is removed,
+    /// unless [`IdMap::keep_reserved`] was called).
+    pub fn release(&self) {
+        drop(self.lease.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     /// The host uid and gid of the namespace's root (virtiofsd's).

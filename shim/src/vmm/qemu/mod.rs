@@ -83,6 +83,8 @@ pub struct Qemu {
     vm: Option<VmConfig>,
     vsock: Option<Arc<Child>>,
     virtiofsd: Option<Arc<Child>>,
+    /// virtiofsd's serving process (its child), ended with the sandbox.
+    fs_server: Option<virtiofsd::Server>,
     qemu: Option<Arc<Child>>,
     /// Set by `stop`: a VM exit after that is expected.
     stopping: Arc<AtomicBool>,
@@ -100,6 +102,7 @@ impl Qemu {
             vm: None,
             vsock: None,
             virtiofsd: None,
+            fs_server: None,
             qemu: None,
             stopping: Arc::new(AtomicBool::new(false)),
         }
@@ -216,6 +219,9 @@ impl Vmm for Qemu {
             let r = virtiofsd::start(self.host.as_ref(), &self.paths.virtiofsd, &self.dir, share, &conf, &mut fs).await;
             self.virtiofsd = fs.map(Arc::new);
             r?;
+            if let Some(parent) = self.virtiofsd.clone() {
+                self.fs_server = virtiofsd::Server::wait_for(&parent, Duration::from_secs(2)).await;
+            }
         }
         Ok(())
     }
@@ -334,13 +340,26 @@ impl Vmm for Qemu {
         for c in self.helpers() {
             c.stop(Duration::from_secs(1)).await;
         }
+        let mut server_left = false;
+        if let Some(s) = self.fs_server.take() {
+            server_left = !s.end(Duration::from_secs(1)).await;
+            if server_left {
+                tracing::warn!("virtiofsd's serving process (pid {}) outlived its SIGKILL", s.pid);
+            }
+        }
         // Only once none of its processes runs: the uid may then go to another sandbox.
-        let running =
-            [&self.vsock, &self.virtiofsd, &self.qemu].into_iter().flatten().any(|c| c.exit_status().is_none());
+        let running = server_left
+            || [&self.vsock, &self.virtiofsd, &self.qemu].into_iter().flatten().any(|c| c.exit_status().is_none());
         if running {
-            tracing::warn!("a VMM process of {} outlived its stop; keeping its jail uid", self.dir.display());
+            tracing::warn!(
+                "a VMM process of {} outlived its stop; keeping its jail uid and id-map block reserved",
+                self.dir.display()
+            );
             if let Some(mut l) = self.lease.take() {
                 l.keep_file();
+            }
+            if let Some(m) = self.vm.as_ref().and_then(|v| v.share_idmap.as_ref()) {
+                m.keep_reserved();
             }
         }
         self.lease = None;

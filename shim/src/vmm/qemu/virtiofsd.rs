@@ -2,8 +2,9 @@
 //! virtio-fs tag `bulwark-share` over a vhost-user socket in the state directory. It exits by
 //! itself when QEMU disconnects; the backend stops it anyway on teardown.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::host::child::Child;
@@ -66,6 +67,88 @@ pub async fn start(
         host.spawn(&Command { name: "virtiofsd", exe, args: &args, log: &log, keep_fds: &[], jail: Some(jail) })?;
     let child = started.insert(child);
     child.wait_for_path(&socket(dir), &log, SOCKET_WAIT).await
+}
+
+/// virtiofsd's serving process. With `--sandbox=namespace` virtiofsd forks it into a new pid
+/// namespace and the started process only waits for it; stopped first, that parent can leave
+/// the server orphaned until it notices QEMU is gone. The backend pins the server with a pidfd
+/// once it runs (no pid reuse can redirect a signal) and ends it with the sandbox.
+#[derive(Debug)]
+pub struct Server {
+    pidfd: OwnedFd,
+    pub pid: u32,
+}
+
+impl Server {
+    /// The one child of the started virtiofsd `parent`, pinned.
+    pub fn find(parent: u32) -> std::io::Result<Server> {
+        let kids = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))?;
+        let pid: u32 = match kids.split_whitespace().collect::<Vec<_>>()[..] {
+            [one] => one.parse().map_err(std::io::Error::other)?,
+            ref other => return Err(std::io::Error::other(format!("{} children", other.len()))),
+        };
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: pidfd_open returned a new fd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Still the parent's child after the pin: the pid was not reused in between.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim);
+        if ppid != Some(parent.to_string().as_str()) {
+            return Err(std::io::Error::other(format!("process {pid} is no longer a child of {parent}")));
+        }
+        Ok(Server { pidfd, pid })
+    }
+
+    /// [`Server::find`], retried while `parent` runs, for at most `limit` (virtiofsd forks
+    /// its server just after it creates its socket). None, with a warning, if it never shows.
+    pub async fn wait_for(parent: &Child, limit: Duration) -> Option<Server> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match Server::find(parent.pid) {
+                Ok(s) => return Some(s),
+                Err(e) if Instant::now() >= deadline || parent.exit_status().is_some() => {
+                    tracing::warn!("virtiofsd (pid {}): its serving process not found: {e}", parent.pid);
+                    return None;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn exited(&self) -> bool {
+        let mut p = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd on this stack, no timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    /// SIGKILL (it keeps no state) unless it is gone already, then waits up to `limit`.
+    /// Returns whether it is gone.
+    pub async fn end(&self, limit: Duration) -> bool {
+        if !self.exited() {
+            // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
+        let deadline = Instant::now() + limit;
+        while !self.exited() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
 }
 
 #[cfg(test)]
