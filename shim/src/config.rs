@@ -456,10 +456,10 @@ impl Config {
         let block = u64::from(IDMAP_BLOCK);
         let (ib, ie) = (u64::from(j.idmap_base), u64::from(j.idmap_base) + u64::from(j.idmap_count) * block);
         let (ub, ue) = (u64::from(j.uid_base), u64::from(j.uid_base) + u64::from(j.uid_count));
-        if j.idmap_base == 0 || j.idmap_count == 0 || ie > u64::from(u32::MAX) || (ib < ue && ub < ie) {
+        if j.idmap_base < IDMAP_BLOCK || j.idmap_count == 0 || ie > u64::from(u32::MAX) || (ib < ue && ub < ie) {
             return Err(err(format!(
                 "jail.idmap_base = {} and jail.idmap_count = {} must give a non-empty range of blocks of {block} \
-                 non-root ids below 2^32-1 that does not overlap jail.uid_base..+uid_count",
+                 ids from {block} (above the system's own users) to below 2^32-1 that does not overlap jail.uid_base..+uid_count",
                 j.idmap_base, j.idmap_count
             )));
         }
@@ -617,6 +617,7 @@ mod tests {
             ("[jail]\nuid_base = 4294967000\n", "jail.uid_base"),
             ("[jail]\noom_score_adj = -1\n", "jail.oom_score_adj"),
             ("[jail]\nidmap_count = 0\n", "jail.idmap_base"),
+            ("[jail]\nidmap_base = 1\n", "jail.idmap_base"),
             ("[jail]\nidmap_base = 4294000000\n", "jail.idmap_base"),
             ("[jail]\nidmap_base = 2000000000\n", "jail.idmap_base"),
             ("[jail]\nuid = 5\n", "uid"),

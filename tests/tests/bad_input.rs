@@ -106,3 +106,37 @@ fn a_host_path_outside_the_policy_is_refused() -> Result<(), String> {
     c.assert_clean()?;
     Ok(())
 }
+
+/// The share is id-mapped (virtiofsd runs in a user namespace of 65536 ids): a container that
+/// would run as a uid, or with an extra gid, outside them is refused with the reason before any
+/// VM boots, and nothing is left. (Ids inside them: `volumes.rs` chowns to 1000.)
+#[test]
+fn ids_outside_the_mapped_range_are_refused() -> Result<(), String> {
+    let c = Containerd::start(|_| {})?;
+    let rootfs = c.dir.join("ids-rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
+    let base = c.ctr(&["oci", "spec"])?;
+    for (name, user, id) in [
+        ("biguid", serde_json::json!({"uid": 70000, "gid": 0}), "uid 70000"),
+        ("biggid", serde_json::json!({"uid": 0, "gid": 0, "additionalGids": [10, 1000680000]}), "extra gid 1000680000"),
+    ] {
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&base.stdout).map_err(|e| format!("ctr oci spec output: {e}"))?;
+        spec["process"]["args"] = serde_json::json!(["true"]);
+        spec["process"]["user"] = user;
+        spec["root"] = serde_json::json!({ "path": rootfs.to_string_lossy() });
+        let file = c.dir.join(format!("{name}.json"));
+        std::fs::write(&file, spec.to_string()).map_err(|e| e.to_string())?;
+        let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &file.to_string_lossy(), name])?;
+        assert!(!out.status.success(), "{name} must be refused: {out:?}");
+        assert!(
+            out.stderr.contains(id) && out.stderr.contains("unprivileged_virtiofsd"),
+            "the error should name the id and the setting: {}",
+            out.stderr
+        );
+        c.assert_clean()?;
+    }
+    let containers = c.ctr(&["containers", "ls", "-q"])?;
+    assert_eq!(containers.stdout.trim(), "", "container record left behind");
+    Ok(())
+}

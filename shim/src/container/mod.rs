@@ -29,7 +29,7 @@ use crate::resources::rootfs::RootfsMounts;
 use crate::sandbox::oom::OomCount;
 pub use events::EventTx;
 pub use process::{Process, Status, Stdio};
-pub use spec::{load_spec, sandbox_id_from_bundle, sandbox_id_of, validate_id};
+pub use spec::{check_ids_mapped, load_spec, sandbox_id_from_bundle, sandbox_id_of, validate_id};
 pub use vm::Vm;
 
 /// What a container is made of, once its init process exists in the guest.

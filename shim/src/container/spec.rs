@@ -38,6 +38,24 @@ pub fn load_spec(bundle: &Path) -> Result<(Spec, Vec<u8>)> {
     Ok((spec, raw))
 }
 
+/// With an id-mapped share (virtiofsd in a user namespace that maps ids 0..`limit`), a process
+/// whose uid, gid or an extra gid is outside it could create or own no file in its rootfs or
+/// volumes: refused up front with the reason, rather than failing file by file.
+pub fn check_ids_mapped(user: &oci_spec::runtime::User, limit: u32, what: &str) -> Result<()> {
+    let extra = user.additional_gids().clone().unwrap_or_default();
+    let ids = [("uid", user.uid()), ("gid", user.gid())].into_iter().chain(extra.iter().map(|&g| ("extra gid", g)));
+    for (kind, id) in ids {
+        if id >= limit {
+            return Err(Error::InvalidArgument(format!(
+                "{what} runs with {kind} {id}: this node serves pod files through an id-mapped share whose ids \
+                 are 0..{limit} (virtiofsd runs unprivileged); use an id below {limit}, or set \
+                 jail.unprivileged_virtiofsd = false in the node config"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The sandbox a container belongs to: the CRI sandbox annotation if present, else itself.
 pub fn sandbox_id_of(spec: &Spec, container_id: &str) -> Result<String> {
     match spec.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID_ANNOTATION)) {
@@ -63,6 +81,20 @@ mod tests {
 
     /// The rule itself is protocol::limits' (tested there); here: it is the one applied, and a
     /// refusal is containerd's INVALID_ARGUMENT.
+    #[test]
+    fn ids_outside_the_mapped_range_are_refused() {
+        let user = |v: serde_json::Value| -> oci_spec::runtime::User { serde_json::from_value(v).unwrap() };
+        assert!(check_ids_mapped(&user(serde_json::json!({"uid": 1000, "gid": 65535})), 65536, "c").is_ok());
+        for bad in [
+            serde_json::json!({"uid": 65536, "gid": 0}),
+            serde_json::json!({"uid": 0, "gid": 1000680000}),
+            serde_json::json!({"uid": 0, "gid": 0, "additionalGids": [5, 70000]}),
+        ] {
+            let e = check_ids_mapped(&user(bad.clone()), 65536, "container c").unwrap_err().to_string();
+            assert!(e.contains("container c") && e.contains("unprivileged_virtiofsd"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn ids_follow_the_shared_rule() {
         assert!(validate_id("abc-def.g_h").is_ok());

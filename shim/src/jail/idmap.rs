@@ -256,8 +256,11 @@ impl OverlayOptions {
 }
 
 /// A user namespace whose ids `0..BLOCK` are host ids `base..`: a child process unshares it
-/// and waits; the shim (root) writes its maps, keeps a handle on it, and lets the child go.
+/// and waits; the shim (root) writes its maps, keeps a handle on it, and kills the child.
+/// One at a time in the process: a fork of another call would inherit this one's pipe ends.
 pub fn new_userns(base: u32) -> io::Result<OwnedFd> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     // SAFETY: the child makes only async-signal-safe system calls (unshare, write, close,
@@ -274,7 +277,7 @@ pub fn new_userns(base: u32) -> io::Result<OwnedFd> {
             let ok = [u8::from(libc::unshare(libc::CLONE_NEWUSER) == 0)];
             libc::write(ready_w.as_raw_fd(), ok.as_ptr().cast(), 1);
             let mut b = [0u8; 1];
-            // returns when the parent closes its end (or dies)
+            // killed by the parent; returns anyway if the parent dies (its end closes)
             libc::read(go_r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
             libc::_exit(0);
         }
@@ -292,8 +295,11 @@ pub fn new_userns(base: u32) -> io::Result<OwnedFd> {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok(OwnedFd::from(ns))
     })();
+    // Not waiting for the pipe's end-of-file: whatever else forked meanwhile may hold it.
+    let child = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(child, None);
     drop(go_w);
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     result
 }
 

@@ -306,13 +306,18 @@ impl Sandbox {
         let dir = self.dir.clone();
         let host = self.host.clone();
         let res = tokio::task::spawn_blocking(move || cleanup_mounts_and_dir_with(host.as_ref(), &dir)).await;
+        let cleaned = matches!(res, Ok(Ok(())));
         match res {
             Ok(Ok(())) => tracing::info!("sandbox {} torn down", self.id),
             Ok(Err(e)) => tracing::error!("tearing down sandbox {}: {e}", self.id),
             Err(e) => tracing::error!("tearing down sandbox {}: {e}", self.id),
         }
-        // Last: virtiofsd and every id-mapped mount are gone.
+        // Last: virtiofsd is gone (the VMM's stop keeps the block reserved otherwise); a
+        // mount left in the state directory keeps it reserved too.
         if let Some(m) = &self.idmap {
+            if !cleaned {
+                m.keep_reserved();
+            }
             m.release();
         }
         let _ = self.transition(&[SandboxState::Stopping], SandboxState::TornDown);

@@ -47,6 +47,11 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     let cfg = (svc.env.config)()?;
     let (spec, raw_spec) = container::load_spec(&bundle)?;
     let sid = container::sandbox_id_of(&spec, &req.id)?;
+    if cfg.jail.unprivileged_virtiofsd {
+        if let Some(user) = spec.process().as_ref().map(|p| p.user()) {
+            container::check_ids_mapped(user, crate::jail::idmap::BLOCK, &format!("container {}", req.id))?;
+        }
+    }
 
     let annotations = spec.annotations().clone().unwrap_or_default();
     let new_pod = svc.sandbox(&sid).is_none();

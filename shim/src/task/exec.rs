@@ -18,6 +18,12 @@ pub fn exec(svc: &Service, req: api::ExecProcessRequest) -> Result<()> {
         )));
     }
     let json = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+    // The same ids as a container's (the agent checks the rest of the process spec).
+    if svc.sandbox(&c.sandbox_id).is_some_and(|s| s.idmap().is_some()) {
+        if let Ok(p) = serde_json::from_slice::<oci_spec::runtime::Process>(&json) {
+            crate::container::check_ids_mapped(p.user(), crate::jail::idmap::BLOCK, &format!("exec {}", req.exec_id))?;
+        }
+    }
     let stdio = Stdio { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
     c.add_exec(&req.exec_id, stdio, json)?;
     Ok(())
