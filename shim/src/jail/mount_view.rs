@@ -175,7 +175,8 @@ impl MountView {
     }
 }
 
-fn check(r: libc::c_int) -> std::io::Result<()> {
+/// A system call's result as an error (async-signal-safe: `last_os_error` does not allocate).
+pub(super) fn check(r: libc::c_int) -> std::io::Result<()> {
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::mount_view::{MountView, PreparedView};
+use super::mount_view::{check, MountView, PreparedView};
 use super::seccomp::{self, Filter};
 
 /// The credentials a process gets.
@@ -135,14 +135,6 @@ impl Confinement {
             _argv: argv,
             argv_ptrs,
         })
-    }
-}
-
-fn check(r: libc::c_int) -> std::io::Result<()> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
