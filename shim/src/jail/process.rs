@@ -1,5 +1,5 @@
 //! How one VMM process is confined, applied in the forked child before it runs the program
-//! (the shape of Firecracker's jailer, without its chroot): [`Confinement`] says what
+//! (the shape of Firecracker's jailer; the chroot is mount_view.rs): [`Confinement`] says what
 //! (pure data, built by the VMM backend), [`Confinement::prepare`] allocates everything
 //! before the fork, and [`Prepared::enter`] runs in the child between fork and exec, making
 //! only async-signal-safe system calls, and execs the program by fd.
