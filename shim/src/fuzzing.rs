@@ -12,7 +12,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 pub use crate::agent::check_version;
-pub use crate::agent::ratelimit::sanitize;
+pub use crate::agent::ratelimit::{sanitize, unsafe_in_text};
 pub use crate::agent::streams::LineSplitter;
 pub use crate::container::process::guest_status;
 pub use crate::sandbox::oom::{OomCount, MAX_EVENTS_AT_EXIT};

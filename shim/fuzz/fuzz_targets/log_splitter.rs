@@ -2,11 +2,12 @@
 //! Invariants: the lines are exactly those of a whole-stream model (independent of how the
 //! stream was cut into reads): every complete line of at most `max` bytes, cleaned; every
 //! longer line (complete or not) cut to `max` bytes, cleaned, with the marker; nothing else.
-//! So no line exceeds `max` characters plus the marker, and none holds a control character.
+//! So no line exceeds `max` characters plus the marker, and none holds a control character,
+//! a Unicode line separator or a bidi override (`unsafe_in_text`).
 #![no_main]
 
 use arbitrary::Arbitrary;
-use bulwark_shim::fuzzing::{LineSplitter, MAX_LOG_LINE};
+use bulwark_shim::fuzzing::{unsafe_in_text, LineSplitter, MAX_LOG_LINE};
 use bulwark_shim_fuzz::{has_controls, TRUNCATED};
 use libfuzzer_sys::fuzz_target;
 
@@ -21,7 +22,7 @@ struct Input {
 
 fn model(data: &[u8], max: usize) -> Vec<String> {
     let clean = |b: &[u8]| -> String {
-        String::from_utf8_lossy(b).chars().map(|c| if c.is_control() && c != '\t' { '?' } else { c }).collect()
+        String::from_utf8_lossy(b).chars().map(|c| if unsafe_in_text(c) { '?' } else { c }).collect()
     };
     let mut out = Vec::new();
     let segments: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
@@ -51,7 +52,7 @@ fuzz_target!(|input: Input| {
         rest = &rest[n..];
     }
     for line in &lines {
-        assert!(!has_controls(line), "control character in {line:?}");
+        assert!(!has_controls(line) && !line.chars().any(unsafe_in_text), "unsafe character in {line:?}");
         assert!(line.chars().count() <= max + TRUNCATED.len(), "line over max {max}: {line:?}");
         // lossy decoding makes at most one char per byte, each at most 3 bytes (U+FFFD)
         assert!(line.len() <= 4 * max + TRUNCATED.len());

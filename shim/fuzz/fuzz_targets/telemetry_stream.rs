@@ -99,7 +99,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole.hello, pieces.hello);
     assert_eq!(whole.frames, pieces.frames, "the frames depend on the reads");
     assert_eq!(whole.forwarded, pieces.forwarded);
-    assert_eq!((whole.received, whole.garbage, whole.guest_drops), (pieces.received, pieces.garbage, pieces.guest_drops));
+    assert_eq!(
+        (whole.received, whole.garbage, whole.guest_drops),
+        (pieces.received, pieces.garbage, pieces.guest_drops)
+    );
     assert_eq!(whole.ended.is_some(), pieces.ended.is_some());
     // A tight rate limit: every event read is still forwarded or counted.
     let limited = telemetry_stream(&[&stream], TOKEN, &CONTAINERS, 2, 1);
