@@ -71,7 +71,8 @@ pub struct PreparedView {
     pivot: bool,
 }
 
-fn cstring(p: &Path) -> std::io::Result<CString> {
+/// `p` as a C string (an error names a path with a NUL).
+pub(super) fn cstring(p: &Path) -> std::io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::other(format!("NUL in {}", p.display())))
 }
 

@@ -15,10 +15,9 @@
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::mount_view::{check, MountView, PreparedView};
+use super::mount_view::{check, cstring, MountView, PreparedView};
 use super::seccomp::{self, Filter};
 
 /// The credentials a process gets.
@@ -92,10 +91,6 @@ pub struct Prepared {
 unsafe impl Send for Prepared {}
 // SAFETY: as above; `enter` takes `&self` and only reads.
 unsafe impl Sync for Prepared {}
-
-fn cstring(p: &Path) -> std::io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::other(format!("NUL in {}", p.display())))
-}
 
 impl Confinement {
     /// Allocates what [`Prepared::enter`] needs to run `exe args...` confined: opens the
