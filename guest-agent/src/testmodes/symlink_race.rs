@@ -7,8 +7,8 @@
 //!   away and back, a symlink `<E>/bwk-etc`, a directory `<E>/mounts/bwk` (the host serves
 //!   all of these read-only: every attempt must fail);
 //! - in `<E>/rootfs` and every directory `<E>/mounts/<n>` (the tenant's files and volumes):
-//!   symlinks to the target, `/` and `/etc`, a directory renamed back and forth and swapped
-//!   with a symlink to `/`.
+//!   symlinks to the target, `/` and `/etc` (each made aside and renamed over the last), a
+//!   directory renamed back and forth and swapped with a symlink to `/`.
 //!
 //! The target is `bulwark.symlink_race_target=<host path>` on the kernel command line (a host
 //! canary the test watches), else `/etc/shadow`. Every new tree is logged once
@@ -69,10 +69,12 @@ impl Tally {
 /// Plants, swaps and renames in `base` (a directory the guest may write or not).
 fn race_in(base: &Path, target: &Path, t: &mut Tally) {
     use std::os::unix::fs::symlink;
+    // Each link is made under a fresh name and renamed over the last one: the race never
+    // ends, and the host test reads the links while it runs, so a link is never absent.
     for (name, to) in [("bwk-target", target), ("bwk-root", Path::new("/")), ("bwk-etc", Path::new("/etc"))] {
-        let p = base.join(name);
-        let _ = std::fs::remove_file(&p);
-        t.count(symlink(to, &p));
+        let fresh = base.join(format!("{name}.new"));
+        let _ = std::fs::remove_file(&fresh);
+        t.count(symlink(to, &fresh).and_then(|()| std::fs::rename(&fresh, base.join(name))));
     }
     let (a, b) = (base.join("bwk-dir"), base.join("bwk-dir2"));
     let _ = std::fs::create_dir(&a);
@@ -180,6 +182,13 @@ mod tests {
         assert_eq!(t[0].ok, 6, "a writable skeleton takes everything (the host's is read-only)");
         assert_eq!(std::fs::read_link(d.join("c1/rootfs/bwk-target")).unwrap(), Path::new("/nonexistent/canary"));
         assert!(d.join("c1/rootfs/bwk-dir").is_dir());
+        let mut planted: Vec<String> = std::fs::read_dir(d.join("c1/rootfs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        planted.sort();
+        assert_eq!(planted, ["bwk-dir", "bwk-etc", "bwk-root", "bwk-target"], "no link left under its fresh name");
         let names: Vec<String> =
             std::fs::read_dir(&d).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["c1"], "nothing left in the skeleton");
