@@ -127,9 +127,28 @@ pub fn open_source(source: &Path) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(f))
 }
 
+/// `open_tree(src, "", OPEN_TREE_CLONE | AT_EMPTY_PATH [| AT_RECURSIVE])`: a detached clone of
+/// the mount at the open fd `src` (with its submounts if `recursive`), attached nowhere yet.
+pub fn clone_mount(src: &impl AsRawFd, recursive: bool) -> io::Result<OwnedFd> {
+    let mut flags = (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint;
+    flags |= libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    let empty = c"";
+    // SAFETY: `src` is an open fd and `empty` a valid C string for the call; with
+    // AT_EMPTY_PATH open_tree clones the mount at the fd itself.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, src.as_raw_fd(), empty.as_ptr(), flags) };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
+}
+
 /// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set: set, userns_fd})`
 /// (`userns` with `MOUNT_ATTR_IDMAP` in `set`: id-map the mount through that namespace).
-fn set_mount_attr(fd: &impl AsRawFd, set: u64, userns: Option<RawFd>, recursive: bool) -> io::Result<()> {
+pub fn set_mount_attr(fd: &impl AsRawFd, set: u64, userns: Option<RawFd>, recursive: bool) -> io::Result<()> {
     let userns_fd = userns.map_or(0, |f| f as u64);
     let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd };
     let empty = c"";
@@ -261,20 +280,7 @@ impl Beneath {
     pub fn bind_fd(&self, src: &OwnedFd, source: &Path, rel: &Path, flags: BindFlags) -> io::Result<u64> {
         let what = format!("bind-mounting {} onto", source.display());
         let target = self.open_path(rel).map_err(|e| self.err(&what, rel, e))?;
-        let mut tree_flags = (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint;
-        tree_flags |= libc::AT_EMPTY_PATH as libc::c_uint;
-        if flags.recursive {
-            tree_flags |= libc::AT_RECURSIVE as libc::c_uint;
-        }
-        let empty = c"";
-        // SAFETY: `src` is an open fd and `empty` a valid C string for the call; with
-        // AT_EMPTY_PATH open_tree clones the mount at the fd itself.
-        let tree = unsafe { libc::syscall(libc::SYS_open_tree, src.as_raw_fd(), empty.as_ptr(), tree_flags) };
-        if tree < 0 {
-            return Err(self.err(&what, rel, io::Error::last_os_error()));
-        }
-        // SAFETY: open_tree returned a new fd that nothing else owns.
-        let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+        let tree = clone_mount(src, flags.recursive).map_err(|e| self.err(&what, rel, e))?;
         let mut set = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
         if flags.readonly {
             set |= libc::MOUNT_ATTR_RDONLY;

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::host::fs::BindFlags;
 use crate::jail::idmap::IdMap;
 use crate::policy::TenantPolicy;
+use crate::resources::idmapped_overlay;
 use crate::resources::share::{Share, Tree};
 
 /// The host mounts of one container's rootfs.
@@ -59,7 +60,7 @@ pub fn mount_rootfs(
                     mounts.len()
                 )));
             }
-            map.mount_overlay(&mounts[0].options, &target).map_err(Error::Mount)?;
+            idmapped_overlay::mount(map, &mounts[0].options, &target).map_err(Error::Mount)?;
             rootfs_userns = None;
         }
         // Without an id-mapped overlay: the snapshotter's mounts as they are.
