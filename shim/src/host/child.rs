@@ -114,6 +114,12 @@ impl Child {
         (Child { name, pid, exe: exe.to_path_buf(), exited: rx, simulated: Some(tx.clone()) }, tx)
     }
 
+    /// Whether this is no process but a test fake's ([`Child::simulated`]): it has no
+    /// children to find in /proc.
+    pub fn is_simulated(&self) -> bool {
+        self.simulated.is_some()
+    }
+
     /// The exit status, if it has exited.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         *self.exited.borrow()

@@ -67,7 +67,7 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
     let tenant = svc.tenant(&sid);
     let (sandbox, new_sandbox) = match svc.sandbox(&sid) {
         Some(s) => (s, false),
-        None => match (svc.env.prepare)(&sandbox_config(&cfg, &tenant.policy), &svc.namespace, &sid) {
+        None => match prepare_sandbox(svc, sandbox_config(&cfg, &tenant.policy), &sid).await {
             Ok(s) => (Arc::new(s), true),
             Err(e) => {
                 svc.remove_sandbox(&sid);
@@ -161,6 +161,15 @@ pub async fn create(svc: &Arc<Service>, req: api::CreateTaskRequest) -> Result<a
         in_guest.guest_pid
     );
     Ok(api::CreateTaskResponse { pid, ..Default::default() })
+}
+
+/// Prepares a new sandbox (its state directory, share and id-map: mounts, a fork, a scan of
+/// `/proc`) on a blocking thread, not on the runtime's workers.
+async fn prepare_sandbox(svc: &Arc<Service>, cfg: Config, sid: &str) -> Result<Sandbox> {
+    let (prepare, ns, id) = (svc.env.prepare.clone(), svc.namespace.clone(), sid.to_string());
+    tokio::task::spawn_blocking(move || prepare(&cfg, &ns, &id))
+        .await
+        .map_err(|e| Error::Boot(format!("preparing sandbox {sid}: {e}")))?
 }
 
 /// The node configuration as it applies to a new sandbox of this tenant: the tenant's host

@@ -23,11 +23,11 @@ pub struct Env {
 }
 
 /// Prepares the sandbox of (configuration, containerd namespace, sandbox id).
-pub type PrepareSandbox = Box<dyn Fn(&Config, &str, &str) -> Result<Sandbox> + Send + Sync>;
+pub type PrepareSandbox = std::sync::Arc<dyn Fn(&Config, &str, &str) -> Result<Sandbox> + Send + Sync>;
 
 impl Env {
     pub fn production() -> Env {
-        Env { config: Box::new(Config::load), prepare: Box::new(Sandbox::prepare) }
+        Env { config: Box::new(Config::load), prepare: std::sync::Arc::new(Sandbox::prepare) }
     }
 }
 

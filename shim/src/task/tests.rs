@@ -228,7 +228,7 @@ mod create_through_fakes {
                 tweak(&mut c);
                 Ok(c)
             }),
-            prepare: Box::new(move |cfg, ns, id| {
+            prepare: std::sync::Arc::new(move |cfg, ns, id| {
                 let (vmm, _handle) = FakeVmm::new(&state_dir::sandbox_dir(&cfg.paths.runtime_dir, ns, id), behaviour);
                 let a = a.clone();
                 let deps = SandboxDeps {

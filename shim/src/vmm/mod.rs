@@ -95,6 +95,13 @@ pub struct VmConfig {
     pub console_log: PathBuf,
 }
 
+impl VmConfig {
+    /// The host uid (and gid) virtiofsd runs as: its id-map's root, else host root.
+    pub fn virtiofsd_uid(&self) -> u32 {
+        self.share_idmap.as_deref().map_or(0, crate::jail::idmap::IdMap::host_root)
+    }
+}
+
 /// One host process of a VM (hypervisor or helper), as recorded in the pid file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmmProcess {

@@ -89,13 +89,14 @@ pub fn system_root(extra: &[&Path], kvm: bool) -> NewRoot {
     let mut root = NewRoot { read_only: vec!["/usr".into()], proc: true, ..Default::default() };
     for d in SYSTEM_DIRS {
         match std::fs::symlink_metadata(d) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if let Ok(to) = std::fs::read_link(d) {
-                    root.symlinks.push((d.into(), to));
-                }
-            }
+            Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(d) {
+                Ok(to) => root.symlinks.push((d.into(), to)),
+                Err(e) => tracing::warn!("{d}: unreadable symlink, left out of the VMM helpers' root: {e}"),
+            },
             Ok(m) if m.is_dir() => root.read_only.push(d.into()),
-            _ => {}
+            Ok(_) => tracing::warn!("{d}: neither a directory nor a symlink, left out of the VMM helpers' root"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("{d}: left out of the VMM helpers' root: {e}"),
         }
     }
     if Path::new("/etc/ld.so.cache").is_file() {

@@ -25,7 +25,6 @@ use crate::error::{Error, Result};
 use crate::host::child::log_tail;
 use crate::host::child::Child;
 use crate::host::{Command, Host};
-use crate::jail::idmap::IdMap;
 use crate::jail::uid::{self, Lease};
 use crate::resources::network::VmNic;
 
@@ -207,7 +206,7 @@ impl Vmm for Qemu {
         if let Some(share) = &vm.share {
             let idmap = vm.share_idmap.as_deref();
             let fs_dir = virtiofsd::fs_dir(&self.dir);
-            let owner = idmap.map_or(0, IdMap::host_root);
+            let owner = vm.virtiofsd_uid();
             if !fs_dir.exists() {
                 self.host.create_dir(&fs_dir).map_err(|e| Error::io(format!("creating {}", fs_dir.display()), e))?;
             }
@@ -220,7 +219,8 @@ impl Vmm for Qemu {
             self.virtiofsd = fs.map(Arc::new);
             r?;
             if let Some(parent) = self.virtiofsd.clone() {
-                self.fs_server = virtiofsd::Server::wait_for(&parent, Duration::from_secs(2)).await;
+                let server = virtiofsd::Server::wait_for(&parent, Duration::from_secs(10)).await;
+                self.fs_server = server.map_err(Error::Boot)?;
             }
         }
         Ok(())
@@ -242,8 +242,7 @@ impl Vmm for Qemu {
             connect(self.host.as_ref(), "vhost-device-vsock", &vhost_vsock::backend_socket(&self.dir), id).await?;
         let fs_fd = match vm.share {
             Some(_) => {
-                let owner = vm.share_idmap.as_deref().map_or(0, IdMap::host_root);
-                Some(connect(self.host.as_ref(), "virtiofsd", &virtiofsd::socket(&self.dir), owner).await?)
+                Some(connect(self.host.as_ref(), "virtiofsd", &virtiofsd::socket(&self.dir), vm.virtiofsd_uid()).await?)
             }
             None => None,
         };

@@ -104,15 +104,22 @@ impl Server {
     }
 
     /// [`Server::find`], retried while `parent` runs, for at most `limit` (virtiofsd forks
-    /// its server just after it creates its socket). None, with a warning, if it never shows.
-    pub async fn wait_for(parent: &Child, limit: Duration) -> Option<Server> {
+    /// its server just after it creates its socket). An error if it never shows: a server the
+    /// shim cannot end at stop must not serve a sandbox. None for a simulated parent (unit
+    /// tests' fake host), which has no process to find.
+    pub async fn wait_for(parent: &Child, limit: Duration) -> Result<Option<Server>, String> {
+        if parent.is_simulated() {
+            return Ok(None);
+        }
         let deadline = Instant::now() + limit;
         loop {
             match Server::find(parent.pid) {
-                Ok(s) => return Some(s),
+                Ok(s) => return Ok(Some(s)),
                 Err(e) if Instant::now() >= deadline || parent.exit_status().is_some() => {
-                    tracing::warn!("virtiofsd (pid {}): its serving process not found: {e}", parent.pid);
-                    return None;
+                    return Err(format!(
+                        "virtiofsd (pid {}): its serving process did not appear within {limit:?}: {e}",
+                        parent.pid
+                    ));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
