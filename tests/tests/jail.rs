@@ -7,7 +7,8 @@
 //! so its capabilities reach only the id-mapped share) in a mount view that shows only the
 //! share and its socket directory, with no_new_privs and its seccomp filter; none of the three keeps
 //! containerd's negative oom_score_adj or may dump core, and the unprivileged two have their
-//! open files and the sandbox uid's processes bounded. The container still runs, prints and exits normally.
+//! open files and the sandbox uid's processes bounded; each writes its output into a pipe the
+//! shim copies into a capped log, not into a file. The container still runs, prints and exits normally.
 //! And with `vm.allow_tcg_fallback = false`, a host without usable KVM refuses to boot.
 
 use std::os::unix::fs::MetadataExt;
@@ -57,6 +58,18 @@ fn check_common(name: &str, pid: i32, status: &str) -> Result<(), String> {
     let oom: i32 = read(format!("/proc/{pid}/oom_score_adj"))?.trim().parse().map_err(|e| format!("{e}"))?;
     if oom < 0 {
         return Err(format!("{name} (pid {pid}) kept a negative oom_score_adj {oom}"));
+    }
+    check_output_piped(name, pid)
+}
+
+/// Its stdout and stderr are a pipe (the shim copies it into a capped log), not a file it
+/// could grow without bound.
+fn check_output_piped(name: &str, pid: i32) -> Result<(), String> {
+    for fd in [1, 2] {
+        let to = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map_err(|e| format!("{name} fd {fd}: {e}"))?;
+        if !to.to_string_lossy().starts_with("pipe:") {
+            return Err(format!("{name} (pid {pid}) writes fd {fd} to {} instead of the shim's pipe", to.display()));
+        }
     }
     Ok(())
 }
@@ -213,6 +226,7 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
     for &pid in &fs {
         let status = read(format!("/proc/{pid}/status"))?;
         assert_eq!(status_field(&status, "NoNewPrivs")?, "1", "virtiofsd {pid}");
+        check_output_piped("virtiofsd", pid)?;
         let oom: i32 = read(format!("/proc/{pid}/oom_score_adj"))?.trim().parse().map_err(|e| format!("{e}"))?;
         assert!(oom >= 0, "virtiofsd {pid} oom_score_adj {oom}");
         let (u, g) = (ids(&status, "Uid")?, ids(&status, "Gid")?);

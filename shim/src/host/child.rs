@@ -1,6 +1,7 @@
 //! A supervised helper process (QEMU, virtiofsd, vhost-device-vsock): spawned with
 //! `tokio::process`, reaped by its own task, its exit status published on a watch channel;
 //! stopping it, waiting for the socket it serves, and the tail of its log for error messages.
+//! Its stdout and stderr go through a pipe into its log, capped (capped_log.rs).
 //!
 //! The library's reaper is off (`no_reaper`), so only these tasks reap our children.
 
@@ -15,6 +16,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::host::capped_log;
 use crate::jail::process::Confinement;
 
 /// A running (or exited) child process of the shim.
@@ -33,7 +35,8 @@ pub struct Child {
 }
 
 impl Child {
-    /// Starts `exe args...` with stdin from /dev/null and stdout+stderr appended to `log`.
+    /// Starts `exe args...` with stdin from /dev/null and stdout+stderr appended to `log`
+    /// (at most [`capped_log::HELPER_LOG_CAP`] bytes, and as much in `<log>.1`).
     /// The child gets SIGKILL if the shim dies (PR_SET_PDEATHSIG), so a crashed shim does not
     /// leave VMs running; `delete` cleans up whatever survives.
     pub fn spawn(name: &'static str, exe: &Path, args: &[String], log: &Path) -> Result<Child> {
@@ -58,14 +61,11 @@ impl Child {
             source,
         })?;
         let parent = std::process::id() as libc::pid_t;
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
+        let (out, copier) = capped_log::pipe_into(log, capped_log::HELPER_LOG_CAP)
             .map_err(|e| Error::io(format!("creating log file {}", log.display()), e))?;
-        let logf2 = logf.try_clone().map_err(|e| Error::io(format!("duplicating log file {}", log.display()), e))?;
+        let out2 = out.try_clone().map_err(|e| Error::io(format!("duplicating the pipe of {}", log.display()), e))?;
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(logf)).stderr(Stdio::from(logf2)).kill_on_drop(false);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(out2)).kill_on_drop(false);
         let keep = keep.to_vec();
         // SAFETY: the closure runs in the forked child before exec and only calls prctl(2)
         // and fcntl(2), which are async-signal-safe, and `Prepared::enter` (system calls
@@ -88,7 +88,9 @@ impl Child {
                 }
             });
         }
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn { what: name, path: exe.to_path_buf(), source })?;
+        let spawned = cmd.spawn();
+        drop(cmd); // its copies of the pipe's write end: the copier ends with the child's
+        let mut child = spawned.map_err(|source| Error::Spawn { what: name, path: exe.to_path_buf(), source })?;
         let pid = child.id().ok_or_else(|| Error::Boot(format!("{name} exited before its pid was known")))?;
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
@@ -100,6 +102,9 @@ impl Child {
                 }
             };
             tracing::info!("{name} (pid {pid}) exited: {status} (status {})", shell_status(status));
+            // Its last words are in its log before anyone reads the log for the exit (bounded:
+            // a process it left behind may hold the pipe and keep writing).
+            let _ = tokio::time::timeout(Duration::from_secs(1), copier.drain()).await;
             let _ = tx.send(Some(status));
         });
         tracing::info!("started {name} (pid {pid}): {} {}", exe.display(), args.join(" "));

@@ -1,12 +1,14 @@
 //! What the lower layers do to the host, behind one trait ([`Host`]) so the logic above it
 //! (sandbox state directory and share, teardown, volumes) can be unit-tested without root:
-//! start a supervised child process (child.rs), bind-mount / change propagation / unmount,
+//! start a supervised child process (child.rs; its output into a capped log: capped_log.rs),
+//! bind-mount / change propagation / unmount,
 //! list the mounts under a directory, create a directory. linux.rs makes the real calls;
 //! fake.rs (tests only) records them and keeps a mount table in memory. fs.rs holds the
 //! symlink-proof file and mount operations below the shim's own directories.
 //!
 //! Errors are the raw `std::io::Error` of the call: callers say what they were doing.
 
+pub mod capped_log;
 pub mod child;
 #[cfg(test)]
 pub mod fake;
