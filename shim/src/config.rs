@@ -27,8 +27,8 @@
 //!                           # is emulation, not a boundary QEMU supports as one; see docs/jail.md)
 //!
 //! [jail]                    # how QEMU and its helpers are confined on the host (docs/jail.md)
-//! uid_base = 2000000000     # each sandbox's QEMU and vhost-device-vsock run as one uid (and
-//! uid_count = 65536         # the same gid) of uid_base..uid_base+uid_count, used by nothing else
+//! uid_base = 2000000000     # each sandbox's QEMU and vhost-device-vsock run as two uids (and
+//! uid_count = 65536         # the same gids) of uid_base..uid_base+uid_count, used by nothing else
 //! unprivileged_virtiofsd = true # virtiofsd runs in a user namespace whose ids 0..65535 are a
 //!                           # block of 65536 host ids of its own, and serves id-mapped mounts
 //!                           # (false: it runs as root; for filesystems without idmapped mounts)

@@ -1,5 +1,6 @@
 //! The VMM jail, seen from the host while a container runs: QEMU and vhost-device-vsock run
-//! as an unprivileged uid/gid with no capabilities (bounding set included), no_new_privs and
+//! as unprivileged uids/gids, one each (QEMU's cannot enter or signal vhost-device-vsock),
+//! with no capabilities (bounding set included), no_new_privs and
 //! a seccomp filter, in a root of their own (a read-only tmpfs with the system's /usr, a few
 //! device nodes, a proc of their own uid, the guest kernel for QEMU and its own `vm/`
 //! directory for vhost-device-vsock: nothing of /etc, the homes, /var or any sandbox's state);
@@ -189,7 +190,23 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
             assert_eq!(own, ["vm"], "{name} view of its state dir {}", sdir.display());
         }
     }
-    assert_eq!(uids[0], uids[1], "QEMU and vhost-device-vsock share the sandbox uid");
+    assert_ne!(uids[0], uids[1], "QEMU and vhost-device-vsock share a uid: each could trace or enter the other");
+    // QEMU's uid cannot enter vhost-device-vsock's root (its vm/ sockets) nor signal it; the
+    // same commands as vhost-device-vsock's own uid can (the check tells the two apart).
+    let vsock_pid = pid_of(&c, "vhost-device-vsock")?;
+    let as_uid = |uid: u32, script: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .map(|o| o.status.success())
+            .map_err(|e| format!("sh as {uid}: {e}"))
+    };
+    let reach = format!("ls /proc/{vsock_pid}/root/ >/dev/null && kill -0 {vsock_pid}");
+    assert!(as_uid(uids[1], &reach)?, "vhost-device-vsock's own uid reaches it (the check works)");
+    assert!(!as_uid(uids[0], &format!("ls /proc/{vsock_pid}/root/"))?, "QEMU's uid enters vhost-device-vsock's root");
+    assert!(!as_uid(uids[0], &format!("kill -0 {vsock_pid}"))?, "QEMU's uid may signal vhost-device-vsock");
     // Resource limits, soft and hard alike: no core dumps (guest memory), bounded files and
     // processes of the sandbox uid.
     for (name, files) in [("qemu-system", "4096"), ("vhost-device-vsock", "1024")] {
@@ -259,7 +276,7 @@ fn qemu_and_its_helpers_run_jailed_and_the_container_still_works() -> Result<(),
     let md = std::fs::metadata(&sdir).map_err(|e| format!("{e}"))?;
     assert_eq!((md.uid(), md.mode() & 0o777), (0, 0o700), "state dir owner and mode");
     let vm = std::fs::metadata(sdir.join("vm")).map_err(|e| format!("{e}"))?;
-    assert_eq!(vm.uid(), uids[0], "vm/ belongs to the sandbox uid");
+    assert_eq!(vm.uid(), uids[1], "vm/ belongs to vhost-device-vsock's uid");
 
     let st = wait_bounded(&mut run, CTR_LIMIT)?;
     assert!(st.success(), "the container must exit normally: {st:?}\n{}", c.diagnostics());

@@ -1,5 +1,6 @@
-//! The per-sandbox unprivileged uid/gid (`[jail] uid_base`, `uid_count`): one number per
-//! sandbox, used as both its uid and its gid, taken from the configured range.
+//! The per-sandbox unprivileged uids/gids (`[jail] uid_base`, `uid_count`): two numbers per
+//! sandbox (QEMU's and vhost-device-vsock's), each used as both a uid and a gid, taken from the
+//! configured range.
 //!
 //! The first candidate is derived from the sandbox's state directory (stable across a
 //! restart of the same sandbox, spread across sandboxes); the others follow it round the
@@ -7,7 +8,7 @@
 //! sandbox's lifetime: a lock that a live shim holds is never taken again, and a crashed shim's
 //! lock goes with the process. A uid some process still runs as (a leftover) is skipped too.
 //! The lock file names its sandbox directory; the sandbox records the lock file's path in its
-//! state directory ([`RECORD`]) so that the cleanup after a crash removes it.
+//! state directory ([`RECORD`], [`VSOCK_RECORD`]) so that the cleanup after a crash removes it.
 
 use std::fs::File;
 use std::io::Write;
@@ -19,8 +20,10 @@ use sha2::{Digest, Sha256};
 
 /// Directory of the lock files, under the runtime directory.
 pub const LOCK_DIR: &str = "jail-uids";
-/// File in a sandbox state directory naming its lock file.
+/// File in a sandbox state directory naming its (QEMU's) lock file.
 pub const RECORD: &str = "jail-uid";
+/// The same for vhost-device-vsock's uid.
+pub const VSOCK_RECORD: &str = "jail-uid-vsock";
 /// The same for the blocks of id-mapped ids (idmap.rs): lock files named by a block's first id.
 pub const IDMAP_LOCK_DIR: &str = "jail-idmaps";
 /// File in a sandbox state directory naming its id-map block's lock file.
@@ -168,21 +171,17 @@ pub fn allocate_from(
     None
 }
 
-/// Writes [`RECORD`] in the state directory `dir`: the path of `lease`'s lock file.
-pub fn record(dir: &Path, lease: &Lease) -> std::io::Result<()> {
-    record_as(dir, RECORD, lease)
-}
-
 /// Writes `name` in the state directory `dir`: the path of `lease`'s lock file.
 pub fn record_as(dir: &Path, name: &str, lease: &Lease) -> std::io::Result<()> {
     std::fs::write(dir.join(name), format!("{}\n", lease.path.display()))
 }
 
-/// After a crashed shim: removes the lock files named in `dir`'s [`RECORD`] and
-/// [`IDMAP_RECORD`] unless someone holds them. Only a path of the form
+/// After a crashed shim: removes the lock files named in `dir`'s [`RECORD`], [`VSOCK_RECORD`]
+/// and [`IDMAP_RECORD`] unless someone holds them. Only a path of the form
 /// `<abs>/jail-uids/<digits>` (or `jail-idmaps`) is touched.
 pub fn release_recorded(dir: &Path) {
     release_one(dir, RECORD, LOCK_DIR);
+    release_one(dir, VSOCK_RECORD, LOCK_DIR);
     release_one(dir, IDMAP_RECORD, IDMAP_LOCK_DIR);
 }
 
@@ -267,20 +266,25 @@ mod tests {
         let rd = temp_dir("jail-uid-record");
         let dir = rd.join("ns").join("s");
         std::fs::create_dir_all(&dir).unwrap();
-        let range = UidRange { base: 3_900_000_100, count: 1 };
-        let lease = allocate(&rd, range, &dir).unwrap();
-        record(&dir, &lease).unwrap();
-        let path = lease.path.clone();
+        let range = UidRange { base: 3_900_000_100, count: 2 };
+        let leases = [RECORD, VSOCK_RECORD].map(|record| {
+            let lease = allocate(&rd, range, &dir).unwrap();
+            record_as(&dir, record, &lease).unwrap();
+            lease
+        });
+        let paths = leases.each_ref().map(|l| l.path.clone());
+        assert_ne!(paths[0], paths[1], "two uids for one sandbox");
         // held: left alone
         release_recorded(&dir);
-        assert!(path.exists());
-        // a crashed shim: the lock is gone but the file stays
-        let mut lease = lease;
-        lease.unlink = false;
-        drop(lease);
-        assert!(path.exists());
+        assert!(paths.iter().all(|p| p.exists()));
+        // a crashed shim: the locks are gone but the files stay
+        for mut lease in leases {
+            lease.unlink = false;
+            drop(lease);
+        }
+        assert!(paths.iter().all(|p| p.exists()));
         release_recorded(&dir);
-        assert!(!path.exists());
+        assert!(paths.iter().all(|p| !p.exists()), "{paths:?}");
         // a record pointing elsewhere is ignored
         std::fs::write(dir.join(RECORD), "/etc/passwd\n").unwrap();
         release_recorded(&dir);

@@ -2,14 +2,14 @@
 //!
 //! | process | runs as | capabilities | no_new_privs | mounts | seccomp |
 //! | --- | --- | --- | --- | --- | --- |
-//! | QEMU | the sandbox uid/gid (+ the group of /dev/kvm under KVM) | none (also bounding, ambient) | yes | a root of its own: [`system_root`], the kernel and initrd | its own `-sandbox on,...` |
-//! | vhost-device-vsock | the sandbox uid/gid | none | yes | a root of its own: [`system_root`] and its `vm/` | ours ([`crate::jail::seccomp`]) |
+//! | QEMU | the sandbox's QEMU uid/gid (+ the group of /dev/kvm under KVM) | none (also bounding, ambient) | yes | a root of its own: [`system_root`], the kernel and initrd | its own `-sandbox on,...` |
+//! | vhost-device-vsock | the sandbox's vsock uid/gid (not QEMU's) | none | yes | a root of its own: [`system_root`] and its `vm/` | ours ([`crate::jail::seccomp`]) |
 //! | virtiofsd | root of the sandbox's id-map user namespace (jail/idmap.rs; host root with `jail.unprivileged_virtiofsd = false`) | that namespace's; virtiofsd drops what it does not use | yes | runtime dir hidden but for the share and its `fs/`; then its own (`--sandbox=namespace`) | its own (`--seccomp=kill`) |
 //!
 //! All three get `oom_score_adj` = `jail.oom_score_adj` (not containerd's -999). QEMU opens
 //! nothing in the state directory: the shim passes it connected sockets to its two helpers
 //! and the console log as fds. vhost-device-vsock creates its sockets in `<dir>/vm/`, owned by
-//! the sandbox uid; the state directory itself stays 0700 root.
+//! its uid; the state directory itself stays 0700 root.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ impl Policy {
     }
 }
 
-/// The directory of vhost-device-vsock's sockets, owned by the sandbox uid.
+/// The directory of vhost-device-vsock's sockets, owned by its uid.
 pub fn vm_dir(dir: &Path) -> PathBuf {
     dir.join("vm")
 }
@@ -58,8 +58,8 @@ pub fn kvm_gid() -> Option<u32> {
 pub const QEMU_MAX_FILES: u64 = 4096;
 /// Open files of vhost-device-vsock (a unix socket per guest connection, a few of its own).
 pub const VSOCK_MAX_FILES: u64 = 1024;
-/// Processes and threads of the sandbox uid: QEMU's (a thread per vCPU, its worker pool) and
-/// vhost-device-vsock's together.
+/// Processes and threads of one jail uid (QEMU's: a thread per vCPU, its worker pool;
+/// vhost-device-vsock's: a few).
 pub const SANDBOX_MAX_PROCS: u64 = 1024;
 
 fn unprivileged(p: &Policy, id: u32, groups: Vec<u32>, max_files: u64) -> Confinement {
@@ -110,7 +110,7 @@ pub fn system_root(extra: &[&Path], kvm: bool) -> NewRoot {
     root
 }
 
-/// QEMU: the sandbox uid, no capabilities, a root of its own holding the system, the guest's
+/// QEMU: its jail uid `id`, no capabilities, a root of its own holding the system, the guest's
 /// `kernel` and `initrd` and nothing of the runtime directory (it gets its files as fds),
 /// `kvm_group` and /dev/kvm under KVM. Its seccomp filter is its own `-sandbox`.
 pub fn qemu(p: &Policy, id: u32, kvm: bool, kvm_group: Option<u32>, kernel: &Path, initrd: &Path) -> Confinement {
@@ -124,7 +124,7 @@ pub fn qemu(p: &Policy, id: u32, kvm: bool, kvm_group: Option<u32>, kernel: &Pat
     }
 }
 
-/// vhost-device-vsock: the sandbox uid, no capabilities, a root of its own holding the system
+/// vhost-device-vsock: its jail uid `id` (not QEMU's), no capabilities, a root of its own holding the system
 /// and its `<dir>/vm`, our seccomp filter.
 pub fn vhost_device_vsock(p: &Policy, id: u32, dir: &Path) -> Confinement {
     Confinement {

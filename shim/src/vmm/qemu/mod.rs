@@ -66,8 +66,16 @@ pub fn state_files(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         ("jailed helpers' directory", jail::vm_dir(dir)),
         ("virtiofsd's directory", virtiofsd::fs_dir(dir)),
         ("jail uid record", dir.join(uid::RECORD)),
+        ("vhost-device-vsock's jail uid record", dir.join(uid::VSOCK_RECORD)),
         ("id-map block record", dir.join(uid::IDMAP_RECORD)),
     ]
+}
+
+/// The jail uids of one sandbox (each also its gid).
+#[derive(Debug, Clone, Copy)]
+struct Uids {
+    qemu: u32,
+    vsock: u32,
 }
 
 /// One QEMU VM and its helpers.
@@ -76,8 +84,11 @@ pub struct Qemu {
     policy: Policy,
     dir: PathBuf,
     host: Arc<dyn Host>,
-    /// The sandbox uid/gid of QEMU and vhost-device-vsock, held until `stop`.
+    /// QEMU's sandbox uid/gid, held until `stop`.
     lease: Option<Lease>,
+    /// vhost-device-vsock's (another of the range: neither can signal, trace or enter the
+    /// other), held until `stop`.
+    vsock_lease: Option<Lease>,
     /// What `prepare` was given (`start` needs it).
     vm: Option<VmConfig>,
     vsock: Option<Arc<Child>>,
@@ -98,6 +109,7 @@ impl Qemu {
             dir: dir.to_path_buf(),
             host,
             lease: None,
+            vsock_lease: None,
             vm: None,
             vsock: None,
             virtiofsd: None,
@@ -165,7 +177,7 @@ impl Vmm for Qemu {
     fn agent_socket(&self) -> AgentSocket {
         AgentSocket::HybridVsock {
             uds_path: vhost_vsock::uds_path(&self.dir),
-            owner: self.lease.as_ref().map(Lease::uid),
+            owner: self.vsock_lease.as_ref().map(Lease::uid),
         }
     }
 
@@ -196,9 +208,9 @@ impl Vmm for Qemu {
             crate::jail::reach::check_kvm_device(Path::new("/dev/kvm")).map_err(Error::FailedPrecondition)?;
         }
         self.vm = Some(vm.clone());
-        let id = self.take_uid()?;
+        let Uids { vsock: vsock_id, .. } = self.take_uids()?;
         let mut vsock = None;
-        let conf = jail::vhost_device_vsock(&self.policy, id, &self.dir);
+        let conf = jail::vhost_device_vsock(&self.policy, vsock_id, &self.dir);
         let r =
             vhost_vsock::start(self.host.as_ref(), &self.paths.vhost_device_vsock, &self.dir, &conf, &mut vsock).await;
         self.vsock = vsock.map(Arc::new);
@@ -235,11 +247,15 @@ impl Vmm for Qemu {
                 hint: "install qemu-system-x86 or set paths.qemu in the bulwark config".into(),
             });
         }
-        let id =
-            self.lease.as_ref().map(Lease::uid).ok_or_else(|| Error::Boot("QEMU started without its uid".into()))?;
+        let (Some(id), Some(vsock_id)) =
+            (self.lease.as_ref().map(Lease::uid), self.vsock_lease.as_ref().map(Lease::uid))
+        else {
+            return Err(Error::Boot("QEMU started without its uids".into()));
+        };
         // QEMU gets its two helpers' sockets already connected, and the console log open.
         let vsock_fd =
-            connect(self.host.as_ref(), "vhost-device-vsock", &vhost_vsock::backend_socket(&self.dir), id).await?;
+            connect(self.host.as_ref(), "vhost-device-vsock", &vhost_vsock::backend_socket(&self.dir), vsock_id)
+                .await?;
         let fs_fd = match vm.share {
             Some(_) => {
                 Some(connect(self.host.as_ref(), "virtiofsd", &virtiofsd::socket(&self.dir), vm.virtiofsd_uid()).await?)
@@ -254,7 +270,7 @@ impl Vmm for Qemu {
         // The console goes into a pipe the shim copies into a size-capped log (console.rs).
         let console = console::spawn(&vm.console_log)
             .map_err(|e| Error::io(format!("opening the console log {}", vm.console_log.display()), e))?;
-        self.give_host_ports(id);
+        self.give_host_ports(vsock_id);
         let passed = PassedFds {
             vsock: Some(vsock_fd.as_raw_fd()),
             fs: fs_fd.as_ref().map(|f| f.as_raw_fd()),
@@ -354,7 +370,7 @@ impl Vmm for Qemu {
                 "a VMM process of {} outlived its stop; keeping its jail uid and id-map block reserved",
                 self.dir.display()
             );
-            if let Some(mut l) = self.lease.take() {
+            for mut l in [self.lease.take(), self.vsock_lease.take()].into_iter().flatten() {
                 l.keep_file();
             }
             if let Some(m) = self.vm.as_ref().and_then(|v| v.share_idmap.as_ref()) {
@@ -362,29 +378,43 @@ impl Vmm for Qemu {
             }
         }
         self.lease = None;
+        self.vsock_lease = None;
     }
 }
 
 impl Qemu {
-    /// Allocates the sandbox uid (once) and gives it `<dir>/vm/`.
-    fn take_uid(&mut self) -> Result<u32> {
-        if let Some(l) = &self.lease {
-            return Ok(l.uid());
+    /// Allocates the sandbox's two uids (once): QEMU's, and vhost-device-vsock's, which gets
+    /// `<dir>/vm/` (QEMU needs nothing there: it gets its sockets connected).
+    fn take_uids(&mut self) -> Result<Uids> {
+        if let (Some(q), Some(v)) = (&self.lease, &self.vsock_lease) {
+            return Ok(Uids { qemu: q.uid(), vsock: v.uid() });
         }
-        let lease = uid::allocate(&self.policy.runtime_dir, self.policy.range, &self.dir).map_err(Error::Boot)?;
-        uid::record(&self.dir, &lease)
-            .map_err(|e| Error::io(format!("recording the jail uid in {}", self.dir.display()), e))?;
-        let id = lease.uid();
-        self.lease = Some(lease);
+        let take = |record: &str| {
+            let lease = uid::allocate(&self.policy.runtime_dir, self.policy.range, &self.dir).map_err(Error::Boot)?;
+            uid::record_as(&self.dir, record, &lease)
+                .map_err(|e| Error::io(format!("recording a jail uid in {}", self.dir.display()), e))?;
+            Ok::<_, Error>(lease)
+        };
+        let qemu = take(uid::RECORD)?;
+        let ids = Uids { qemu: qemu.uid(), vsock: 0 };
+        self.lease = Some(qemu);
+        let vsock = take(uid::VSOCK_RECORD)?;
+        let ids = Uids { vsock: vsock.uid(), ..ids };
+        self.vsock_lease = Some(vsock);
         let vm = jail::vm_dir(&self.dir);
         if !vm.exists() {
             self.host.create_dir(&vm).map_err(|e| Error::io(format!("creating {}", vm.display()), e))?;
         }
         self.host
-            .chown(&vm, id, id, 0o700)
-            .map_err(|e| Error::io(format!("giving {} to uid {id}", vm.display()), e))?;
-        tracing::info!("sandbox {}: QEMU and vhost-device-vsock run as uid/gid {id}", self.dir.display());
-        Ok(id)
+            .chown(&vm, ids.vsock, ids.vsock, 0o700)
+            .map_err(|e| Error::io(format!("giving {} to uid {}", vm.display(), ids.vsock), e))?;
+        tracing::info!(
+            "sandbox {}: QEMU runs as uid/gid {}, vhost-device-vsock as {}",
+            self.dir.display(),
+            ids.qemu,
+            ids.vsock
+        );
+        Ok(ids)
     }
 
     /// Gives the host-port sockets the shim listens on in `<dir>/vm/` (root's, made before
