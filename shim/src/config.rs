@@ -447,9 +447,10 @@ impl Config {
             self.tenant.merged(over).validate(&format!("tenants.{name}")).map_err(err)?;
         }
         let j = &self.jail;
-        if j.uid_base == 0 || j.uid_count == 0 || u64::from(j.uid_base) + u64::from(j.uid_count) > u64::from(u32::MAX) {
+        if j.uid_base == 0 || j.uid_count < 2 || u64::from(j.uid_base) + u64::from(j.uid_count) > u64::from(u32::MAX) {
             return Err(err(format!(
-                "jail.uid_base = {} and jail.uid_count = {} must give a non-empty range of non-root ids below 2^32-1",
+                "jail.uid_base = {} and jail.uid_count = {} must give a range of at least 2 non-root ids below \
+                 2^32-1 (each sandbox takes two)",
                 j.uid_base, j.uid_count
             )));
         }
@@ -614,6 +615,7 @@ mod tests {
             ("[cgroup]\nrequird = true\n", "requird"),
             ("[jail]\nuid_base = 0\n", "jail.uid_base"),
             ("[jail]\nuid_count = 0\n", "jail.uid_count"),
+            ("[jail]\nuid_count = 1\n", "each sandbox takes two"),
             ("[jail]\nuid_base = 4294967000\n", "jail.uid_base"),
             ("[jail]\noom_score_adj = -1\n", "jail.oom_score_adj"),
             ("[jail]\nidmap_count = 0\n", "jail.idmap_base"),

@@ -69,6 +69,10 @@ pub enum Error {
     /// Mounting or unmounting failed.
     #[error("mount: {0}")]
     Mount(String),
+
+    /// A task of the shim itself failed (a panic: a bug of ours).
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 /// Result with the shim's [`Error`].
@@ -90,7 +94,9 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Error::Timeout(_) => Code::DEADLINE_EXCEEDED,
             Error::Agent(_) | Error::AgentUnreachable(_) => Code::UNAVAILABLE,
-            Error::Spawn { .. } | Error::Io { .. } | Error::Boot(_) | Error::Mount(_) => Code::INTERNAL,
+            Error::Spawn { .. } | Error::Io { .. } | Error::Boot(_) | Error::Mount(_) | Error::Internal(_) => {
+                Code::INTERNAL
+            }
         }
     }
 }

@@ -167,12 +167,13 @@ fn full_disk_scenario(s: &mut CriScene, full: &Path) -> Result<(), String> {
     }
     eprintln!("a pod on the full disk is refused: {:?}", refused.err());
     let running_dir = sandbox_dir(full, K8S_NAMESPACE, &running.id);
-    // The running pod's own lock files (its sandbox uid, its id-map block) are not leftovers.
+    // The running pod's own lock files (its two jail uids, its id-map block) are not leftovers.
     let lock_of = |record: &str| {
         let text = std::fs::read_to_string(running_dir.join(record)).unwrap_or_default();
         text.trim().rsplit('/').next().unwrap_or_default().to_string()
     };
-    let (running_uid, running_block) = (lock_of("jail-uid"), lock_of("jail-idmap"));
+    let running_uids = [lock_of("jail-uid"), lock_of("jail-uid-vsock")];
+    let running_block = lock_of("jail-idmap");
     let full_text = format!("{}/", full.display());
     let left: Vec<String> = shim_leftovers(&s.c.dir, full)
         .into_iter()
@@ -183,7 +184,7 @@ fn full_disk_scenario(s: &mut CriScene, full: &Path) -> Result<(), String> {
                 || (l.contains("containerd-shim-bulwark") && !l.contains(&running.id) && !l.contains(&s.bystander.id))
         })
         .filter(|l| !l.contains(&running_dir.display().to_string()) && !l.contains("filler"))
-        .filter(|l| running_uid.is_empty() || !l.ends_with(&format!("jail-uids/{running_uid}")))
+        .filter(|l| !running_uids.iter().any(|u| !u.is_empty() && l.ends_with(&format!("jail-uids/{u}"))))
         .filter(|l| running_block.is_empty() || !l.ends_with(&format!("jail-idmaps/{running_block}")))
         .filter(|l| !l.ends_with(&format!("k8s.io/{}", running_dir.file_name().unwrap_or_default().to_string_lossy())))
         .collect();

@@ -231,7 +231,17 @@ fn race_scenario(who: Attacker) -> Result<(), String> {
     canary.check_untouched().map_err(diag)?;
     compare_mounts(&host_mounts_before, &stable_host_mounts())?;
     // The names the races plant, nowhere on the host outside the volumes.
-    let names = ["bwk-canary", "bwk-target", "bwk-root", "bwk-etc", "bwk-dir", "bwk-dir2", "bwk-target.new"];
+    let names = [
+        "bwk-canary",
+        "bwk-target",
+        "bwk-root",
+        "bwk-etc",
+        "bwk-dir",
+        "bwk-dir2",
+        "bwk-target.new",
+        "bwk-root.new",
+        "bwk-etc.new",
+    ];
     for d in ["/", "/etc", "/tmp", "/run"] {
         let planted: Vec<String> = entries(Path::new(d)).into_iter().filter(|e| names.contains(&e.as_str())).collect();
         assert!(planted.is_empty(), "{d} holds {planted:?}");

@@ -3,8 +3,9 @@
 //! its cap it becomes `<log>.1` (replacing the previous one) and a new file starts. A writer
 //! that never stops (a guest flooding its console, a helper printing a warning per guest
 //! request, a compromised helper) keeps at most two caps on disk, and the copier holds one
-//! small buffer in memory. If the copier falls behind, the pipe fills and the writer waits:
-//! the writer slows itself, not the host. A write error (a full disk) is reported once and
+//! small buffer in memory. The copier takes at most [`BYTES_PER_SECOND`] from a pipe: past
+//! that, and whenever it falls behind, the pipe fills and the writer waits, so a flood costs
+//! the writer (in its own cgroup), not the shim's CPU. A write error (a full disk) is reported once and
 //! the rest is read and dropped, so the writer never blocks on a pipe nobody reads.
 //!
 //! [`LogCopier::drain`] copies what the pipe holds now: a process's last words are in the log
@@ -15,6 +16,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 pub const HELPER_LOG_CAP: u64 = 1024 * 1024;
 /// Most bytes one [`LogCopier::drain`] copies (a writer that keeps writing does not hold it).
 const DRAIN_MAX: usize = 4 * 1024 * 1024;
+/// Most bytes copied from one pipe per second (far above what a helper or a serial console
+/// logs; a flood waits).
+pub const BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
 
 /// A log file that rotates at a cap (one previous file kept).
 pub struct CappedLog {
@@ -114,11 +119,22 @@ pub fn pipe_into(path: &Path, cap: u64) -> std::io::Result<(OwnedFd, LogCopier)>
     tokio::spawn(async move {
         let mut buf = vec![0u8; 16 * 1024];
         let mut draining = true;
+        let (mut window, mut in_window) = (tokio::time::Instant::now(), 0u64);
         loop {
+            if in_window >= BYTES_PER_SECOND {
+                // Over budget: nothing is read until the second is over (the writer waits).
+                tokio::time::sleep_until(window + Duration::from_secs(1)).await;
+            }
+            if window.elapsed() >= Duration::from_secs(1) {
+                (window, in_window) = (tokio::time::Instant::now(), 0);
+            }
             tokio::select! {
                 r = rx.read(&mut buf) => match r {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => sink.put(&buf[..n]),
+                    Ok(n) => {
+                        sink.put(&buf[..n]);
+                        in_window += n as u64;
+                    }
                 },
                 ack = drain_rx.recv(), if draining => match ack {
                     Some(ack) => {
@@ -200,6 +216,30 @@ mod tests {
         assert!(now.ends_with("last words\n"), "the last line is drained: {:?}", &now[now.len().saturating_sub(80)..]);
         let prev = std::fs::metadata(CappedLog::previous(&path)).unwrap().len();
         assert!(now.len() as u64 <= 64 * 1024 && prev == 64 * 1024, "{} and {prev} bytes", now.len());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A writer offering twice the budget and a little more is held back: the copier takes
+    /// it over at least two seconds (a lower bound: a slow machine cannot fail it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_waits_for_the_budget() {
+        let dir = dir("budget");
+        let (w, copier) = pipe_into(&dir.join("flood.log"), HELPER_LOG_CAP).unwrap();
+        let total = 2 * BYTES_PER_SECOND as usize + 256 * 1024;
+        let started = std::time::Instant::now();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(w);
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < total {
+                f.write_all(&chunk).unwrap();
+                sent += chunk.len();
+            }
+        });
+        tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
+        copier.drain().await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(2), "{total} bytes copied in {took:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

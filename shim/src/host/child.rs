@@ -11,12 +11,11 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::host::capped_log;
+use crate::host::pidfd::Pidfd;
 use crate::jail::process::Confinement;
 
 /// A running (or exited) child process of the shim.
@@ -29,6 +28,9 @@ pub struct Child {
     /// The program it runs (checked against /proc/<pid>/exe before killing leftovers).
     pub exe: PathBuf,
     exited: watch::Receiver<Option<ExitStatus>>,
+    /// The process, pinned at spawn (None: simulated): signals never reach a process that
+    /// reused the pid, even while its exit is reaped but not yet published.
+    pidfd: Option<Pidfd>,
     /// Set for a simulated child (tests): `stop` publishes a SIGKILL status here instead of
     /// signalling a pid that is not ours.
     simulated: Option<Arc<watch::Sender<Option<ExitStatus>>>>,
@@ -92,6 +94,14 @@ impl Child {
         drop(cmd); // its copies of the pipe's write end: the copier ends with the child's
         let mut child = spawned.map_err(|source| Error::Spawn { what: name, path: exe.to_path_buf(), source })?;
         let pid = child.id().ok_or_else(|| Error::Boot(format!("{name} exited before its pid was known")))?;
+        // Pinned before the waiter task exists: nothing has reaped it, the pid is this child.
+        let pidfd = match Pidfd::open(pid) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = child.start_kill();
+                return Err(Error::io(format!("pinning {name} (pid {pid})"), e));
+            }
+        };
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let status = match child.wait().await {
@@ -108,7 +118,7 @@ impl Child {
             let _ = tx.send(Some(status));
         });
         tracing::info!("started {name} (pid {pid}): {} {}", exe.display(), args.join(" "));
-        Ok(Child { name, pid, exe: exe.to_path_buf(), exited: rx, simulated: None })
+        Ok(Child { name, pid, exe: exe.to_path_buf(), exited: rx, pidfd: Some(pidfd), simulated: None })
     }
 
     /// A child that is no process (for fakes in tests): the returned sender publishes its exit.
@@ -116,13 +126,19 @@ impl Child {
     pub fn simulated(name: &'static str, pid: u32, exe: &Path) -> (Child, Arc<watch::Sender<Option<ExitStatus>>>) {
         let (tx, rx) = watch::channel(None);
         let tx = Arc::new(tx);
-        (Child { name, pid, exe: exe.to_path_buf(), exited: rx, simulated: Some(tx.clone()) }, tx)
+        (Child { name, pid, exe: exe.to_path_buf(), exited: rx, pidfd: None, simulated: Some(tx.clone()) }, tx)
     }
 
     /// Whether this is no process but a test fake's ([`Child::simulated`]): it has no
     /// children to find in /proc.
     pub fn is_simulated(&self) -> bool {
         self.simulated.is_some()
+    }
+
+    /// Whether the process has exited, published or not (its exit status may still be on
+    /// its way: the log is drained first).
+    pub fn has_exited(&self) -> bool {
+        self.exit_status().is_some() || self.pidfd.as_ref().is_some_and(Pidfd::exited)
     }
 
     /// The exit status, if it has exited.
@@ -149,16 +165,15 @@ impl Child {
             tx.send_replace(Some(ExitStatus::from_raw(libc::SIGKILL)));
             return;
         }
-        // The pid cannot have been reused: our waiter task has not reaped it yet (exit_status
-        // is None), and only that task reaps it.
-        let pid = Pid::from_raw(self.pid as i32);
+        let Some(pidfd) = &self.pidfd else { return };
+        // Through the pidfd: a pid reaped meanwhile and reused is never signalled.
         if !grace.is_zero() {
-            let _ = kill(pid, Signal::SIGTERM);
+            let _ = pidfd.signal(libc::SIGTERM);
             if tokio::time::timeout(grace, self.wait()).await.is_ok() {
                 return;
             }
         }
-        let _ = kill(pid, Signal::SIGKILL);
+        let _ = pidfd.signal(libc::SIGKILL);
         if tokio::time::timeout(Duration::from_secs(5), self.wait()).await.is_err() {
             tracing::warn!("{} (pid {}) not reaped 5s after SIGKILL", self.name, self.pid);
         }

@@ -1,6 +1,7 @@
 //! What the lower layers do to the host, behind one trait ([`Host`]) so the logic above it
 //! (sandbox state directory and share, teardown, volumes) can be unit-tested without root:
-//! start a supervised child process (child.rs; its output into a capped log: capped_log.rs),
+//! start a supervised child process (child.rs; its output into a capped log: capped_log.rs;
+//! signalled through a pidfd: pidfd.rs),
 //! bind-mount / change propagation / unmount,
 //! list the mounts under a directory, create a directory. linux.rs makes the real calls;
 //! fake.rs (tests only) records them and keeps a mount table in memory. fs.rs holds the
@@ -14,6 +15,7 @@ pub mod child;
 pub mod fake;
 pub mod fs;
 pub mod linux;
+pub mod pidfd;
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};

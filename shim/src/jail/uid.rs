@@ -138,10 +138,10 @@ pub fn allocate(runtime_dir: &Path, range: UidRange, owner: &Path) -> Result<Lea
     allocate_from(&runtime_dir.join(LOCK_DIR), range.candidates(&owner.to_string_lossy()), uid_in_use, owner)
         .ok_or_else(|| {
             format!(
-                "no free jail uid in {}..{} ({} sandboxes hold them all; raise jail.uid_count)",
+                "no free jail uid in {}..{} (up to {} sandboxes, two uids each, hold them all; raise jail.uid_count)",
                 range.base,
                 u64::from(range.base) + u64::from(range.count),
-                range.count
+                range.count / 2
             )
         })?
 }

@@ -69,14 +69,15 @@ impl Sandbox {
             share_idmap: self.idmap(),
             console_log: console.clone(),
         };
-        let socket = vmm.agent_socket();
-
         // The host cgroup first, so that each VMM process moves in right after it starts.
         self.setup_host_cgroup(size).await?;
         let prepared = vmm.prepare(&vm).await;
         self.write_pid_file(&vmm.processes());
         self.cgroup_add(&vmm.processes())?;
         prepared?;
+        // Only now: the socket's owner (the jailed helper's uid) exists once prepare made it,
+        // and without an owner the shim would connect by path into the helper's directory.
+        let socket = vmm.agent_socket();
 
         let listener = handshake::bind_port_listener(&socket.host_port_path(bulwark_protocol::LOG_PORT))?;
         let pod = super::lock(&self.pod).clone();

@@ -127,14 +127,14 @@ async fn boots_to_ready() {
     assert_eq!(k.sb.pid(), FAKE_PID);
     assert!(k.sb.agent().is_some());
     assert_eq!(k.agent.calls(), ["check"]);
-    assert_eq!(k.vmm.calls(), ["prepare", "start"]);
+    assert_eq!(k.vmm.calls(), ["prepare", "agent_socket", "start"]);
     let pids = state_dir::read_pids(&k.sb.dir);
     assert_eq!(pids, [("fake-vmm".to_string(), FAKE_PID as i32, PathBuf::from("/nonexistent/fake-vmm"))]);
     // booting twice is refused
     let e = boot(&k, Duration::from_secs(1)).await.unwrap_err();
     assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
     assert_torn_down(&k).await;
-    assert_eq!(k.vmm.calls(), ["prepare", "start", "stop"]);
+    assert_eq!(k.vmm.calls(), ["prepare", "agent_socket", "start", "stop"]);
 }
 
 #[tokio::test]
@@ -156,7 +156,7 @@ async fn boot_timeout() {
     assert!(e.contains("no READY line") && e.contains("timeout 0s"), "{e}");
     assert_eq!(k.sb.state(), SandboxState::Dead);
     assert_torn_down(&k).await;
-    assert_eq!(k.vmm.calls(), ["prepare", "start", "stop"]);
+    assert_eq!(k.vmm.calls(), ["prepare", "agent_socket", "start", "stop"]);
 }
 
 #[tokio::test]

@@ -169,7 +169,7 @@ async fn prepare_sandbox(svc: &Arc<Service>, cfg: Config, sid: &str) -> Result<S
     let (prepare, ns, id) = (svc.env.prepare.clone(), svc.namespace.clone(), sid.to_string());
     tokio::task::spawn_blocking(move || prepare(&cfg, &ns, &id))
         .await
-        .map_err(|e| Error::Boot(format!("preparing sandbox {sid}: {e}")))?
+        .map_err(|e| Error::Internal(format!("preparing sandbox {sid}: {e}")))?
 }
 
 /// The node configuration as it applies to a new sandbox of this tenant: the tenant's host

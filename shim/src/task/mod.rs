@@ -31,6 +31,17 @@ pub(crate) mod stats;
 #[cfg(test)]
 mod tests;
 
+/// Runs a verb that changes host state (mounts, processes, leases, the VM) to its end in a
+/// task of its own: ttrpc drops a handler when the request's deadline passes, and a Create or
+/// Delete dropped halfway would leave what it made with no owner. containerd then sees the
+/// deadline error, and the state is whole: a retry finds it, a Delete removes it.
+async fn to_the_end<T: Send + 'static>(
+    verb: &str,
+    work: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::spawn(work).await.map_err(|e| crate::error::Error::Internal(format!("{verb}: {e}")))?
+}
+
 /// The task service; cheap to clone.
 #[derive(Clone)]
 pub struct TaskService {
@@ -50,12 +61,14 @@ impl TaskService {
 impl Task for TaskService {
     async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
         tracing::info!("Create {} (bundle {})", req.id, req.bundle);
-        Ok(create::create(&self.svc, req).await?)
+        let svc = self.svc.clone();
+        Ok(to_the_end("Create", async move { create::create(&svc, req).await }).await?)
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
         tracing::info!("Start {} {}", req.id, req.exec_id);
-        Ok(start::start(&self.svc, req).await?)
+        let svc = self.svc.clone();
+        Ok(to_the_end("Start", async move { start::start(&svc, req).await }).await?)
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
@@ -74,7 +87,8 @@ impl Task for TaskService {
 
     async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
         tracing::info!("Delete {} {}", req.id, req.exec_id);
-        Ok(delete::delete(&self.svc, req).await?)
+        let svc = self.svc.clone();
+        Ok(to_the_end("Delete", async move { delete::delete(&svc, req).await }).await?)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
@@ -92,7 +106,12 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        delete::shutdown(&self.svc).await;
+        let svc = self.svc.clone();
+        to_the_end("Shutdown", async move {
+            delete::shutdown(&svc).await;
+            Ok(())
+        })
+        .await?;
         Ok(api::Empty::default())
     }
 

@@ -363,3 +363,22 @@ mod create_through_fakes {
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }
+
+/// A verb dropped by ttrpc at its deadline still runs to its end (nothing half made is left
+/// without an owner), and a panic in it is an error, not a dead shim.
+#[tokio::test]
+async fn a_verb_whose_request_is_dropped_runs_to_its_end() {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    let verb = super::to_the_end("Create", async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        d.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    });
+    // the request's deadline: the handler's future is dropped
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(10), verb).await.is_err());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(done.load(std::sync::atomic::Ordering::SeqCst), "the verb was cut off halfway");
+    let e = super::to_the_end::<()>("Delete", async { panic!("a bug") }).await.unwrap_err();
+    assert!(e.to_string().contains("Delete"), "{e}");
+}

@@ -69,6 +69,10 @@ impl FakeVmm {
         (FakeVmm { dir: dir.to_path_buf(), behaviour, handle: handle.clone(), started: false, guest: None }, handle)
     }
 
+    fn socket(&self) -> AgentSocket {
+        AgentSocket::HybridVsock { uds_path: self.dir.join("fake-vsock.sock"), owner: None }
+    }
+
     fn call(&self, what: &str) {
         self.handle.calls.lock().unwrap_or_else(|p| p.into_inner()).push(what.to_string());
     }
@@ -114,8 +118,10 @@ impl Vmm for FakeVmm {
         Capabilities { fs_share: false, hybrid_vsock: true, hotplug: false }
     }
 
+    /// Recorded: the sandbox must ask only once `prepare` made the helpers (and their uids).
     fn agent_socket(&self) -> AgentSocket {
-        AgentSocket::HybridVsock { uds_path: self.dir.join("fake-vsock.sock"), owner: None }
+        self.call("agent_socket");
+        self.socket()
     }
 
     async fn prepare(&mut self, _vm: &VmConfig) -> Result<()> {
@@ -136,7 +142,7 @@ impl Vmm for FakeVmm {
             Behaviour::DiesDuringBoot => self.handle.die(),
             Behaviour::Hangs => {}
             Behaviour::Boots => {
-                let socket = self.agent_socket();
+                let socket = self.socket();
                 let listener = UnixListener::bind(socket.connect_path())
                     .map_err(|e| Error::io(format!("fake VMM: binding {}", socket.connect_path().display()), e))?;
                 self.guest = Some(tokio::spawn(play_guest(socket, listener)));

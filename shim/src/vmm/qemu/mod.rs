@@ -363,8 +363,8 @@ impl Vmm for Qemu {
             }
         }
         // Only once none of its processes runs: the uid may then go to another sandbox.
-        let running = server_left
-            || [&self.vsock, &self.virtiofsd, &self.qemu].into_iter().flatten().any(|c| c.exit_status().is_none());
+        let running =
+            server_left || [&self.vsock, &self.virtiofsd, &self.qemu].into_iter().flatten().any(|c| !c.has_exited());
         if running {
             tracing::warn!(
                 "a VMM process of {} outlived its stop; keeping its jail uid and id-map block reserved",

@@ -2,12 +2,12 @@
 //! virtio-fs tag `bulwark-share` over a vhost-user socket in the state directory. It exits by
 //! itself when QEMU disconnects; the backend stops it anyway on teardown.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::host::child::Child;
+use crate::host::pidfd::Pidfd;
 use crate::host::{Command, Host};
 use crate::jail::process::Confinement;
 
@@ -75,30 +75,29 @@ pub async fn start(
 /// once it runs (no pid reuse can redirect a signal) and ends it with the sandbox.
 #[derive(Debug)]
 pub struct Server {
-    pidfd: OwnedFd,
+    pidfd: Pidfd,
     pub pid: u32,
 }
 
 impl Server {
-    /// The one child of the started virtiofsd `parent`, pinned.
-    pub fn find(parent: u32) -> std::io::Result<Server> {
-        let kids = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))?;
+    /// The one child of the started virtiofsd `parent`, pinned. The child list is read by
+    /// pid: the pin counts only if the child's parent is still `parent` after the pin and
+    /// `parent` has still not exited after that (so its pid was not reused in between).
+    pub fn find(parent: &Child) -> std::io::Result<Server> {
+        let ppid = parent.pid;
+        let kids = std::fs::read_to_string(format!("/proc/{ppid}/task/{ppid}/children"))?;
         let pid: u32 = match kids.split_whitespace().collect::<Vec<_>>()[..] {
             [one] => one.parse().map_err(std::io::Error::other)?,
             ref other => return Err(std::io::Error::other(format!("{} children", other.len()))),
         };
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: pidfd_open returned a new fd that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        // Still the parent's child after the pin: the pid was not reused in between.
+        let pidfd = Pidfd::open(pid)?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim);
-        if ppid != Some(parent.to_string().as_str()) {
-            return Err(std::io::Error::other(format!("process {pid} is no longer a child of {parent}")));
+        let parent_now = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim);
+        if parent_now != Some(ppid.to_string().as_str()) {
+            return Err(std::io::Error::other(format!("process {pid} is no longer a child of {ppid}")));
+        }
+        if parent.has_exited() {
+            return Err(std::io::Error::other(format!("virtiofsd (pid {ppid}) has exited")));
         }
         Ok(Server { pidfd, pid })
     }
@@ -113,9 +112,9 @@ impl Server {
         }
         let deadline = Instant::now() + limit;
         loop {
-            match Server::find(parent.pid) {
+            match Server::find(parent) {
                 Ok(s) => return Ok(Some(s)),
-                Err(e) if Instant::now() >= deadline || parent.exit_status().is_some() => {
+                Err(e) if Instant::now() >= deadline || parent.has_exited() => {
                     return Err(format!(
                         "virtiofsd (pid {}): its serving process did not appear within {limit:?}: {e}",
                         parent.pid
@@ -127,25 +126,14 @@ impl Server {
     }
 
     fn exited(&self) -> bool {
-        let mut p = libc::pollfd { fd: self.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd on this stack, no timeout.
-        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        self.pidfd.exited()
     }
 
     /// SIGKILL (it keeps no state) unless it is gone already, then waits up to `limit`.
     /// Returns whether it is gone.
     pub async fn end(&self, limit: Duration) -> bool {
         if !self.exited() {
-            // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    self.pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
+            let _ = self.pidfd.signal(libc::SIGKILL);
         }
         let deadline = Instant::now() + limit;
         while !self.exited() {
