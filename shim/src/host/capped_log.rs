@@ -121,15 +121,15 @@ pub fn pipe_into(path: &Path, cap: u64) -> std::io::Result<(OwnedFd, LogCopier)>
         let mut draining = true;
         let (mut window, mut in_window) = (tokio::time::Instant::now(), 0u64);
         loop {
-            if in_window >= BYTES_PER_SECOND {
-                // Over budget: nothing is read until the second is over (the writer waits).
-                tokio::time::sleep_until(window + Duration::from_secs(1)).await;
-            }
             if window.elapsed() >= Duration::from_secs(1) {
                 (window, in_window) = (tokio::time::Instant::now(), 0);
             }
+            // Over budget, nothing is read until the second is over (the writer waits); a
+            // drain is still answered meanwhile.
+            let over = in_window >= BYTES_PER_SECOND;
             tokio::select! {
-                r = rx.read(&mut buf) => match r {
+                () = tokio::time::sleep_until(window + Duration::from_secs(1)), if over => {}
+                r = rx.read(&mut buf), if !over => match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         sink.put(&buf[..n]);
@@ -149,6 +149,7 @@ pub fn pipe_into(path: &Path, cap: u64) -> std::io::Result<(OwnedFd, LogCopier)>
                                 Ok(n) => {
                                     sink.put(&buf[..n]);
                                     copied += n;
+                                    in_window += n as u64;
                                 }
                                 Err(_) => break, // WouldBlock: nothing more now
                             }

@@ -41,6 +41,9 @@ pub async fn delete(svc: &Service, req: api::DeleteRequest) -> Result<api::Delet
 }
 
 pub async fn shutdown(svc: &Service) {
+    // Behind a Create or Delete still running (its request may have timed out while its work
+    // goes on): the shim must not exit under it. Held until the exit is signalled.
+    let _g = svc.lifecycle.lock().await;
     if svc.has_containers() {
         tracing::info!("Shutdown: containers remain, staying up");
         return;

@@ -382,3 +382,20 @@ async fn a_verb_whose_request_is_dropped_runs_to_its_end() {
     let e = super::to_the_end::<()>("Delete", async { panic!("a bug") }).await.unwrap_err();
     assert!(e.to_string().contains("Delete"), "{e}");
 }
+
+/// Shutdown waits behind a Create or Delete still at work (one whose request timed out runs on
+/// in its own task): the shim does not exit under it.
+#[tokio::test]
+async fn shutdown_waits_for_a_verb_at_work() {
+    let (tx, _rx) = EventTx::channel();
+    let exit = Arc::new(ExitSignal::default());
+    let svc = Arc::new(Service::new("ns".into(), tx, None, exit.clone()));
+    let at_work = svc.lifecycle.lock().await;
+    let s = svc.clone();
+    let shutdown = tokio::spawn(async move { delete::shutdown(&s).await });
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), exit.wait()).await;
+    assert!(early.is_err(), "the shim was told to exit while a verb held the lifecycle lock");
+    drop(at_work);
+    tokio::time::timeout(std::time::Duration::from_secs(5), exit.wait()).await.expect("exit once the verb is done");
+    shutdown.await.unwrap();
+}
