@@ -79,8 +79,8 @@ pub fn sandbox_id_from_bundle(bundle: &Path, container_id: &str) -> String {
 mod tests {
     use super::*;
 
-    /// The rule itself is protocol::limits' (tested there); here: it is the one applied, and a
-    /// refusal is containerd's INVALID_ARGUMENT.
+    /// A uid, gid or extra gid outside the id-mapped range is refused, naming the process and
+    /// the setting.
     #[test]
     fn ids_outside_the_mapped_range_are_refused() {
         let user = |v: serde_json::Value| -> oci_spec::runtime::User { serde_json::from_value(v).unwrap() };
@@ -95,6 +95,8 @@ mod tests {
         }
     }
 
+    /// The rule itself is protocol::limits' (tested there); here: it is the one applied, and a
+    /// refusal is containerd's INVALID_ARGUMENT.
     #[test]
     fn ids_follow_the_shared_rule() {
         assert!(validate_id("abc-def.g_h").is_ok());

@@ -54,7 +54,8 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-fn cstr(p: &Path) -> io::Result<CString> {
+/// `p` as a C string (an error for a NUL in it).
+pub fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 

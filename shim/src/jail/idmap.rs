@@ -76,8 +76,9 @@ impl IdMap {
         Ok(IdMap { base, userns: new_userns(base)?, lease: std::sync::Mutex::new(None) })
     }
 
-    /// Keeps the block reserved after [`IdMap::release`]: a process of it may still run (its
-    /// lock file stays, so the block is skipped rather than given to another sandbox).
+    /// Leaves the block's lock file at [`IdMap::release`], as a record of an incomplete
+    /// teardown. What keeps the block from another sandbox while a process of it still runs
+    /// is the allocation's own check of every candidate (`uid::allocate_from`), not the file.
     pub fn keep_reserved(&self) {
         if let Some(l) = self.lease.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             l.keep_file();

@@ -53,7 +53,8 @@ impl UidRange {
 pub struct Lease {
     uid: u32,
     path: PathBuf,
-    /// false: leave the file when dropped (the uid is skipped, not released).
+    /// false: leave the file when dropped (a record; the uid is given out again only once no
+    /// process runs as it, which `allocate_from` checks for every candidate).
     unlink: bool,
     _lock: Flock<File>,
 }
@@ -62,7 +63,8 @@ impl Lease {
     pub fn uid(&self) -> u32 {
         self.uid
     }
-    /// Leaves the lock file when dropped (a process of the uid may still run).
+    /// Leaves the lock file when dropped (a process of the uid may still run): the file stays
+    /// as a record, and the uid goes to another sandbox only once no process runs as it.
     pub fn keep_file(&mut self) {
         self.unlink = false;
     }

@@ -10,10 +10,9 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::host::fs::{clone_mount, open_source, set_mount_attr};
+use crate::host::fs::{clone_mount, cstr, open_source, set_mount_attr};
 use crate::jail::idmap::IdMap;
 
 /// A detached, id-mapped clone of the directory `path` (not its submounts).
@@ -50,7 +49,7 @@ pub fn mount(map: &IdMap, options: &[String], target: &Path) -> Result<(), Strin
         data.push_str(x);
     }
     let data = CString::new(data).map_err(|_| "NUL in the overlay options".to_string())?;
-    let target_c = CString::new(target.as_os_str().as_bytes()).map_err(|_| "NUL in the target".to_string())?;
+    let target_c = cstr(target).map_err(|e| format!("the overlay's target {}: {e}", target.display()))?;
     let base = map.host_root();
     let r = std::thread::scope(|s| {
         s.spawn(|| mount_as(base, &target_c, &data)).join().unwrap_or_else(|_| Err(io::Error::other("panicked")))

@@ -312,8 +312,9 @@ impl Sandbox {
             Ok(Err(e)) => tracing::error!("tearing down sandbox {}: {e}", self.id),
             Err(e) => tracing::error!("tearing down sandbox {}: {e}", self.id),
         }
-        // Last: virtiofsd is gone (the VMM's stop keeps the block reserved otherwise); a
-        // mount left in the state directory keeps it reserved too.
+        // Last: virtiofsd is gone (the VMM's stop leaves the lock file otherwise); a mount left
+        // in the state directory leaves it too, as a record (no other sandbox's helpers see
+        // this state directory, so the block itself may go to another sandbox).
         if let Some(m) = &self.idmap {
             if !cleaned {
                 m.keep_reserved();

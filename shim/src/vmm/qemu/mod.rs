@@ -367,7 +367,8 @@ impl Vmm for Qemu {
             server_left || [&self.vsock, &self.virtiofsd, &self.qemu].into_iter().flatten().any(|c| !c.has_exited());
         if running {
             tracing::warn!(
-                "a VMM process of {} outlived its stop; keeping its jail uid and id-map block reserved",
+                "a VMM process of {} outlived its stop; leaving its lock files (its uids and id-map block \
+                 go to no other sandbox while a process runs as them)",
                 self.dir.display()
             );
             for mut l in [self.lease.take(), self.vsock_lease.take()].into_iter().flatten() {
@@ -396,10 +397,10 @@ impl Qemu {
             Ok::<_, Error>(lease)
         };
         let qemu = take(uid::RECORD)?;
-        let ids = Uids { qemu: qemu.uid(), vsock: 0 };
+        let qemu_id = qemu.uid();
         self.lease = Some(qemu);
         let vsock = take(uid::VSOCK_RECORD)?;
-        let ids = Uids { vsock: vsock.uid(), ..ids };
+        let ids = Uids { qemu: qemu_id, vsock: vsock.uid() };
         self.vsock_lease = Some(vsock);
         let vm = jail::vm_dir(&self.dir);
         if !vm.exists() {
